@@ -18,7 +18,7 @@ from tunewise.errors import TunewiseError, UsageError
 # command name -> "module:attribute"; the attribute is a click command or group.
 COMMANDS: dict[str, str] = {
     "validate": "tunewise.cli.data:validate",
-    "tokens": "tunewise.cli.cost:tokens",
+    "tokens": "tunewise.cli.data:tokens",
     "estimate": "tunewise.cli.cost:estimate",
     "breakeven": "tunewise.cli.cost:breakeven",
     "models": "tunewise.cli.cost:models",
