@@ -1,0 +1,213 @@
+"""Reading JSONL safely: one line at a time, with every problem named by its line.
+
+The file is streamed (never loaded whole). A UTF-8 byte-order mark and CRLF line ends are accepted. A line
+that fails to parse is explained in plain words, and one particular failure is recognised by name: a string
+value holding JSON whose quotes were not escaped (the fine-tuning guide's own example does this), which
+``repair`` fixes by escaping the nested JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunewise.errors import DataError, NotFound, UsageError
+
+BOM = b"\xef\xbb\xbf"
+_DECODER = json.JSONDecoder()
+
+# A string value that opens with { or [ right after a key: where unescaped nested JSON starts.
+_NESTED_START = re.compile(r'"\s*:\s*"(?=[\[{])')
+
+TO_JSONL_ARRAY = ("convert it with `jq -c '.[]' FILE > FILE.jsonl` or `python -c \"import json,sys; "
+                  "[print(json.dumps(x, ensure_ascii=False)) for x in json.load(open(sys.argv[1]))]\" FILE "
+                  "> FILE.jsonl`")
+TO_JSONL_OBJECT = "put each example on one line, e.g. `jq -c . FILE > FILE.jsonl`"
+
+
+@dataclass
+class Line:
+    """One physical line of the file."""
+
+    number: int
+    """1-based line number."""
+    raw: bytes
+    """The bytes as read, line end removed (a BOM on line 1 too)."""
+    text: str | None
+    """The decoded text, or None when the bytes are not UTF-8."""
+    utf8_error: str = ""
+    """Where decoding failed, when it did."""
+
+
+def open_checked(path: str | os.PathLike):
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory, not a JSONL file.", param="file")
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise NotFound(f"File {path} does not exist.", hint="Check the path.", param="file") from None
+    except PermissionError:
+        raise UsageError(f"File {path} cannot be read (permission denied).", param="file") from None
+
+
+def read_lines(fh) -> Iterator[Line]:
+    """Lines of a binary file handle, decoded, with BOM and CR/LF removed."""
+    for number, raw in enumerate(fh, 1):
+        if raw.endswith(b"\n"):
+            raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+        elif raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if number == 1 and raw.startswith(BOM):
+            raw = raw[3:]
+        try:
+            yield Line(number, raw, raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            yield Line(number, raw, None, f"byte {exc.start + 1} (0x{raw[exc.start]:02x}) {exc.reason}")
+
+
+def utf16_bom(first: bytes) -> str | None:
+    if first.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16"
+    return None
+
+
+# json's messages, in plain words: (prefix of json's message, our words).
+_PLAIN = (
+    ("Expecting property name enclosed in double quotes",
+     "expected a key in double quotes here (a trailing comma before '}', or a key in single quotes?)"),
+    ("Expecting ',' delimiter", "expected a comma between two items (a missing comma, or an unescaped quote "
+                                "inside a string?)"),
+    ("Expecting ':' delimiter", "expected a colon after the key"),
+    ("Expecting value", "expected a value here (a trailing comma, a missing value, single quotes, or a "
+                        "Python literal such as None/True/NaN?)"),
+    ("Unterminated string", "a string starts here and is never closed (a missing closing quote?)"),
+    ("Invalid control character", "a raw control character (a tab or a line break) inside a string; write it "
+                                  "as \\t or \\n"),
+    ("Invalid \\escape", "an invalid backslash escape inside a string; write a literal backslash as \\\\"),
+    ("Invalid \\uXXXX escape", "an invalid \\u escape inside a string"),
+    ("Extra data", "there is more text after the complete JSON object (two examples on one line?)"),
+)
+
+
+def plain_reason(exc: json.JSONDecodeError) -> str:
+    for prefix, words in _PLAIN:
+        if exc.msg.startswith(prefix):
+            return words
+    return exc.msg[0].lower() + exc.msg[1:]
+
+
+def escape_nested_json(text: str) -> str | None:
+    """The line with nested JSON string values escaped, or None when that does not make it parse.
+
+    A value like ``"content": "{"items": []}"`` is invalid JSON. At each string value that opens with
+    ``{`` or ``[``, the nested JSON is decoded as JSON; if it ends right before a closing quote, its text
+    is escaped in place. The fix counts only when the whole line then parses.
+    """
+    out: list[str] = []
+    pos = 0
+    changed = False
+    for match in _NESTED_START.finditer(text):
+        start = match.end()
+        if start < pos:
+            continue
+        try:
+            _value, end = _DECODER.raw_decode(text, start)
+        except json.JSONDecodeError:
+            continue
+        if end >= len(text) or text[end] != '"':
+            continue
+        segment = text[start:end]
+        escaped = json.dumps(segment, ensure_ascii=False)[1:-1]
+        if escaped != segment:
+            out.append(text[pos:start])
+            out.append(escaped)
+            pos = end
+            changed = True
+    if not changed:
+        return None
+    out.append(text[pos:])
+    fixed = "".join(out)
+    try:
+        json.loads(fixed)
+    except json.JSONDecodeError:
+        return None
+    return fixed
+
+
+def iter_examples(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """``(line_number, example)`` for every example of a JSONL file, streamed; blank lines are skipped.
+
+    Raises ``DataError`` at the first line that is not a JSON object, naming the line and the reason
+    (``tunewise validate`` lists them all).
+    """
+    with open_checked(path) as fh:
+        for line in read_lines(fh):
+            if line.text is None:
+                raise DataError(f"{path}:{line.number}: not valid UTF-8 ({line.utf8_error}).",
+                                hint="Save the file as UTF-8.", code="invalid_utf8")
+            if not line.text.strip():
+                continue
+            try:
+                example = json.loads(line.text)
+            except json.JSONDecodeError as exc:
+                code = "unescaped_nested_json" if escape_nested_json(line.text) else "invalid_json"
+                raise DataError(f"{path}:{line.number}: invalid JSON at column {exc.colno}: {plain_reason(exc)}.",
+                                hint=f"Run `tunewise validate {path}` to see every problem"
+                                     + (" and `--fix OUT` to repair it." if code != "invalid_json" else "."),
+                                code=code) from None
+            if not isinstance(example, dict):
+                raise DataError(f"{path}:{line.number}: expected a JSON object, found {type_name(example)}.",
+                                hint="Each line must be one example: {\"messages\": [...]}.", code="not_object")
+            yield line.number, example
+
+
+def repair(path: str | os.PathLike, out: str | os.PathLike) -> list[int]:
+    """Write a copy of ``path`` to ``out`` with unescaped nested JSON escaped; return the changed lines.
+
+    Every other byte is copied as it is. The input is never modified (``out`` must be another file).
+    """
+    src, dst = Path(path), Path(out)
+    if dst.exists() and src.exists() and os.path.samefile(src, dst):
+        raise UsageError(f"--fix would overwrite the input {src}.", hint="Name another output file.",
+                         param="fix")
+    changed: list[int] = []
+    with open_checked(src) as fh:
+        tmp = dst.with_name(dst.name + ".tmp")
+        try:
+            with open(tmp, "wb") as w:
+                for number, raw in enumerate(fh, 1):
+                    body = raw.rstrip(b"\r\n")
+                    ending = raw[len(body):]
+                    bom = b""
+                    if number == 1 and body.startswith(BOM):
+                        bom, body = BOM, body[3:]
+                    fixed = None
+                    try:
+                        text = body.decode("utf-8")
+                        json.loads(text)
+                    except UnicodeDecodeError:
+                        text = None
+                    except json.JSONDecodeError:
+                        fixed = escape_nested_json(text)
+                    if fixed is not None:
+                        w.write(bom + fixed.encode("utf-8") + ending)
+                        changed.append(number)
+                    else:
+                        w.write(raw)
+            os.replace(tmp, dst)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise UsageError(f"Cannot write {dst}: {exc.strerror}.", param="fix") from None
+    return changed
+
+
+def type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)

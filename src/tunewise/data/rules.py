@@ -1,0 +1,310 @@
+"""OpenAI's rules for one chat fine-tuning example, as of its current API.
+
+An example is ``{"messages": [...], "tools"?: [...], "parallel_tool_calls"?: bool, "functions"?: [...]}``.
+Each rule calls ``emit(code, message, hint)``; the codes are listed in ``report.CODES``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tunewise.data.reading import type_name
+
+Emit = Callable[[str, str, str], None]
+
+TOP_KEYS = frozenset({"messages", "tools", "parallel_tool_calls", "functions"})
+ROLE_KEYS: dict[str, frozenset[str]] = {
+    "system": frozenset({"role", "content", "name"}),
+    "user": frozenset({"role", "content", "name"}),
+    "assistant": frozenset({"role", "content", "name", "weight", "tool_calls", "function_call", "refusal"}),
+    "tool": frozenset({"role", "content", "tool_call_id"}),
+    "function": frozenset({"role", "content", "name"}),  # deprecated, still accepted
+}
+ROLES = tuple(ROLE_KEYS)
+ALL_MESSAGE_KEYS = frozenset().union(*ROLE_KEYS.values())
+# Content-part types each role may use (user messages may carry images for vision fine-tuning).
+PART_TYPES = {"system": {"text"}, "user": {"text", "image_url"}, "assistant": {"text"}, "tool": {"text"},
+              "function": {"text"}}
+_ROLE_MISTAKES = {"developer": "system", "human": "user", "bot": "assistant", "model": "assistant",
+                  "ai": "assistant", "gpt": "assistant"}
+
+
+@dataclass
+class ExampleInfo:
+    """What the file-level checks and the token statistics need from one example."""
+
+    n_messages: int = 0
+    texts: list[str] = field(default_factory=list)
+    """Every string OpenAI's count encodes, in order (roles, contents, names, tool calls)."""
+    assistant_texts: list[str] = field(default_factory=list)
+    """The assistant messages' content."""
+    n_names: int = 0
+    system_prompt: str | None = None
+    has_system: bool = False
+    has_user: bool = False
+    answers: list[str] = field(default_factory=list)
+    """Trainable assistant answers (string content), for the answer-format check."""
+    messages: list[dict] = field(default_factory=list)
+    """The well-formed messages (for local models' chat templates)."""
+    tools: list | None = None
+
+
+def did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+def _check_parts(parts: list, role: str, where: str, emit: Emit) -> list[str]:
+    """Content parts; returns their texts."""
+    texts = []
+    allowed = PART_TYPES[role]
+    if not parts:
+        emit("invalid_content", f"{where}: content is an empty list.", "Give at least one text part, or a string.")
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict):
+            emit("invalid_content", f"{where}: content part {j} is {type_name(part)}, not an object.",
+                 'Use {"type": "text", "text": "..."}.')
+            continue
+        ptype = part.get("type")
+        if ptype not in allowed:
+            emit("invalid_content", f"{where}: content part {j} has type {ptype!r}; a {role} message accepts "
+                 + " or ".join(sorted(allowed)) + ".", 'Use {"type": "text", "text": "..."}.')
+        elif ptype == "text":
+            if not isinstance(part.get("text"), str):
+                emit("invalid_content", f"{where}: content part {j} has no string `text`.",
+                     'Use {"type": "text", "text": "..."}.')
+            else:
+                texts.append(part["text"])
+        elif ptype == "image_url":
+            img = part.get("image_url")
+            if not isinstance(img, dict) or not isinstance(img.get("url"), str):
+                emit("invalid_content", f"{where}: content part {j} needs image_url: {{\"url\": \"...\"}}.",
+                     "Give an https URL or a data: URL of the image.")
+    return texts
+
+
+def _check_tool_calls(calls, where: str, emit: Emit, tool_names: set[str] | None, info: ExampleInfo,
+                      call_ids: set[str]) -> int:
+    """Checks ``tool_calls``; returns how many calls the message makes."""
+    hint = 'Use [{"id": "call_1", "type": "function", "function": {"name": "...", "arguments": "{...}"}}].'
+    if not isinstance(calls, list) or not calls:
+        emit("invalid_tool_calls", f"{where}: tool_calls must be a non-empty list, not {type_name(calls)}.", hint)
+        return 0
+    for j, call in enumerate(calls):
+        at = f"{where}: tool_calls[{j}]"
+        if not isinstance(call, dict):
+            emit("invalid_tool_calls", f"{at} is {type_name(call)}, not an object.", hint)
+            continue
+        unknown = set(call) - {"id", "type", "function"}
+        if unknown:
+            emit("invalid_tool_calls", f"{at} has unknown key(s) {', '.join(sorted(unknown))}.", hint)
+        if not isinstance(call.get("id"), str) or not call.get("id"):
+            emit("invalid_tool_calls", f"{at} has no string `id`.", "Give each call an id; the tool message "
+                 "that answers it repeats it as tool_call_id.")
+        else:
+            call_ids.add(call["id"])
+        if call.get("type") != "function":
+            emit("invalid_tool_calls", f"{at} has type {call.get('type')!r}; it must be \"function\".", hint)
+        fn = call.get("function")
+        if not isinstance(fn, dict):
+            emit("invalid_tool_calls", f"{at} has no `function` object.", hint)
+            continue
+        name = fn.get("name")
+        if not isinstance(name, str) or not name:
+            emit("invalid_tool_calls", f"{at}.function has no string `name`.", hint)
+        else:
+            info.texts.append(name)
+            if tool_names is not None and name not in tool_names:
+                emit("unknown_tool_name", f"{at} calls '{name}', which the example's tools do not define.",
+                     "Add the function to `tools`, or fix the name" + (
+                         f" ({did_you_mean(name, tool_names)})" if did_you_mean(name, tool_names) else "") + ".")
+        args = fn.get("arguments")
+        if isinstance(args, dict | list):
+            emit("tool_arguments_not_string", f"{at}.function.arguments is {type_name(args)}; OpenAI wants a "
+                 "JSON string.", "Encode it: json.dumps(arguments).")
+        elif not isinstance(args, str):
+            emit("invalid_tool_calls", f"{at}.function has no string `arguments`.", 'Use "{}" for no arguments.')
+        else:
+            info.texts.append(args)
+            try:
+                json.loads(args)
+            except json.JSONDecodeError as exc:
+                emit("tool_arguments_invalid_json", f"{at}.function.arguments is not valid JSON ({exc.msg} at "
+                     f"column {exc.colno}).", "The arguments must be a JSON object encoded as a string.")
+    return len(calls)
+
+
+def _tool_names(tools, emit: Emit) -> set[str] | None:
+    hint = 'Use [{"type": "function", "function": {"name": "...", "description": "...", "parameters": {...}}}].'
+    if not isinstance(tools, list):
+        emit("invalid_tools", f"`tools` must be a list, not {type_name(tools)}.", hint)
+        return None
+    names = set()
+    for j, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
+            emit("invalid_tools", f"tools[{j}] is not {{\"type\": \"function\", \"function\": {{...}}}}.", hint)
+            continue
+        fn = tool["function"]
+        if not isinstance(fn.get("name"), str) or not fn["name"]:
+            emit("invalid_tools", f"tools[{j}].function has no string `name`.", hint)
+            continue
+        if "parameters" in fn and not isinstance(fn["parameters"], dict):
+            emit("invalid_tools", f"tools[{j}].function.parameters must be a JSON Schema object.", hint)
+        names.add(fn["name"])
+    return names
+
+
+def check_example(example: dict, emit: Emit) -> ExampleInfo:
+    """Every rule for one example; returns what the file-level checks and the counts need."""
+    info = ExampleInfo()
+    for key in example:
+        if key not in TOP_KEYS:
+            suggestion = did_you_mean(key, TOP_KEYS)
+            emit("unknown_key", f"unknown key '{key}' on the example.",
+                 suggestion or "An example holds messages, and optionally tools and parallel_tool_calls.")
+    tool_names = None
+    if "tools" in example:
+        tool_names = _tool_names(example["tools"], emit)
+        if isinstance(example["tools"], list):
+            info.tools = example["tools"]
+    if "functions" in example:
+        emit("deprecated_functions", "top-level `functions` is deprecated.",
+             'Use "tools": [{"type": "function", "function": {...}}] instead.')
+        if tool_names is None and isinstance(example["functions"], list):
+            tool_names = {f.get("name") for f in example["functions"] if isinstance(f, dict)}
+    parallel = example.get("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
+        emit("invalid_parallel_tool_calls", f"parallel_tool_calls must be true or false, not {parallel!r}.",
+             "Write true or false (JSON booleans, no quotes).")
+        parallel = True
+
+    messages = example.get("messages")
+    if messages is None:
+        emit("missing_messages", "the example has no `messages`.", 'Each line must be {"messages": [...]}.')
+        return info
+    if not isinstance(messages, list):
+        emit("messages_not_list", f"`messages` is {type_name(messages)}, not a list.",
+             'Write "messages": [{"role": "user", "content": "..."}, ...].')
+        return info
+    if not messages:
+        emit("empty_messages", "`messages` is empty.", "Give at least a user and an assistant message.")
+        return info
+
+    call_ids: set[str] = set()
+    n_assistant = n_trainable = 0
+    texts = info.texts
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            emit("message_not_object", f"{where} is {type_name(msg)}, not an object.",
+                 'Write {"role": "...", "content": "..."}.')
+            continue
+        role = msg.get("role")
+        if role is None:
+            emit("missing_role", f"{where} has no `role`.", "Add \"role\": one of " + ", ".join(ROLES) + ".")
+            continue
+        if role not in ROLE_KEYS:
+            suggestion = _ROLE_MISTAKES.get(role) if isinstance(role, str) else None
+            hint = (f"did you mean '{suggestion}'?" if suggestion
+                    else did_you_mean(role, ROLES) if isinstance(role, str) else "") or ""
+            emit("unknown_role", f"{where} has role {role!r}.",
+                 (hint + " " if hint else "") + "Roles are " + ", ".join(ROLES) + ".")
+            continue
+        info.n_messages += 1
+        info.messages.append(msg)
+        texts.append(role)
+        allowed = ROLE_KEYS[role]
+        for key in msg:
+            if key not in allowed:
+                if key in ALL_MESSAGE_KEYS:
+                    owners = [r for r, keys in ROLE_KEYS.items() if key in keys and r != "function"]
+                    hint = f"'{key}' belongs on {' or '.join(owners)} messages only."
+                else:
+                    hint = did_you_mean(key, allowed) or f"A {role} message may carry " + ", ".join(sorted(allowed)) + "."
+                emit("unknown_key", f"{where} ({role}) has unknown key '{key}'.", hint)
+        if "name" in msg:
+            info.n_names += 1  # OpenAI's count adds a token for any name key
+            if not isinstance(msg["name"], str) or not msg["name"]:
+                emit("invalid_name", f"{where}.name must be a non-empty string.", "Remove it or give a string.")
+            else:
+                texts.append(msg["name"])
+
+        content = msg.get("content")
+        content_texts: list[str] = []
+        if content is None:
+            needs = not (role == "assistant" and ("tool_calls" in msg or "function_call" in msg))
+            if needs:
+                emit("missing_content", f"{where} ({role}) has no content.",
+                     "Give a string content" + (", or tool_calls" if role == "assistant" else "") + ".")
+        elif isinstance(content, str):
+            content_texts.append(content)
+            if not content.strip():
+                emit("empty_content", f"{where} ({role}) has empty content.", "Remove the message or fill it in.")
+        elif isinstance(content, list) and role != "function":
+            content_texts = _check_parts(content, role, where, emit)
+        else:
+            emit("invalid_content", f"{where} ({role}) content is {type_name(content)}; it must be a string"
+                 + (" or a list of content parts." if role != "function" else "."),
+                 "Write the message text as a JSON string.")
+        texts.extend(content_texts)
+
+        if role == "system":
+            info.has_system = True
+            if info.system_prompt is None and isinstance(content, str):
+                info.system_prompt = content
+        elif role == "user":
+            info.has_user = True
+        elif role == "assistant":
+            n_assistant += 1
+            if isinstance(msg.get("refusal"), str):
+                texts.append(msg["refusal"])
+            info.assistant_texts.extend(content_texts)
+            weight = msg.get("weight", 1)
+            if "weight" in msg and (type(weight) is not int or weight not in (0, 1)):
+                emit("invalid_weight", f"{where}.weight is {weight!r}; it must be 0 or 1.",
+                     "1 trains on this message, 0 keeps it as context only.")
+            elif weight == 1:
+                n_trainable += 1
+                if isinstance(content, str):
+                    info.answers.append(content)
+            if "tool_calls" in msg:
+                n_calls = _check_tool_calls(msg["tool_calls"], where, emit, tool_names, info, call_ids)
+                if n_calls > 1 and parallel is False:
+                    emit("invalid_parallel_tool_calls", f"{where} makes {n_calls} tool calls but the example sets "
+                         "parallel_tool_calls to false.", "Split the calls over several assistant turns, or set "
+                         "parallel_tool_calls to true.")
+            if "function_call" in msg:
+                fc = msg["function_call"]
+                emit("deprecated_function_call", f"{where}.function_call is deprecated.",
+                     "Use tool_calls with a tool message answering each call id.")
+                if not isinstance(fc, dict) or not isinstance(fc.get("name"), str) \
+                        or not isinstance(fc.get("arguments"), str):
+                    emit("invalid_tool_calls", f"{where}.function_call must be {{\"name\": str, \"arguments\": "
+                         "JSON string}.", "Encode the arguments with json.dumps.")
+                else:
+                    texts.extend((fc["name"], fc["arguments"]))
+        elif role == "tool":
+            call_id = msg.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                emit("missing_tool_call_id", f"{where} (tool) has no string tool_call_id.",
+                     "Repeat the id of the assistant tool call it answers.")
+            else:
+                texts.append(call_id)
+                if call_id not in call_ids:
+                    hint = did_you_mean(call_id, call_ids) if call_ids else "no earlier assistant message made a tool call"
+                    emit("unknown_tool_call_id", f"{where} answers tool_call_id '{call_id}', which no earlier "
+                         "assistant tool call has.", hint or "Known ids: " + ", ".join(sorted(call_ids)) + ".")
+        elif role == "function":
+            emit("deprecated_function_role", f"{where} uses the deprecated function role.",
+                 "Use an assistant message with tool_calls, answered by a tool message.")
+
+    if n_assistant == 0:
+        emit("no_assistant_message", "the example has no assistant message, so there is nothing to learn.",
+             "Add the assistant answer you want the model to give.")
+    elif n_trainable == 0:
+        emit("no_trainable_assistant", "every assistant message has weight 0, so nothing is trained.",
+             "Set weight 1 (or drop weight) on the answers to learn.")
+    return info

@@ -1,0 +1,319 @@
+"""``validate``: every finding in a chat fine-tuning JSONL file, and its token statistics, in one streamed pass.
+
+Token counts are exact and batched: the strings of a few thousand examples are counted together by quicktok
+(in parallel, no Python lists of ids), and a string seen before (a shared system prompt, the role names) is
+counted once. Local models count each example through their own chat template instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+
+from tunewise.catalog import ModelInfo, load_catalog
+from tunewise.data.reading import (
+    TO_JSONL_ARRAY,
+    TO_JSONL_OBJECT,
+    escape_nested_json,
+    open_checked,
+    plain_reason,
+    read_lines,
+    type_name,
+    utf16_bom,
+)
+from tunewise.data.report import CODES, Finding, Report, Stats, Summary
+from tunewise.data.rules import ExampleInfo, check_example
+from tunewise.tokens import REPLY_PRIMER, TOKENS_PER_MESSAGE, HFEncoding, get_encoding, tools_text
+
+DEFAULT_MODEL = "gpt-4o-mini"
+MIN_EXAMPLES = 10  # OpenAI refuses a training file with fewer examples
+# The guide's size bands: "50 examples to see improvement, 100-500 for solid results, 1000+ for maximum
+# performance on complex tasks".
+BAND_IMPROVEMENT, BAND_SOLID, BAND_COMPLEX = 50, 100, 1000
+OUTLIER_SHARE = 0.2  # answers in a format used by at most this share of examples are outliers
+OUTLIER_MIN_EXAMPLES = 5
+MAX_SYSTEM_PROMPTS = 1000  # beyond this many distinct prompts the variety is deliberate: stop tracking
+BATCH = 4096  # examples whose strings are counted together
+CACHE_LIMIT = 200_000  # counted strings kept between batches
+
+
+def size_band(n: int) -> str:
+    if n < BAND_IMPROVEMENT:
+        return "under 50: little improvement expected"
+    if n < BAND_SOLID:
+        return "50-99: some improvement expected; 100-500 gives solid results"
+    if n < BAND_COMPLEX:
+        return "100-999: solid results expected"
+    return "1000+: enough for complex tasks"
+
+
+def _lines_text(lines: list[int], limit: int = 10) -> str:
+    shown = ", ".join(map(str, lines[:limit]))
+    return shown + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
+
+
+class _Validator:
+    def __init__(self, path: str, info: ModelInfo) -> None:
+        self.path = path
+        self.model = info
+        self.enc = get_encoding(info.encoding)
+        self.findings: list[Finding] = []
+        self.blank_lines: list[int] = []
+        self.seen: dict[bytes, int] = {}  # digest of the line -> first line with it
+        self.duplicates: dict[int, list[int]] = {}  # first line -> every line with the same bytes
+        self.no_system: list[int] = []
+        self.no_user: list[int] = []
+        self.prompts: dict[str, list[int]] = {}
+        self.n_with_prompt = 0
+        self.answer_format: dict[str, list[int]] = {"json": [], "text": []}
+        self.pending: list[tuple[int, ExampleInfo]] = []
+        self.cache: dict[str, int] = {}
+        self.example_lines: list[int] = []
+        self.n_messages: list[int] = []
+        self.totals: list[int] = []
+        self.assistant: list[int] = []
+
+    def add(self, code: str, line: int | None, message: str, hint: str = "",
+            lines: list[int] | None = None) -> None:
+        severity = CODES[code][0]
+        self.findings.append(Finding(code, severity, line, message, hint,
+                                     lines if lines is not None else ([line] if line is not None else [])))
+
+    # -- reading -----------------------------------------------------------------------------------------
+    def run(self) -> Report:
+        with open_checked(self.path) as fh:
+            encoding = utf16_bom(fh.peek(4)[:4] if hasattr(fh, "peek") else b"")
+            if encoding:
+                self.add("not_utf8", None, f"the file is {encoding}, not UTF-8.",
+                         "Re-save it as UTF-8, e.g. `iconv -f UTF-16 -t UTF-8 FILE > FILE.utf8.jsonl`.")
+                return self.finish()
+            first = True
+            for line in read_lines(fh):
+                number, text = line.number, line.text
+                if text is None:
+                    self.add("invalid_utf8", number, f"the line is not valid UTF-8 at {line.utf8_error}.",
+                             "Save the file as UTF-8.")
+                    first = False
+                    continue
+                if not text or text.isspace():
+                    self.blank_lines.append(number)
+                    continue
+                try:
+                    example = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    example = self.bad_json(number, text, exc, first)
+                    if example is _STOP:
+                        break
+                    if example is None:
+                        first = False
+                        continue
+                if first and isinstance(example, list):
+                    self.add("not_jsonl", number, "the file is a JSON array on one line, not JSONL.",
+                             "Write one example object per line: " + TO_JSONL_ARRAY)
+                    break
+                first = False
+                if not isinstance(example, dict):
+                    self.add("not_object", number, f"the line is {type_name(example)}, not a JSON object.",
+                             'Each line must be one example: {"messages": [...]}.')
+                    continue
+                self.example(number, line.raw, example)
+        return self.finish()
+
+    def bad_json(self, number: int, text: str, exc: json.JSONDecodeError, first: bool):
+        stripped = text.rstrip()
+        if first and stripped.lstrip()[:1] in "[{" and exc.pos >= len(stripped):
+            # The JSON goes on past the end of the first line: a pretty-printed array or object.
+            is_array = stripped.lstrip().startswith("[")
+            self.add("not_jsonl", number, "the file is a pretty-printed JSON " + ("array" if is_array else "object")
+                     + " spread over several lines, not JSONL (one example object per line).",
+                     TO_JSONL_ARRAY[0].upper() + TO_JSONL_ARRAY[1:] if is_array
+                     else TO_JSONL_OBJECT[0].upper() + TO_JSONL_OBJECT[1:])
+            return _STOP
+        fixed = escape_nested_json(text)
+        if fixed is not None:
+            self.add("unescaped_nested_json", number, "a string value holds JSON whose quotes are not escaped "
+                     f"(the line breaks at column {exc.colno}).",
+                     f"Escape the inner quotes as \\\"; `tunewise validate {self.path} --fix OUT` writes a "
+                     "repaired copy")
+            return json.loads(fixed)
+        self.add("invalid_json", number, f"invalid JSON at column {exc.colno}: {plain_reason(exc)}.",
+                 "Each line must be one complete JSON object")
+        return None
+
+    # -- one example -------------------------------------------------------------------------------------
+    def example(self, number: int, raw: bytes, example: dict) -> None:
+        def emit(code: str, message: str, hint: str) -> None:
+            self.add(code, number, message, hint)
+
+        info = check_example(example, emit)
+        digest = hashlib.blake2b(raw.strip(), digest_size=16).digest()
+        first = self.seen.setdefault(digest, number)
+        if first != number:
+            self.duplicates.setdefault(first, [first]).append(number)
+        if not info.has_system:
+            self.no_system.append(number)
+        if not info.has_user:
+            self.no_user.append(number)
+        if info.system_prompt is not None:
+            self.n_with_prompt += 1
+            lines = self.prompts.get(info.system_prompt)
+            if lines is not None:
+                lines.append(number)
+            elif len(self.prompts) < MAX_SYSTEM_PROMPTS:
+                self.prompts[info.system_prompt] = [number]
+        if info.answers:
+            self.answer_format["json" if all(map(_is_json, info.answers)) else "text"].append(number)
+        if info.tools:
+            info.texts.append(tools_text(info.tools))
+        self.pending.append((number, info))
+        if len(self.pending) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Count the pending examples' tokens."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        if isinstance(self.enc, HFEncoding):
+            self.flush_hf(pending)
+            return
+        cache = self.cache
+        if len(cache) > CACHE_LIMIT:
+            cache.clear()
+        new = list({t for _, info in pending for t in info.texts if t not in cache})
+        if new:
+            cache.update(zip(new, self.enc.count_batch(new), strict=True))
+        for number, info in pending:
+            total = REPLY_PRIMER + TOKENS_PER_MESSAGE * info.n_messages + info.n_names
+            for t in info.texts:
+                total += cache[t]
+            self.record(number, info, total, sum(cache[t] for t in info.assistant_texts))
+
+    def flush_hf(self, pending: list[tuple[int, ExampleInfo]]) -> None:
+        assistant = self.enc.count_batch([t for _, info in pending for t in info.assistant_texts])
+        pos = 0
+        for number, info in pending:
+            n = len(info.assistant_texts)
+            try:
+                total = self.enc.count_chat(info.messages, info.tools)
+            except Exception:  # a template that rejects the shape (tool calls, ...): count the strings
+                total = sum(self.enc.count_batch(info.texts)) + TOKENS_PER_MESSAGE * info.n_messages
+            self.record(number, info, total, sum(assistant[pos:pos + n]))
+            pos += n
+
+    def record(self, number: int, info: ExampleInfo, total: int, assistant: int) -> None:
+        self.example_lines.append(number)
+        self.n_messages.append(info.n_messages)
+        self.totals.append(total)
+        self.assistant.append(assistant)
+
+    # -- the data set ------------------------------------------------------------------------------------
+    def finish(self) -> Report:
+        self.flush()
+        model = self.model
+        n = len(self.totals)
+        limit = model.context_limit
+        over = [(line, t) for line, t in zip(self.example_lines, self.totals, strict=True) if t > limit]
+        if over and model.is_local:
+            lines = [line for line, _ in over]
+            self.add("truncated", lines[0], f"{len(lines)} example(s) exceed {model.name}'s {limit:,}-token "
+                     f"context (longest {max(t for _, t in over):,} tokens), lines {_lines_text(lines)}; "
+                     "training cuts their end.", "Shorten them or split long conversations.", lines)
+        else:
+            for line, tokens in over:
+                self.add("too_long", line, f"the example has {tokens:,} tokens; {model.name} trains on at most "
+                         f"{limit:,} per example.", "Shorten it or split the conversation.")
+        if self.blank_lines:
+            self.add("blank_line", self.blank_lines[0], f"{len(self.blank_lines)} blank line(s): "
+                     f"{_lines_text(self.blank_lines)}.", "Remove them; they are skipped here.", self.blank_lines)
+        for lines in self.duplicates.values():
+            self.add("duplicate_example", lines[0], f"lines {_lines_text(lines)} are the same example.",
+                     "Keep one copy; duplicates weigh the same answer more and waste training tokens.", lines)
+        if n and self.no_system:
+            self.add("missing_system_message", self.no_system[0], f"{len(self.no_system)} of {n} examples have "
+                     f"no system message: lines {_lines_text(self.no_system)}.",
+                     "Use the same system prompt in training as at inference.", self.no_system)
+        if n and self.no_user:
+            self.add("missing_user_message", self.no_user[0], f"{len(self.no_user)} of {n} examples have no "
+                     f"user message: lines {_lines_text(self.no_user)}.",
+                     "Each example should show the input the model will get.", self.no_user)
+        self.check_prompts()
+        self.check_answers()
+        has_fatal = any(f.code in ("not_jsonl", "not_utf8") for f in self.findings)
+        if n == 0 and not has_fatal:
+            self.add("empty_file", None, "the file holds no examples.",
+                     'Write one {"messages": [...]} object per line.')
+        elif 0 < n < MIN_EXAMPLES:
+            self.add("too_few_examples", None, f"{n} example(s); OpenAI needs at least {MIN_EXAMPLES}.",
+                     "Add examples: the guide suggests 50 to see improvement, 100-500 for solid results.")
+        if 0 < n < BAND_SOLID:
+            self.add("small_dataset", None, f"{n} examples: " + size_band(n) + ".",
+                     "The guide: 50 examples to see improvement, 100-500 for solid results, 1000+ for complex tasks.")
+        self.findings.sort(key=lambda f: (f.line is None, f.line or 0))
+        stats = Stats(
+            n_examples=n,
+            model=model.name,
+            encoding=model.encoding,
+            messages_per_example=Summary.of(self.n_messages),
+            total_tokens_per_example=Summary.of(self.totals),
+            assistant_tokens_per_example=Summary.of(self.assistant),
+            example_tokens=self.totals,
+            billed_tokens_per_epoch=sum(min(t, limit) for t in self.totals),
+            context_limit=limit,
+            size_band=size_band(n) if n else "",
+        )
+        return Report(path=self.path, findings=self.findings, stats=stats)
+
+    def check_prompts(self) -> None:
+        if len(self.prompts) < 2 or len(self.prompts) >= MAX_SYSTEM_PROMPTS:
+            return
+        common, lines = max(self.prompts.items(), key=lambda kv: len(kv[1]))
+        if len(lines) * 2 < self.n_with_prompt:
+            return  # no prompt dominates: the variety looks deliberate
+        others = sorted(line for prompt, ls in self.prompts.items() if prompt != common for line in ls)
+        preview = common if len(common) <= 60 else common[:57] + "..."
+        self.add("inconsistent_system_prompt", others[0], f"{len(lines)} examples use the system prompt "
+                 f"\"{preview}\" but {len(others)} use {len(self.prompts) - 1} other(s): lines {_lines_text(others)}.",
+                 "Use one system prompt, the one you will send at inference.", others)
+
+    def check_answers(self) -> None:
+        counts = Counter({k: len(v) for k, v in self.answer_format.items()})
+        total = sum(counts.values())
+        if total < OUTLIER_MIN_EXAMPLES or not counts["json"] or not counts["text"]:
+            return
+        minority = "json" if counts["json"] < counts["text"] else "text"
+        if counts[minority] > OUTLIER_SHARE * total:
+            return
+        lines = self.answer_format[minority]
+        if minority == "text":
+            message = (f"{counts['json']} of {total} examples answer in JSON but {len(lines)} do not "
+                       f"(invalid or plain-text answers): lines {_lines_text(lines)}.")
+            hint = "Make every answer valid JSON in the same shape; the model learns the format from all of them."
+        else:
+            message = (f"{counts['text']} of {total} examples answer in plain text but {len(lines)} answer in "
+                       f"JSON: lines {_lines_text(lines)}.")
+            hint = "Keep one answer format across examples."
+        self.add("answer_format_outlier", lines[0], message, hint, lines)
+
+
+_STOP = object()
+
+
+def _is_json(text: str) -> bool:
+    stripped = text.strip()
+    if not stripped or stripped[0] not in "[{":
+        return False
+    try:
+        json.loads(stripped)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def validate(path: str | os.PathLike, model: str | None = None, prices: str | os.PathLike | None = None) -> Report:
+    """Validate a chat fine-tuning JSONL file for ``model`` (default gpt-4o-mini): every finding, and the
+    token statistics (exact counts in the model's encoding, billed tokens capped at its context limit)."""
+    info = load_catalog(prices).get(model or DEFAULT_MODEL)
+    return _Validator(str(path), info).run()
