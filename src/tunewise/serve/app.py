@@ -1,0 +1,85 @@
+"""The FastAPI application: OpenAI's Files, Fine-tuning, Models and Chat Completions APIs under ``/v1``.
+
+``create_app(settings)`` builds it; ``tunewise serve`` runs it with uvicorn beside a worker process
+(``tunewise.serve.worker``) that trains the queued jobs. Both share the SQLite store in ``data_dir``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+
+from tunewise import __version__
+from tunewise.serve import errors
+from tunewise.serve.auth import Principal, authenticate
+from tunewise.serve.errors import ApiError
+from tunewise.serve.settings import Settings
+from tunewise.serve.store import Store
+
+
+class State:
+    """What the routes share: settings, the store, and the generation engine (built on first use)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(settings.data_dir)
+        self._engine: Any = None
+        self._engine_lock = threading.Lock()
+
+    def engine(self) -> Any:
+        # One engine per server process: it batches concurrent requests and caches loaded models.
+        # Imported late so that starting the server never pays for torch.
+        with self._engine_lock:
+            if self._engine is None:
+                from tunewise.infer import Engine
+
+                self._engine = Engine(max_batch_size=self.settings.engine_max_batch_size)
+            return self._engine
+
+
+def get_state(request: Request) -> State:
+    return request.app.state.tunewise
+
+
+def get_principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    return authenticate(get_state(request).store, authorization)
+
+
+StateDep = Annotated[State, Depends(get_state)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    app = FastAPI(title="tunewise", version=__version__, docs_url=None, redoc_url=None)
+    app.state.tunewise = State(settings)
+    errors.install(app)
+
+    @app.middleware("http")
+    async def limit_request_size(request: Request, call_next):
+        # Uploads enforce their own (larger) limit while streaming; every other body is bounded here,
+        # before it is read.
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and not request.url.path.rstrip("/").endswith("/v1/files"):
+            if int(length) > settings.max_request_bytes:
+                return errors.error_response(
+                    413, f"Request body of {int(length)} bytes exceeds the limit of {settings.max_request_bytes} "
+                    "bytes (setting max_request_bytes, env TUNEWISE_MAX_REQUEST_BYTES).",
+                    code="request_too_large")
+        return await call_next(request)
+
+    @app.get("/health")
+    def health(state: StateDep) -> dict[str, Any]:
+        state.store.one("SELECT 1 AS ok")
+        return {"status": "ok", "version": __version__}
+
+    from tunewise.serve.routes import chat, files, jobs, models
+
+    for module in (files, jobs, models, chat):
+        app.include_router(module.router, prefix="/v1")
+    return app
+
+
+__all__ = ["ApiError", "PrincipalDep", "State", "StateDep", "create_app"]

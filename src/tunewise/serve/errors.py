@@ -1,0 +1,90 @@
+"""One place that turns every failure into OpenAI's error body ``{"error": {message, type, param, code}}``.
+
+Domain errors (``tunewise.errors``) keep their status; FastAPI's request validation becomes a 422, an
+unknown route a 404, anything unexpected a 500, all in the same shape, so the official SDK raises its own
+exception classes (``BadRequestError``, ``NotFoundError``, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunewise.errors import TunewiseError
+
+log = logging.getLogger("tunewise.serve")
+
+# HTTP status -> OpenAI's error ``type``.
+TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_exceeded",
+    500: "server_error",
+}
+
+
+class ApiError(TunewiseError):
+    """An error with an explicit HTTP status (401, 403, 413, 429, ...)."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint, code=code, param=param)
+        self.status = status
+        self.type = TYPES.get(status, "invalid_request_error")
+
+
+def body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
+                   type: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(body(message, type=type or TYPES.get(status, "invalid_request_error"), param=param,
+                             code=code), status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+
+    @app.exception_handler(TunewiseError)
+    async def _domain(request: Request, exc: TunewiseError) -> JSONResponse:
+        type_ = exc.type if exc.type != "invalid_request_error" else TYPES.get(exc.status, exc.type)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return error_response(exc.status, str(exc), param=exc.param, code=exc.code, type=type_, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        param = ".".join(loc) or None
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p not in ('body', 'query', 'path', 'header'))}: "
+            f"{e.get('msg')}" for e in errors[:5])
+        return error_response(422, f"Invalid request: {message}", param=param, code="invalid_value")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"Invalid URL ({request.method} {request.url.path})"
+            return error_response(404, message, code="unknown_url")
+        if exc.status_code == 405:
+            return error_response(405, f"Method {request.method} is not allowed on {request.url.path}",
+                                  code="method_not_allowed")
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, f"The server had an error while processing the request "
+                              f"({type(exc).__name__}: {exc}). Its log has the details.", code="server_error")

@@ -1,0 +1,1 @@
+"""One router per API noun: files, fine-tuning jobs, models, chat completions."""

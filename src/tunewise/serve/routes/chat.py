@@ -1,0 +1,130 @@
+"""``/v1/chat/completions`` through the process's one generation engine (``tunewise.infer.Engine``).
+
+The engine batches concurrent requests; its calls are blocking, so they run in worker threads and the event
+loop stays free. Streaming answers are Server-Sent Events of ``chat.completion.chunk`` objects ending with
+``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict
+
+from tunewise import __version__
+from tunewise.errors import UsageError
+from tunewise.serve import naming
+from tunewise.serve.app import PrincipalDep, StateDep
+from tunewise.serve.store import new_id
+
+router = APIRouter(tags=["chat"])
+
+
+class ChatRequest(BaseModel):
+    """The parameters of OpenAI's CreateChatCompletionRequest that the engine honours (others are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    messages: list[dict[str, Any]]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = None
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+
+def _generation_request(body: ChatRequest, local: str, max_chat_tokens: int):
+    from tunewise.infer.types import GenerationRequest
+
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    if max_tokens is not None and max_tokens > max_chat_tokens:
+        raise UsageError(f"max_tokens={max_tokens} is more than this server's limit of {max_chat_tokens} "
+                         "(setting max_chat_tokens, env TUNEWISE_MAX_CHAT_TOKENS).", param="max_tokens")
+    response_format = body.response_format
+    if response_format and response_format.get("type") == "text":
+        response_format = None
+    return GenerationRequest(
+        model=local, messages=body.messages, max_tokens=max_tokens if max_tokens is not None else max_chat_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p, stop=body.stop, seed=body.seed,
+        n=1 if body.n is None else body.n, response_format=response_format)
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+@router.post("/chat/completions", response_model=None)
+async def create_chat_completion(body: ChatRequest, request: Request, state: StateDep,
+                                 principal: PrincipalDep) -> dict[str, Any] | StreamingResponse:
+    target = naming.resolve(state.store, state.settings, principal.project, body.model)
+    req = _generation_request(body, target.local, state.settings.max_chat_tokens)
+    req.check(state.settings.engine_max_batch_size)
+    engine = await run_in_threadpool(state.engine)
+    completion_id, created = new_id("chatcmpl-"), int(time.time())
+    fingerprint = f"fp_tunewise_{__version__}"
+    if not body.stream:
+        result = await run_in_threadpool(engine.generate, req)
+        return {
+            "id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
+            "system_fingerprint": fingerprint,
+            "choices": [{"index": c.index, "finish_reason": c.finish_reason, "logprobs": None,
+                         "message": {"role": "assistant", "content": c.text, "refusal": None, "annotations": []}}
+                        for c in result.choices],
+            "usage": _usage(result.prompt_tokens, result.completion_tokens),
+        }
+
+    include_usage = bool((body.stream_options or {}).get("include_usage"))
+    deltas = await run_in_threadpool(engine.stream, req)  # loads the model on first use
+    # Take the first delta before answering, so that an error in loading the model or in the request is a
+    # proper HTTP error rather than a broken stream.
+    first = await run_in_threadpool(next, deltas, None)
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+        obj: dict[str, Any] = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                               "model": body.model, "system_fingerprint": fingerprint, "choices": choices}
+        if include_usage:
+            obj["usage"] = usage
+        return f"data: {json.dumps(obj)}\n\n"
+
+    def rest() -> Iterator[Any]:
+        if first is not None:
+            yield first
+        yield from deltas
+
+    async def events() -> AsyncIterator[str]:
+        texts: dict[int, str] = {}
+        started: set[int] = set()
+        try:
+            async for delta in iterate_in_threadpool(rest()):
+                if delta.index not in started:
+                    started.add(delta.index)
+                    yield chunk([{"index": delta.index, "delta": {"role": "assistant", "content": ""},
+                                  "logprobs": None, "finish_reason": None}])
+                texts[delta.index] = texts.get(delta.index, "") + delta.text
+                if delta.text:
+                    yield chunk([{"index": delta.index, "delta": {"content": delta.text}, "logprobs": None,
+                                  "finish_reason": None}])
+                if delta.finish_reason is not None:
+                    yield chunk([{"index": delta.index, "delta": {}, "logprobs": None,
+                                  "finish_reason": delta.finish_reason}])
+        finally:
+            deltas.close()  # a client that went away stops the decoding of its rows
+        if include_usage:
+            yield chunk([], deltas.usage)
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+

@@ -1,0 +1,235 @@
+"""``/v1/files``: upload (streamed to disk, hashed, validated), list, retrieve, content, delete."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from tunewise.errors import NotFound, UsageError
+from tunewise.serve.app import PrincipalDep, State, StateDep
+from tunewise.serve.errors import ApiError
+from tunewise.serve.store import new_id, now
+
+router = APIRouter(tags=["files"])
+
+PURPOSES = ("fine-tune", "assistants", "batch", "vision", "user_data", "evals")
+MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around the file in a multipart body
+SHOWN_FINDINGS = 5  # how many validation errors a refused upload lists
+
+
+def file_object(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "object": "file", "bytes": row["bytes"], "created_at": row["created_at"],
+            "filename": row["filename"], "purpose": row["purpose"], "status": "processed"}
+
+
+def get_file(state: State, project: str, file_id: str) -> dict[str, Any]:
+    row = state.store.one("SELECT * FROM files WHERE id = ? AND project = ? AND deleted_at IS NULL",
+                          file_id, project)
+    if row is None:
+        raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
+    return row
+
+
+class _Upload:
+    """Streams a multipart body: the ``file`` part goes straight to disk, hashed and checked line by line."""
+
+    def __init__(self, target: Path, max_bytes: int, max_line: int) -> None:
+        self.target = target
+        self.max_bytes = max_bytes
+        self.max_line = max_line
+        self.fields: dict[str, bytes] = {}
+        self.filename: str | None = None
+        self.size = 0
+        self.sha = hashlib.sha256()
+        self.line_no = 1
+        self.line_len = 0
+        self.failure: ApiError | None = None
+        self._out = None
+        self._name: str | None = None
+        self._headers: dict[bytes, bytes] = {}
+        self._field = b""
+        self._value = b""
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: setattr(self, "_field", self._field + d[s:e]),
+            "on_header_value": lambda d, s, e: setattr(self, "_value", self._value + d[s:e]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+
+    def _part_begin(self) -> None:
+        self._headers, self._name = {}, None
+
+    def _header_end(self) -> None:
+        self._headers[self._field.lower()] = self._value
+        self._field, self._value = b"", b""
+
+    def _headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._name = params.get(b"name", b"").decode("utf-8", "replace")
+        if self._name == "file" and self._out is None:
+            raw = params.get(b"filename", b"upload.jsonl").decode("utf-8", "replace")
+            self.filename = os.path.basename(raw) or "upload.jsonl"
+            self._out = open(self.target, "wb")  # noqa: SIM115 - closed in _part_end / close()
+        else:
+            self.fields[self._name] = b""
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.failure is not None:
+            return
+        chunk = data[start:end]
+        if self._name == "file" and self._out is not None:
+            self.size += len(chunk)
+            if self.size > self.max_bytes:
+                self.failure = _too_large(self.max_bytes)
+                return
+            self._check_lines(chunk)
+            self.sha.update(chunk)
+            self._out.write(chunk)
+        elif len(self.fields.get(self._name, b"")) < 4096:
+            self.fields[self._name] = self.fields.get(self._name, b"") + chunk
+
+    def _check_lines(self, chunk: bytes) -> None:
+        pos = 0
+        while True:
+            nl = chunk.find(b"\n", pos)
+            if nl < 0:
+                self.line_len += len(chunk) - pos
+                break
+            self.line_len += nl - pos
+            if self.line_len > self.max_line:
+                break
+            self.line_no += 1
+            self.line_len = 0
+            pos = nl + 1
+        if self.line_len > self.max_line:
+            self.failure = ApiError(
+                400, f"Line {self.line_no} of the file is longer than the limit of {self.max_line} bytes "
+                "(setting max_line_bytes, env TUNEWISE_MAX_LINE_BYTES).",
+                hint="Each line must be one JSON example; shorten the example or raise the limit.",
+                code="line_too_long", param="file")
+
+    def _part_end(self) -> None:
+        if self._name == "file" and self._out is not None:
+            self._out.close()
+
+    def close(self) -> None:
+        if self._out is not None and not self._out.closed:
+            self._out.close()
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"File is larger than the upload limit of {limit} bytes (setting max_upload_bytes, "
+                    "env TUNEWISE_MAX_UPLOAD_BYTES).", hint="Split the file or raise the limit.",
+                    code="file_too_large", param="file")
+
+
+def _validation_error(path: Path) -> ApiError | None:
+    """The validator's verdict on an uploaded training file: None when usable, else a 400 naming lines."""
+    from tunewise.data import validate
+
+    report = validate(path)
+    problems = [f for f in report.findings if f.severity == "error"]
+    if not problems:
+        return None
+    shown = "; ".join(f"line {f.line}: {f.message.rstrip('.')}" if f.line else f.message.rstrip(".")
+                      for f in problems[:SHOWN_FINDINGS])
+    more = f" (and {len(problems) - SHOWN_FINDINGS} more)" if len(problems) > SHOWN_FINDINGS else ""
+    first = problems[0]
+    return ApiError(400, f"Invalid file format for fine-tuning: {len(problems)} error(s): {shown}{more}.",
+                    hint=getattr(first, "hint", None) or "Run `tunewise validate FILE` for the full report.",
+                    code="invalid_file_format", param="file")
+
+
+@router.post("/files")
+async def create_file(request: Request, state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
+    settings = state.settings
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data" or b"boundary" not in params:
+        raise UsageError("Uploads must be multipart/form-data with a `file` part and a `purpose` field.",
+                         param="file")
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > settings.max_upload_bytes + MULTIPART_OVERHEAD:
+        raise _too_large(settings.max_upload_bytes)
+    file_id = new_id("file-")
+    tmp = state.store.files_dir / f".{file_id}.part"
+    upload = _Upload(tmp, settings.max_upload_bytes, settings.max_line_bytes)
+    parser = MultipartParser(params[b"boundary"], upload.callbacks())
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+            if upload.failure is not None:
+                raise upload.failure
+        parser.finalize()
+        upload.close()
+        if upload.filename is None:
+            raise UsageError("The upload has no `file` part.", param="file", hint="Send the file as `file`.")
+        purpose = upload.fields.get("purpose", b"").decode("utf-8", "replace")
+        if purpose not in PURPOSES:
+            raise UsageError(f"Invalid purpose {purpose!r}: expected one of {', '.join(PURPOSES)}.",
+                             param="purpose", hint="Fine-tuning data uses purpose='fine-tune'.")
+        if purpose == "fine-tune":
+            error = await run_in_threadpool(_validation_error, tmp)
+            if error is not None:
+                raise error
+        path = state.store.files_dir / f"{file_id}.jsonl"
+        tmp.replace(path)
+    finally:
+        upload.close()
+        tmp.unlink(missing_ok=True)
+    row = {"id": file_id, "project": principal.project, "filename": upload.filename, "purpose": purpose,
+           "bytes": upload.size, "sha256": upload.sha.hexdigest(), "path": str(path), "created_at": now()}
+    state.store.db.execute(
+        "INSERT INTO files (id, project, filename, purpose, bytes, sha256, path, created_at) "
+        "VALUES (:id, :project, :filename, :purpose, :bytes, :sha256, :path, :created_at)", row)
+    return file_object(row)
+
+
+@router.get("/files")
+def list_files(state: StateDep, principal: PrincipalDep, purpose: str | None = None,
+               limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+               order: Literal["asc", "desc"] = "desc", after: str | None = None) -> dict[str, Any]:
+    where, args = "project = ? AND deleted_at IS NULL", [principal.project]
+    if purpose:
+        where += " AND purpose = ?"
+        args.append(purpose)
+    rows, has_more = state.store.page("files", where, args, after=after, limit=limit,
+                                      newest_first=order == "desc", after_scope="project = ?",
+                                      after_args=(principal.project,))
+    data = [file_object(r) for r in rows]
+    return {"object": "list", "data": data, "has_more": has_more,
+            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+
+
+@router.get("/files/{file_id}")
+def retrieve_file(file_id: str, state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
+    return file_object(get_file(state, principal.project, file_id))
+
+
+@router.get("/files/{file_id}/content")
+def file_content(file_id: str, state: StateDep, principal: PrincipalDep) -> FileResponse:
+    row = get_file(state, principal.project, file_id)
+    path = Path(row["path"])
+    if not path.is_file():
+        # The database says the file exists but its bytes are gone: a server-side fault, not the caller's.
+        raise RuntimeError(f"stored content of {file_id} is missing from {path}")
+    return FileResponse(path, media_type="application/octet-stream", filename=row["filename"])
+
+
+@router.delete("/files/{file_id}")
+def delete_file(file_id: str, state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
+    row = get_file(state, principal.project, file_id)
+    state.store.db.execute("UPDATE files SET deleted_at = ? WHERE id = ?", (now(), file_id))
+    Path(row["path"]).unlink(missing_ok=True)
+    return {"id": file_id, "object": "file", "deleted": True}

@@ -1,0 +1,255 @@
+"""``/v1/fine_tuning/jobs``: create, list, retrieve, cancel, pause, resume, events, checkpoints.
+
+The API only writes the job's row and flags; the worker process (``tunewise.serve.worker``) validates,
+trains and reports back through the same database. Cancel and pause take effect in the row at once and
+the worker's ``stop`` callable sees them within ``worker_poll_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunewise.errors import Conflict, NotFound, Unsupported, UsageError
+from tunewise.serve import naming
+from tunewise.serve.app import PrincipalDep, State, StateDep
+from tunewise.serve.errors import ApiError
+from tunewise.serve.store import ACTIVE, new_id, now
+
+router = APIRouter(tags=["fine-tuning"])
+
+PAST = {"cancel": "cancelled", "pause": "paused", "resume": "resumed"}
+HYPERPARAMETER_RANGES = {"n_epochs": (1, 50, int), "batch_size": (1, 256, int),
+                         "learning_rate_multiplier": (0, None, float)}
+
+
+class CreateJob(BaseModel):
+    """OpenAI's CreateFineTuningJobRequest (unknown fields are ignored, as OpenAI does)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: dict[str, Any] | None = None
+    method: dict[str, Any] | None = None
+    suffix: Annotated[str | None, Field(max_length=64)] = None
+    seed: Annotated[int | None, Field(ge=0, le=2147483647)] = None
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+
+
+def job_object(row: dict[str, Any]) -> dict[str, Any]:
+    hyper = json.loads(row["hyperparameters"])
+    method = json.loads(row["method"])
+    return {
+        "object": "fine_tuning.job",
+        "id": row["id"],
+        "model": row["model"],
+        "created_at": row["created_at"],
+        "finished_at": row["finished_at"],
+        "fine_tuned_model": row["fine_tuned_model"],
+        "organization_id": f"org-{row['project']}",
+        "result_files": json.loads(row["result_files"]),
+        "status": row["status"],
+        "validation_file": row["validation_file"],
+        "training_file": row["training_file"],
+        "hyperparameters": hyper,
+        "trained_tokens": row["trained_tokens"],
+        "error": json.loads(row["error"]) if row["error"] else None,
+        "user_provided_suffix": row["suffix"],
+        "seed": row["seed"],
+        "estimated_finish": row["estimated_finish"],
+        "integrations": [],
+        "method": method,
+        "metadata": json.loads(row["metadata"]) if row["metadata"] else None,
+    }
+
+
+def get_job(state: State, project: str, job_id: str) -> dict[str, Any]:
+    row = state.store.job(job_id, project)
+    if row is None:
+        raise NotFound(f"Could not find fine-tuning job {job_id}.", param="fine_tuning_job_id",
+                       code="fine_tuning_job_not_found")
+    return row
+
+
+def _hyperparameters(body: CreateJob) -> dict[str, Any]:
+    """The supervised hyperparameters from ``method`` (or the deprecated top-level field), checked."""
+    method = body.method or {"type": "supervised"}
+    kind = method.get("type")
+    if kind in ("dpo", "reinforcement"):
+        raise Unsupported(f"Fine-tuning method '{kind}' is not supported yet: only 'supervised' is.",
+                          hint="Use method={'type': 'supervised', ...} with chat-format training data.",
+                          param="method.type", code="unsupported_method")
+    if kind != "supervised":
+        raise UsageError(f"Unknown fine-tuning method type {kind!r}.", hint="Use 'supervised'.",
+                         param="method.type")
+    hyper = dict((method.get("supervised") or {}).get("hyperparameters") or {})
+    if body.hyperparameters:
+        if hyper:
+            raise UsageError("Give hyperparameters either in `method` or in the deprecated `hyperparameters` "
+                             "field, not both.", param="hyperparameters")
+        hyper = dict(body.hyperparameters)
+    out: dict[str, Any] = {}
+    for name, value in hyper.items():
+        if name not in HYPERPARAMETER_RANGES:
+            raise UsageError(f"Unknown hyperparameter {name!r}.", param=f"hyperparameters.{name}",
+                             hint="Supervised fine-tuning takes " + ", ".join(HYPERPARAMETER_RANGES) + ".")
+        low, high, kind_ = HYPERPARAMETER_RANGES[name]
+        if value == "auto" or value is None:
+            out[name] = "auto"
+            continue
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and kind_ is int:
+            ok = float(value).is_integer() and low <= value <= high
+        elif ok:
+            ok = value > low
+        if not ok:
+            limits = f"an integer from {low} to {high}" if kind_ is int else f"a number greater than {low}"
+            raise UsageError(f"Invalid {name} {value!r}: expected 'auto' or {limits}.",
+                             param=f"hyperparameters.{name}")
+        out[name] = int(value) if kind_ is int else float(value)
+    for name in HYPERPARAMETER_RANGES:
+        out.setdefault(name, "auto")
+    return {"batch_size": out["batch_size"], "learning_rate_multiplier": out["learning_rate_multiplier"],
+            "n_epochs": out["n_epochs"]}
+
+
+def _check_file(state: State, project: str, file_id: str, param: str) -> None:
+    row = state.store.one("SELECT purpose FROM files WHERE id = ? AND project = ? AND deleted_at IS NULL",
+                          file_id, project)
+    if row is None:
+        raise UsageError(f"File '{file_id}' not found.", param=param, code="invalid_file",
+                         hint="Upload it first with client.files.create(file=..., purpose='fine-tune').")
+    if row["purpose"] != "fine-tune":
+        raise UsageError(f"File '{file_id}' has purpose '{row['purpose']}', not 'fine-tune'.", param=param,
+                         code="invalid_file")
+
+
+@router.post("/fine_tuning/jobs")
+def create_job(body: CreateJob, state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
+    store, settings, project = state.store, state.settings, principal.project
+    hyper = _hyperparameters(body)
+    if body.model.startswith("ft:"):
+        raise Unsupported("Fine-tuning a fine-tuned model further is not supported yet.",
+                          hint="Start from a base model and train on the combined data.", param="model")
+    local = naming.base_local_model(settings, body.model)
+    _check_file(state, project, body.training_file, "training_file")
+    if body.validation_file:
+        _check_file(state, project, body.validation_file, "validation_file")
+    if body.metadata and len(body.metadata) > 16:
+        raise UsageError("metadata may have at most 16 keys.", param="metadata")
+    job_id = new_id("ftjob-")
+    seed = body.seed if body.seed is not None else random.randrange(2**31)
+    method = {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+    with store.transaction() as db:
+        active = db.execute(f"SELECT COUNT(*) FROM jobs WHERE project = ? AND status IN ({','.join('?' * len(ACTIVE))})",
+                            (project, *ACTIVE)).fetchone()[0]
+        if active >= settings.max_active_jobs:
+            raise ApiError(429, f"This project already has {active} unfinished fine-tuning jobs, the limit "
+                           f"(setting max_active_jobs, env TUNEWISE_MAX_ACTIVE_JOBS) is {settings.max_active_jobs}.",
+                           hint="Wait for a job to finish or cancel one.", code="rate_limit_exceeded")
+        db.execute(
+            "INSERT INTO jobs (id, project, model, local_model, training_file, validation_file, hyperparameters, "
+            "method, suffix, seed, metadata, status, output_dir, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (job_id, project, body.model, local, body.training_file, body.validation_file, json.dumps(hyper),
+             json.dumps(method), body.suffix, seed, json.dumps(body.metadata) if body.metadata else None,
+             "validating_files", str(store.jobs_dir / job_id), now()))
+    store.add_event(job_id, f"Created fine-tuning job: {job_id}")
+    if local != body.model:
+        store.add_event(job_id, f"Model '{body.model}' is served locally by '{local}': the fine-tuning trains "
+                        f"'{local}' on this machine, not an OpenAI model.")
+    store.add_event(job_id, f"Validating training file: {body.training_file}")
+    if body.validation_file:
+        store.add_event(job_id, f"Validating validation file: {body.validation_file}")
+    return job_object(store.job(job_id))
+
+
+@router.get("/fine_tuning/jobs")
+def list_jobs(request: Request, state: StateDep, principal: PrincipalDep, after: str | None = None,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> dict[str, Any]:
+    where, args = "project = ?", [principal.project]
+    # metadata[key]=value filters, as the SDK sends them.
+    for key, value in request.query_params.multi_items():
+        if key.startswith("metadata[") and key.endswith("]"):
+            where += " AND json_extract(metadata, ?) = ?"
+            args += ['$."' + key[9:-1].replace('"', '') + '"', value]
+    rows, has_more = state.store.page("jobs", where, args, after=after, limit=limit,
+                                      after_scope="project = ?", after_args=(principal.project,))
+    return {"object": "list", "data": [job_object(r) for r in rows], "has_more": has_more}
+
+
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}")
+def retrieve_job(fine_tuning_job_id: str, state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
+    return job_object(get_job(state, principal.project, fine_tuning_job_id))
+
+
+def _transition(state: State, project: str, job_id: str, allowed: tuple[str, ...], verb: str,
+                **values: Any) -> dict[str, Any]:
+    row = get_job(state, project, job_id)
+    if not state.store.set_job(job_id, only_if_status=allowed, **values):
+        current = state.store.job_status(job_id)
+        raise Conflict(f"Cannot {verb} job {job_id}: its status is '{current}'; only a job that is "
+                       f"{' or '.join(allowed)} can be {PAST[verb]}.",
+                       param="fine_tuning_job_id", code="invalid_job_status")
+    return row
+
+
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/cancel")
+def cancel_job(fine_tuning_job_id: str, state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
+    _transition(state, principal.project, fine_tuning_job_id, ACTIVE, "cancel", status="cancelled",
+                finished_at=now(), estimated_finish=None)
+    state.store.add_event(fine_tuning_job_id, "Fine-tuning job cancelled")
+    return job_object(state.store.job(fine_tuning_job_id))
+
+
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/pause")
+def pause_job(fine_tuning_job_id: str, state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
+    _transition(state, principal.project, fine_tuning_job_id, ("queued", "running"), "pause", status="paused",
+                estimated_finish=None)
+    state.store.add_event(fine_tuning_job_id, "Fine-tuning job paused; resume it to continue from its last "
+                          "saved state")
+    return job_object(state.store.job(fine_tuning_job_id))
+
+
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/resume")
+def resume_job(fine_tuning_job_id: str, state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
+    _transition(state, principal.project, fine_tuning_job_id, ("paused",), "resume", status="queued")
+    state.store.add_event(fine_tuning_job_id, "Fine-tuning job resumed, moving job to queued state")
+    return job_object(state.store.job(fine_tuning_job_id))
+
+
+def event_object(row: dict[str, Any]) -> dict[str, Any]:
+    return {"object": "fine_tuning.job.event", "id": row["id"], "created_at": row["created_at"],
+            "level": row["level"], "message": row["message"], "type": row["type"],
+            "data": json.loads(row["data"]) if row["data"] else {}}
+
+
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}/events")
+def list_events(fine_tuning_job_id: str, state: StateDep, principal: PrincipalDep, after: str | None = None,
+                limit: Annotated[int, Query(ge=1, le=10000)] = 20) -> dict[str, Any]:
+    get_job(state, principal.project, fine_tuning_job_id)
+    rows, has_more = state.store.page("events", "job_id = ?", [fine_tuning_job_id], after=after, limit=limit,
+                                      after_scope="job_id = ?", after_args=(fine_tuning_job_id,))
+    return {"object": "list", "data": [event_object(r) for r in rows], "has_more": has_more}
+
+
+def checkpoint_object(row: dict[str, Any]) -> dict[str, Any]:
+    return {"object": "fine_tuning.job.checkpoint", "id": row["id"], "created_at": row["created_at"],
+            "fine_tuned_model_checkpoint": row["model"], "fine_tuning_job_id": row["job_id"],
+            "metrics": json.loads(row["metrics"]), "step_number": row["step"]}
+
+
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints")
+def list_checkpoints(fine_tuning_job_id: str, state: StateDep, principal: PrincipalDep,
+                     after: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 10) -> dict[str, Any]:
+    get_job(state, principal.project, fine_tuning_job_id)
+    rows, has_more = state.store.page("checkpoints", "job_id = ?", [fine_tuning_job_id], after=after,
+                                      limit=limit, after_scope="job_id = ?", after_args=(fine_tuning_job_id,))
+    data = [checkpoint_object(r) for r in rows]
+    return {"object": "list", "data": data, "has_more": has_more,
+            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}

@@ -1,0 +1,130 @@
+"""Every setting of ``tunewise serve`` in one place.
+
+Each field has a default, a docstring, and an environment override named ``TUNEWISE_<FIELD>`` in upper case
+(``TUNEWISE_MAX_UPLOAD_BYTES=1000000``). Command-line options (``--host``, ``--port``, ``--data-dir``) win over
+the environment. Limits are named here so that the errors that enforce them can quote the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tunewise import models, paths
+from tunewise.errors import UsageError
+
+# OpenAI model names a request may use; each maps to a local stand-in (the default local model unless the
+# alias table says otherwise), so code written for OpenAI runs unchanged.
+OPENAI_MODEL_NAMES = (
+    "gpt-4o-mini-2024-07-18",
+    "gpt-4o-mini",
+    "gpt-4o-2024-08-06",
+    "gpt-4o",
+    "gpt-4.1-mini-2025-04-14",
+    "gpt-4.1-mini",
+    "gpt-4.1-nano-2025-04-14",
+    "gpt-4.1-nano",
+    "gpt-4.1-2025-04-14",
+    "gpt-4.1",
+    "gpt-3.5-turbo",
+    "gpt-3.5-turbo-0125",
+    "gpt-3.5-turbo-1106",
+    "babbage-002",
+    "davinci-002",
+)
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    """Interface to listen on. Keep 127.0.0.1 unless the machine's network is trusted."""
+    port: int = 8000
+    """TCP port to listen on."""
+    data_dir: Path = field(default_factory=lambda: paths.home() / "server")
+    """Where the database (``tunewise.db``), uploaded files, job outputs and the worker's log live."""
+    project: str = "default"
+    """Project that the key created on first start belongs to."""
+    default_local_model: str = models.DEFAULT_MODEL
+    """Local model that every OpenAI model name stands in for unless ``aliases`` says otherwise
+    (tests use ``tunewise-tiny``)."""
+    aliases: dict[str, str] = field(default_factory=dict)
+    """Extra alias table, OpenAI name -> local model (registry name or model directory); JSON in the
+    environment: ``TUNEWISE_ALIASES='{"gpt-4o-mini": "smollm2-135m-instruct"}'``."""
+    strict_models: bool = False
+    """Refuse model names that are neither local models nor in the alias table (400, param ``model``) instead
+    of mapping every unknown name to ``default_local_model``."""
+    max_upload_bytes: int = 512 * 1024 * 1024
+    """Largest file an upload may carry (OpenAI's limit for fine-tuning files is 512 MB); over it: 413."""
+    max_line_bytes: int = 4 * 1024 * 1024
+    """Longest line (one training example) an uploaded JSONL file may have; over it: 400 naming the line."""
+    max_request_bytes: int = 8 * 1024 * 1024
+    """Largest JSON request body (job creation, chat completions); over it: 413."""
+    max_concurrent_jobs: int = 1
+    """How many fine-tuning jobs the worker trains at the same time; more wait in ``queued``."""
+    max_active_jobs: int = 50
+    """How many unfinished jobs (validating, queued, running, paused) a project may have; over it: 429."""
+    max_chat_tokens: int = 4096
+    """Largest ``max_tokens`` a chat completion may ask for."""
+    engine_max_batch_size: int = 8
+    """How many chat completions the generation engine decodes together."""
+    worker: bool = True
+    """Whether ``tunewise serve`` starts the job worker process (off when a ``--worker-only`` process runs)."""
+    worker_poll_s: float = 0.5
+    """How often the worker looks for new jobs and the training loop for cancel/pause flags (seconds)."""
+    log_level: str = "warning"
+    """uvicorn's log level (``info`` logs every request)."""
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``TUNEWISE_*`` variables, then ``overrides`` (those that are not None)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f"TUNEWISE_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.data_dir = Path(settings.data_dir).expanduser()
+        return settings
+
+    def alias_table(self) -> dict[str, str]:
+        """OpenAI name -> local model, the defaults first, then ``aliases``."""
+        table = dict.fromkeys(OPENAI_MODEL_NAMES, self.default_local_model)
+        table.update(self.aliases)
+        return table
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every setting with its value and environment variable (for ``--help`` and the README)."""
+        return [{"name": f.name, "env": f"TUNEWISE_{f.name.upper()}", "value": getattr(self, f.name)}
+                for f in fields(self)]
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind.startswith("dict"):
+            value = json.loads(raw)
+            if not isinstance(value, dict):
+                raise ValueError(raw)
+            return {str(k): str(v) for k, v in value.items()}
+        if kind == "Path":
+            return Path(raw)
+        return raw
+    except ValueError as exc:
+        raise UsageError(f"TUNEWISE_{f.name.upper()}={raw!r} is not a valid {kind}.",
+                         hint=f"Fix or unset the environment variable TUNEWISE_{f.name.upper()}.") from exc

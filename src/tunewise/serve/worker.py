@@ -1,0 +1,349 @@
+"""The job worker: validates, queues and trains fine-tuning jobs from the SQLite store.
+
+``tunewise serve`` starts it as a child process (or run it alone with ``tunewise serve --worker-only``).
+One worker per data directory holds ``worker.lock``; a second one waits for it. Each running job trains in
+a thread of this process through ``tunewise.train.train``, whose ``stop`` callable reads the job's status:
+the API's cancel and pause change that status, and a shutdown (SIGTERM, or the parent server dying) stops
+the trainer, which saves a resumable state. On start, every job still marked ``running`` is an orphan of a
+worker that died, and is resumed from that saved state (the trainer resumes when given the same output dir).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from tunewise.errors import Cancelled, TunewiseError
+from tunewise.serve import naming
+from tunewise.serve.settings import Settings
+from tunewise.serve.store import Store, new_id, now
+
+log = logging.getLogger("tunewise.serve.worker")
+
+
+class Worker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(settings.data_dir)
+        self.shutdown = threading.Event()
+        self.active: dict[str, threading.Thread] = {}
+
+    # -- main loop ----------------------------------------------------------------------------------------
+    def run(self, parent_pid: int | None = None) -> None:
+        """Work until ``shutdown`` is set (or the parent process is gone); then stop jobs and return."""
+        lock = open(self.store.data_dir / "worker.lock", "w")  # noqa: SIM115 - held for the process's life
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if self.shutdown.wait(0.2):
+                    return
+        log.info("worker %s started on %s", os.getpid(), self.store.data_dir)
+        try:
+            while not self.shutdown.is_set():
+                if parent_pid is not None and os.getppid() != parent_pid:
+                    log.warning("parent server %s is gone; stopping", parent_pid)
+                    break
+                self.tick()
+                self.shutdown.wait(self.settings.worker_poll_s)
+        finally:
+            self.shutdown.set()
+            for thread in list(self.active.values()):
+                thread.join(timeout=120)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+
+    def tick(self) -> None:
+        """One pass: reap finished threads, validate new jobs, start runnable ones up to the limit."""
+        for job_id, thread in list(self.active.items()):
+            if not thread.is_alive():
+                del self.active[job_id]
+        for job in self.store.all("SELECT * FROM jobs WHERE status = 'validating_files' ORDER BY seq"):
+            self.validate(job)
+        # Jobs marked running but not ours were interrupted by a crash or a restart: they go first.
+        candidates = self.store.all(
+            "SELECT * FROM jobs WHERE status IN ('running', 'queued') "
+            "ORDER BY CASE status WHEN 'running' THEN 0 ELSE 1 END, seq")
+        for job in candidates:
+            if job["id"] in self.active:
+                continue
+            if len(self.active) >= self.settings.max_concurrent_jobs:
+                break
+            thread = threading.Thread(target=self.run_job, args=(job,), name=f"job-{job['id']}", daemon=True)
+            self.active[job["id"]] = thread
+            thread.start()
+
+    # -- validation ---------------------------------------------------------------------------------------
+    def _file_path(self, file_id: str | None) -> Path | None:
+        if not file_id:
+            return None
+        row = self.store.one("SELECT path FROM files WHERE id = ? AND deleted_at IS NULL", file_id)
+        if row is None or not Path(row["path"]).is_file():
+            raise _JobError("invalid_file", f"File {file_id} was deleted before the job could use it.",
+                            "training_file")
+        return Path(row["path"])
+
+    def validate(self, job: dict[str, Any]) -> None:
+        job_id = job["id"]
+        try:
+            for param in ("training_file", "validation_file"):
+                path = self._file_path(job[param])
+                if path is None:
+                    continue
+                report = _validate_file(path, job["model"])
+                problems = [f for f in report.findings if f.severity == "error"]
+                if problems:
+                    detail = "; ".join(f"line {f.line}: {f.message}" if f.line else f.message
+                                       for f in problems[:5])
+                    raise _JobError(problems[0].code or f"invalid_{param}",
+                                    f"The job failed due to an invalid {param.replace('_', ' ')}: {detail}", param)
+                for f in report.findings:
+                    if f.severity == "warning":
+                        where = f"line {f.line}: " if f.line else ""
+                        self.store.add_event(job_id, f"{param.replace('_', ' ').capitalize()} warning: "
+                                             f"{where}{f.message}", level="warn")
+            hyper = json.loads(job["hyperparameters"])
+            n = _count_examples(self._file_path(job["training_file"]))
+            hyper = _resolve_auto(hyper, n)
+            method = {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+        except _JobError as exc:
+            self.fail(job_id, exc.code, exc.message, exc.param, only_if=("validating_files",))
+            return
+        except Exception as exc:  # the validator itself broke: fail the job, keep the worker alive
+            log.exception("validating %s", job_id)
+            self.fail(job_id, "internal_error", f"Validation failed: {type(exc).__name__}: {exc}", None,
+                      only_if=("validating_files",))
+            return
+        if self.store.set_job(job_id, only_if_status=("validating_files",), status="queued",
+                              hyperparameters=hyper, method=method):
+            self.store.add_event(job_id, "Files validated, moving job to queued state")
+
+    def fail(self, job_id: str, code: str, message: str, param: str | None,
+             only_if: tuple[str, ...] = ("validating_files", "queued", "running")) -> None:
+        if self.store.set_job(job_id, only_if_status=only_if, status="failed", finished_at=now(),
+                              estimated_finish=None, error={"code": code, "message": message, "param": param}):
+            self.store.add_event(job_id, message, level="error")
+
+    # -- training -----------------------------------------------------------------------------------------
+    def run_job(self, job: dict[str, Any]) -> None:
+        job_id = job["id"]
+        store = self.store
+        resuming = job["status"] == "running" or job["started_at"] is not None
+        if not store.set_job(job_id, only_if_status=("queued", "running"), status="running",
+                             started_at=job["started_at"] or now()):
+            return
+        ft_name = naming.fine_tuned_name(job["model"], job["project"], job["suffix"], job_id)
+        if resuming:
+            store.add_event(job_id, "Fine-tuning job resumed from its last saved state")
+        else:
+            store.add_event(job_id, "Fine-tuning job started")
+            store.add_event(job_id, f"Training the local model '{job['local_model']}' (LoRA) on this machine"
+                            + (f" as a stand-in for '{job['model']}'" if job["model"] != job["local_model"] else ""))
+        last_check = [0.0, False]
+
+        def stop() -> bool:
+            if self.shutdown.is_set():
+                return True
+            # The trainer asks every step; the database is read at most every worker_poll_s.
+            if time.monotonic() - last_check[0] >= self.settings.worker_poll_s:
+                last_check[0] = time.monotonic()
+                last_check[1] = store.job_status(job_id) != "running"
+            return last_check[1]
+
+        def on_event(event: Any) -> None:
+            try:
+                self._record(job_id, ft_name, event)
+            except Exception:  # a bad event must not kill the training
+                log.exception("recording an event of %s", job_id)
+
+        try:
+            result = _train(self._train_config(job), on_event, stop)
+        except Cancelled:
+            if self.shutdown.is_set() and store.job_status(job_id) == "running":
+                store.add_event(job_id, "The worker is stopping; the job will resume from its last saved state")
+            return
+        except _JobError as exc:
+            self.fail(job_id, exc.code, exc.message, exc.param)
+            return
+        except TunewiseError as exc:
+            self.fail(job_id, exc.code or "training_failed", f"Fine-tuning failed: {exc}", exc.param)
+            return
+        except Exception as exc:
+            log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+            self.fail(job_id, "internal_error", f"Fine-tuning failed: {type(exc).__name__}: {exc}", None)
+            return
+        self.finish(job, ft_name, result)
+
+    def _train_config(self, job: dict[str, Any]):
+        from tunewise.train import TrainConfig
+
+        hyper = json.loads(job["hyperparameters"])
+        return TrainConfig(
+            training_file=self._file_path(job["training_file"]),
+            validation_file=self._file_path(job["validation_file"]),
+            model=job["local_model"], method="lora",
+            n_epochs=hyper.get("n_epochs", "auto"), batch_size=hyper.get("batch_size", "auto"),
+            learning_rate_multiplier=hyper.get("learning_rate_multiplier", "auto"),
+            seed=job["seed"], suffix=job["suffix"], output_dir=job["output_dir"])
+
+    def _record(self, job_id: str, ft_name: str, event: Any) -> None:
+        store, data = self.store, dict(event.data or {})
+        if event.type == "metrics":
+            step, total = data.get("step"), data.get("total_steps")
+            message = f"Step {step}/{total}: training loss={_fmt(data.get('train_loss'))}"
+            if data.get("valid_loss") is not None:
+                message += f", validation loss={_fmt(data.get('valid_loss'))}"
+            store.add_event(job_id, message, type="metrics", data={k: v for k, v in data.items() if v is not None})
+            values: dict[str, Any] = {}
+            if data.get("trained_tokens") is not None:
+                values["trained_tokens"] = int(data["trained_tokens"])
+            if data.get("eta_s") is not None:
+                values["estimated_finish"] = now() + int(data["eta_s"])
+            if values:
+                store.set_job(job_id, only_if_status=("running",), **values)
+        elif event.type == "checkpoint":
+            step = int(data["step"])
+            metrics = _checkpoint_metrics(step, data.get("metrics") or {})
+            store.db.execute(
+                "INSERT INTO checkpoints (id, job_id, step, model, path, metrics, created_at) VALUES (?,?,?,?,?,?,?) "
+                "ON CONFLICT (job_id, step) DO UPDATE SET path = excluded.path, metrics = excluded.metrics",
+                (new_id("ftckpt-"), job_id, step, naming.checkpoint_name(ft_name, step), str(data.get("path", "")),
+                 json.dumps(metrics), now()))
+            store.add_event(job_id, f"Checkpoint created at step {step}")
+        else:
+            level = {"warning": "warn"}.get(event.level, event.level)
+            store.add_event(job_id, event.message, level=level if level in ("info", "warn", "error") else "info")
+
+    def finish(self, job: dict[str, Any], ft_name: str, result: Any) -> None:
+        job_id, store = job["id"], self.store
+        # The metrics CSV becomes a result file of the project, like OpenAI's step_metrics.csv.
+        file_id = new_id("file-")
+        target = store.files_dir / f"{file_id}.csv"
+        shutil.copyfile(result.metrics_csv, target)
+        data = target.read_bytes()
+        kept = {int(c["step"]) for c in result.checkpoints}
+        hyper = {k: result.hyperparameters[k] for k in ("batch_size", "learning_rate_multiplier", "n_epochs")
+                 if k in result.hyperparameters}
+        with store.transaction() as db:
+            status = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()["status"]
+            if status != "running":  # cancelled or paused at the very end: the API's word stands
+                target.unlink(missing_ok=True)
+                return
+            db.execute("INSERT INTO files (id, project, filename, purpose, bytes, sha256, path, created_at) "
+                       "VALUES (?,?,?,?,?,?,?,?)", (file_id, job["project"], "step_metrics.csv",
+                                                    "fine-tune-results", len(data), hashlib.sha256(data).hexdigest(),
+                                                    str(target), now()))
+            for c in result.checkpoints:
+                step = int(c["step"])
+                db.execute(
+                    "INSERT INTO checkpoints (id, job_id, step, model, path, metrics, created_at) "
+                    "VALUES (?,?,?,?,?,?,?) ON CONFLICT (job_id, step) DO UPDATE SET path = excluded.path",
+                    (new_id("ftckpt-"), job_id, step, naming.checkpoint_name(ft_name, step), str(c["path"]),
+                     json.dumps(_checkpoint_metrics(step, c.get("metrics") or {})), now()))
+            # Checkpoints the trainer pruned (it keeps the last few) are gone from disk: forget them too.
+            for row in db.execute("SELECT step FROM checkpoints WHERE job_id = ?", (job_id,)).fetchall():
+                if row["step"] not in kept:
+                    db.execute("DELETE FROM checkpoints WHERE job_id = ? AND step = ?", (job_id, row["step"]))
+            db.execute("INSERT INTO models (id, project, job_id, base, local_model, path, created_at) "
+                       "VALUES (?,?,?,?,?,?,?)", (ft_name, job["project"], job_id, job["model"], job["local_model"],
+                                                  str(result.model_dir), now()))
+            db.execute("UPDATE jobs SET status = 'succeeded', fine_tuned_model = ?, result_files = ?, "
+                       "trained_tokens = ?, hyperparameters = ?, method = ?, finished_at = ?, estimated_finish = NULL "
+                       "WHERE id = ?",
+                       (ft_name, json.dumps([file_id]), int(result.trained_tokens), json.dumps(hyper),
+                        json.dumps({"type": "supervised", "supervised": {"hyperparameters": hyper}}), now(), job_id))
+        store.add_event(job_id, f"New fine-tuned model created: {ft_name}")
+        store.add_event(job_id, "The job has successfully completed")
+
+
+class _JobError(Exception):
+    def __init__(self, code: str, message: str, param: str | None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else str(value)
+
+
+def _checkpoint_metrics(step: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics OpenAI's checkpoint object names, numbers only."""
+    names = ("train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
+             "full_valid_loss", "full_valid_mean_token_accuracy")
+    out: dict[str, Any] = {"step": step}
+    out.update({k: float(metrics[k]) for k in names if isinstance(metrics.get(k), int | float)})
+    return out
+
+
+def _count_examples(path: Path | None) -> int:
+    if path is None:
+        return 0
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def _resolve_auto(hyper: dict[str, Any], n_examples: int) -> dict[str, Any]:
+    """Numbers for ``auto`` hyperparameters by the trainer's own rules (OpenAI's), as the job object shows."""
+    from tunewise.train.config import auto_batch_size, auto_n_epochs
+
+    hyper = dict(hyper)
+    if n_examples > 0:
+        if hyper.get("n_epochs") == "auto":
+            hyper["n_epochs"] = auto_n_epochs(n_examples)
+        if hyper.get("batch_size") == "auto":
+            hyper["batch_size"] = min(auto_batch_size(n_examples), n_examples)
+    if hyper.get("learning_rate_multiplier") == "auto":
+        hyper["learning_rate_multiplier"] = 1.0
+    return hyper
+
+
+def _validate_file(path: Path, model: str):
+    """The validator's report, with OpenAI's limits for ``model`` when the catalog knows it (else its default)."""
+    from tunewise.data import validate
+    from tunewise.errors import NotFound
+
+    try:
+        return validate(path, model=model)
+    except NotFound:
+        return validate(path)
+
+
+def _train(config: Any, on_event: Any, stop: Any):
+    from tunewise.train import train
+
+    return train(config, on_event=on_event, stop=stop)
+
+
+def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (used as a ``preexec_fn``)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: the worker's parent-pid check still stops it within worker_poll_s
+        pass
+
+
+def run_worker(settings: Settings, parent_pid: int | None = None) -> None:
+    """Run a worker in this process until SIGTERM/SIGINT (or the parent dies)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    worker = Worker(settings)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        worker.shutdown.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.run(parent_pid=parent_pid)
