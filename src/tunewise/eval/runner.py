@@ -1,0 +1,414 @@
+"""The runner: every held-out example through every candidate, over the official ``openai`` SDK.
+
+Requests run concurrently (a thread pool), each retried on transient errors (the SDK's own retries, then an
+exponential backoff of ours on 429, 5xx and connection errors), and each successful answer is cached in SQLite
+so a rerun only pays for what changed. Results land in an output directory:
+
+- ``results.jsonl``: one row per (candidate, example): the prompt sent, the answer, the reference, every
+  metric, latency, tokens, cost and error, so every failure can be read;
+- ``metrics.json``: per-candidate summaries with 95% intervals;
+- ``candidates.json`` and ``config.json``: the resolved candidates (keys redacted) and run settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tunewise.catalog import load_catalog
+from tunewise.errors import DataError, NotFound, TunewiseError, UsageError
+from tunewise.eval import metrics as M
+from tunewise.eval.cache import CompletionCache, cache_key
+from tunewise.eval.candidates import Candidate, check_unique, resolve_endpoint
+
+DEFAULT_CONCURRENCY = 4
+SDK_MAX_RETRIES = 2
+"""Retries the SDK makes itself (it honours ``Retry-After``)."""
+BACKOFF_RETRIES = 3
+"""Our retries on top, for a transient error the SDK gave up on."""
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 30.0
+REQUEST_TIMEOUT_S = 600.0
+
+
+# ---------------------------------------------------------------- examples and prompts
+
+@dataclass(frozen=True)
+class Example:
+    line: int
+    """Line number in the test file (1-based)."""
+    prompt: list[dict]
+    """The messages before the reference answer, as written in the file."""
+    reference: str
+    """The last assistant message: the answer the candidates are scored against."""
+
+
+def load_examples(path: str | os.PathLike, limit: int | None = None) -> list[Example]:
+    """Held-out examples from chat JSONL; the reference is each example's last assistant message."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UsageError(f"Test file {path} does not exist.", hint="Pass a held-out chat JSONL file.") from None
+    except UnicodeDecodeError:
+        raise DataError(f"Test file {path} is not UTF-8 text.", hint="Pass a chat JSONL file.") from None
+    examples: list[Example] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            messages = json.loads(line)["messages"]
+            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                raise TypeError
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(f"{path}, line {n}: not a chat example ({{\"messages\": [...]}}).",
+                            hint=f"Check it with `tunewise validate {path}`.") from None
+        last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+        if last is None or not isinstance(messages[last].get("content"), str):
+            raise DataError(f"{path}, line {n}: no assistant message to use as the reference answer.",
+                            hint="Each held-out example ends with the expected assistant answer.")
+        prompt = [{k: v for k, v in m.items() if k != "weight"} for m in messages[:last]]
+        examples.append(Example(n, prompt, messages[last]["content"]))
+        if limit is not None and len(examples) >= limit:
+            break
+    if not examples:
+        raise DataError(f"Test file {path} holds no examples.", hint="Pass a non-empty chat JSONL file.")
+    return examples
+
+
+def build_messages(prompt: list[dict], candidate: Candidate) -> list[dict]:
+    """The messages a candidate sends: its system prompt in place of the example's, few-shot turns after it."""
+    if candidate.system_prompt is None:
+        system = [m for m in prompt if m.get("role") == "system"][:1]
+    else:
+        system = [{"role": "system", "content": candidate.system_prompt}]
+    rest = [m for m in prompt if m.get("role") != "system"]
+    return system + [dict(m) for m in candidate.few_shot] + rest
+
+
+# ---------------------------------------------------------------- one request
+
+def _transient(exc: Exception) -> bool:
+    import openai
+
+    if isinstance(exc, openai.RateLimitError | openai.APIConnectionError | openai.InternalServerError):
+        return True
+    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
+
+
+def _fatal(exc: Exception, candidate: Candidate, base_url: str) -> TunewiseError | None:
+    """A configuration error that every request would hit: stop the run and say how to fix it."""
+    import openai
+
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return UsageError(f"Candidate '{candidate.name}': {base_url} refused the API key ({exc.status_code}).",
+                          hint="Check the candidate's api_key_env, OPENAI_API_KEY, or restart `tunewise serve` "
+                          "to refresh credentials.json.")
+    if isinstance(exc, openai.NotFoundError):
+        return NotFound(f"Candidate '{candidate.name}': {base_url} does not know model '{candidate.model}'.",
+                        hint="List the endpoint's models (`tunewise models` or client.models.list()) and fix "
+                        "the candidate's model.", param="model")
+    return None
+
+
+def _error_text(exc: Exception) -> str:
+    message = getattr(exc, "message", None) or str(exc)
+    return f"{type(exc).__name__}: {message}"[:500]
+
+
+def call_candidate(client, candidate: Candidate, messages: list[dict]) -> dict[str, Any]:
+    """One chat completion with our backoff around the SDK's retries; returns the answer, usage and latency."""
+    attempt = 0
+    while True:
+        start = time.perf_counter()
+        try:
+            response = client.chat.completions.create(model=candidate.model, messages=messages,
+                                                      **candidate.params())
+        except Exception as exc:
+            if _transient(exc) and attempt < BACKOFF_RETRIES:
+                # Full jitter: concurrent workers that failed together should not retry together.
+                time.sleep(random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** attempt)))
+                attempt += 1
+                continue
+            raise
+        latency = time.perf_counter() - start
+        choice = response.choices[0] if response.choices else None
+        usage = response.usage
+        return {
+            "answer": choice.message.content if choice is not None else None,
+            "finish_reason": choice.finish_reason if choice is not None else None,
+            "input_tokens": usage.prompt_tokens if usage else None,
+            "output_tokens": usage.completion_tokens if usage else None,
+            "latency_s": latency,
+        }
+
+
+# ---------------------------------------------------------------- pricing
+
+@dataclass(frozen=True)
+class Pricing:
+    """What one candidate's tokens cost (USD per 1M) and which encoding prices them."""
+
+    price_model: str | None
+    input: float
+    output: float
+    fine_tuned: bool
+    recount_model: str | None
+    """An OpenAI model to recount tokens with, when the candidate runs elsewhere but is priced as it."""
+    note: str = ""
+
+    def per_call(self, input_tokens: float | None, output_tokens: float | None) -> float | None:
+        if input_tokens is None or output_tokens is None:
+            return None
+        return (input_tokens * self.input + output_tokens * self.output) / 1e6
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def pricing_for(candidate: Candidate, prices: str | os.PathLike | None = None) -> Pricing:
+    """Prices for a candidate: its ``price_model`` or its own model; ``ft:`` models at fine-tuned rates."""
+    fine_tuned = candidate.model.startswith("ft:") or (candidate.price_model or "").startswith("ft:")
+    name = candidate.price_model or candidate.model
+    info = load_catalog(prices).find(name)
+    if info is None:
+        return Pricing(None, 0.0, 0.0, fine_tuned, None,
+                       note=f"'{name}' is not in the catalog: cost not computed (set price_model).")
+    inp, out = (info.ft_input, info.ft_output) if fine_tuned else (info.input, info.output)
+    own = load_catalog(prices).find(candidate.model)
+    recount = info.name if (info.provider == "openai" and (own is None or own.name != info.name)) else None
+    note = "local model: no token price" if info.is_local else ""
+    return Pricing(info.name, inp, out, fine_tuned, recount, note)
+
+
+def recount_tokens(model: str, messages: list[dict], answer: str | None,
+                   response_format: dict | None = None) -> tuple[int, int] | None:
+    """Input and output tokens as ``model``'s encoding counts them (None if token counting is unavailable)."""
+    try:
+        from tunewise.tokens import count_messages, count_text
+    except ImportError:
+        return None
+    return count_messages(messages, model=model), count_text(answer or "", model=model)
+
+
+# ---------------------------------------------------------------- the run
+
+@dataclass
+class EvalRun:
+    """A finished evaluation: settings, candidates, per-example rows and per-candidate metrics."""
+
+    out_dir: Path | None
+    config: dict[str, Any]
+    candidates: list[dict]
+    results: list[dict]
+    metrics: dict[str, Any]
+    cache_hits: int = 0
+    requests: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def rows(self, candidate: str) -> list[dict]:
+        """The candidate's rows in example order."""
+        return sorted((r for r in self.results if r["candidate"] == candidate), key=lambda r: r["index"])
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def summarize(rows: list[dict], pricing: Pricing | None = None) -> dict[str, Any]:
+    """One candidate's metrics over its rows: rates with Wilson intervals, means with bootstrap intervals."""
+    out: dict[str, Any] = {"n": len(rows), "n_errors": sum(1 for r in rows if r.get("error"))}
+    for name in M.RATE_METRICS:
+        values = [r[name] for r in rows if r.get(name) is not None]
+        out[name] = M.wilson(sum(values), len(values)).to_dict() if values else None
+    for name in M.MEAN_METRICS:
+        values = [r[name] for r in rows if r.get(name) is not None]
+        out[name] = M.bootstrap_mean(values).to_dict() if values else None
+    ok = [r for r in rows if not r.get("error")]
+    for name in ("input_tokens", "output_tokens", "priced_input_tokens", "priced_output_tokens"):
+        values = [r[name] for r in ok if r.get(name) is not None]
+        out[name] = M.bootstrap_mean(values).to_dict() if values else None
+    latencies = [r["latency_s"] for r in ok if r.get("latency_s") is not None]
+    out["latency_p50_s"] = M.percentile(latencies, 50)
+    out["latency_p95_s"] = M.percentile(latencies, 95)
+    costs = [r["cost_usd"] for r in ok if r.get("cost_usd") is not None]
+    out["cost_per_1k_usd"] = M.bootstrap_mean([c * 1000 for c in costs]).to_dict() if costs else None
+    if pricing is not None:
+        out["pricing"] = pricing.to_dict()
+    return out
+
+
+def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schema: dict | None = None,
+             out_dir: str | os.PathLike | None = None, concurrency: int = DEFAULT_CONCURRENCY,
+             limit: int | None = None, cache: bool | str | os.PathLike = True, prices=None,
+             progress: bool = False, timeout: float = REQUEST_TIMEOUT_S) -> EvalRun:
+    """Run every example of ``test_file`` through every candidate and score the answers.
+
+    ``cache``: True for the default cache (``$TUNEWISE_HOME/eval-cache.sqlite``), a path for another, False
+    to send every request. ``progress`` shows a tqdm bar on stderr. Writes results to ``out_dir`` when given.
+    """
+    import openai
+    from tqdm import tqdm
+
+    if not candidates:
+        raise UsageError("No candidates to evaluate.", hint="Pass --candidates FILE, --model or --candidate.")
+    if concurrency < 1:
+        raise UsageError(f"concurrency must be at least 1, not {concurrency}.")
+    check_unique(candidates)
+    test_path = Path(test_file)
+    examples = load_examples(test_path, limit)
+    validator = M.make_validator(schema) if schema is not None else None
+    endpoints = {c.name: resolve_endpoint(c) for c in candidates}
+    pricings = {c.name: pricing_for(c, prices) for c in candidates}
+    clients: dict[tuple[str, str], Any] = {}
+    for ep in endpoints.values():
+        if (ep.base_url, ep.api_key) not in clients:
+            clients[(ep.base_url, ep.api_key)] = openai.OpenAI(
+                base_url=ep.base_url, api_key=ep.api_key, max_retries=SDK_MAX_RETRIES, timeout=timeout)
+    store = None
+    if cache:
+        store = CompletionCache(None if cache is True else cache)
+    requests = [0]
+    count_lock = threading.Lock()
+
+    def job(candidate: Candidate, index: int, example: Example) -> dict:
+        ep = endpoints[candidate.name]
+        messages = build_messages(example.prompt, candidate)
+        key = cache_key(ep.base_url, candidate.model, messages, candidate.params())
+        response = store.get(key) if store is not None else None
+        cached = response is not None
+        error = None
+        if response is None:
+            try:
+                with count_lock:
+                    requests[0] += 1
+                response = call_candidate(clients[(ep.base_url, ep.api_key)], candidate, messages)
+            except openai.OpenAIError as exc:
+                fatal = _fatal(exc, candidate, ep.base_url)
+                if fatal is not None:
+                    raise fatal from None
+                error = _error_text(exc)
+                response = {"answer": None, "finish_reason": None, "input_tokens": None,
+                            "output_tokens": None, "latency_s": None}
+            else:
+                if store is not None:
+                    store.put(key, ep.base_url, candidate.model, response)
+        row: dict[str, Any] = {"candidate": candidate.name, "index": index, "line": example.line,
+                               "prompt": messages, "answer": response["answer"],
+                               "reference": example.reference}
+        row.update(M.score_answer(response["answer"], example.reference, validator))
+        row.update({k: response[k] for k in ("latency_s", "input_tokens", "output_tokens", "finish_reason")})
+        pricing = pricings[candidate.name]
+        priced = (response["input_tokens"], response["output_tokens"])
+        if pricing.recount_model and error is None:
+            counted = recount_tokens(pricing.recount_model, messages, response["answer"])
+            if counted is not None:
+                priced = counted
+        row["priced_input_tokens"], row["priced_output_tokens"] = priced
+        row["cost_usd"] = pricing.per_call(*priced) if pricing.price_model and error is None else None
+        row["cached"] = cached
+        row["error"] = error
+        return row
+
+    results: list[dict] = []
+    bar = tqdm(total=len(examples) * len(candidates), desc="eval", unit="call", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            futures = [pool.submit(job, c, i, ex) for c in candidates for i, ex in enumerate(examples)]
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    exc = f.exception()
+                    if exc is not None:
+                        for p in pending:
+                            p.cancel()
+                        raise exc
+                    results.append(f.result())
+                    bar.update(1)
+    finally:
+        bar.close()
+        hits = store.hits if store is not None else 0
+        if store is not None:
+            store.close()
+    results.sort(key=lambda r: ([c.name for c in candidates].index(r["candidate"]), r["index"]))
+
+    task = "json" if all(M.is_json_answer(ex.reference) for ex in examples) else "text"
+    notes = []
+    for c in candidates:
+        p = pricings[c.name]
+        if p.recount_model:
+            from importlib.util import find_spec
+
+            if find_spec("tunewise.tokens") is None:
+                notes.append(f"{c.name}: tokens as the endpoint counted them, priced as {p.recount_model}.")
+        if p.note:
+            notes.append(f"{c.name}: {p.note}")
+    metrics = {
+        "task": task,
+        "n_examples": len(examples),
+        "schema": schema is not None,
+        "candidates": {c.name: {"model": c.model, "role": c.role,
+                                **summarize([r for r in results if r["candidate"] == c.name], pricings[c.name])}
+                       for c in candidates},
+        "notes": notes,
+    }
+    config = {
+        "test_file": str(test_path.resolve()),
+        "test_sha256": _sha256(test_path),
+        "n_examples": len(examples),
+        "limit": limit,
+        "schema": schema,
+        "concurrency": concurrency,
+        "cache": str(store.path) if store is not None else None,
+        "endpoints": {name: {"base_url": ep.base_url, "source": ep.source} for name, ep in endpoints.items()},
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    run = EvalRun(Path(out_dir) if out_dir else None, config, [c.resolved() for c in candidates], results,
+                  metrics, cache_hits=hits, requests=requests[0], notes=notes)
+    if out_dir:
+        save_run(run, out_dir)
+    return run
+
+
+def save_run(run: EvalRun, out_dir: str | os.PathLike) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.jsonl", "w", encoding="utf-8") as fh:
+        for row in run.results:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (out / "metrics.json").write_text(json.dumps(run.metrics, indent=2) + "\n", encoding="utf-8")
+    (out / "candidates.json").write_text(json.dumps(run.candidates, indent=2, ensure_ascii=False) + "\n",
+                                         encoding="utf-8")
+    (out / "config.json").write_text(json.dumps(run.config, indent=2) + "\n", encoding="utf-8")
+    run.out_dir = out
+    return out
+
+
+def load_run(eval_dir: str | os.PathLike) -> EvalRun:
+    """An evaluation written by ``run_eval`` (``tunewise eval --out DIR``)."""
+    d = Path(eval_dir)
+    missing = [n for n in ("results.jsonl", "metrics.json", "candidates.json", "config.json")
+               if not (d / n).is_file()]
+    if missing:
+        raise UsageError(f"{d} is not an evaluation directory (missing {', '.join(missing)}).",
+                         hint="Pass the --out directory of `tunewise eval`.")
+    try:
+        results = [json.loads(line) for line in (d / "results.jsonl").read_text(encoding="utf-8").splitlines()
+                   if line.strip()]
+        metrics = json.loads((d / "metrics.json").read_text(encoding="utf-8"))
+        candidates = json.loads((d / "candidates.json").read_text(encoding="utf-8"))
+        config = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{d}: a results file is damaged ({exc}).", hint="Rerun `tunewise eval`.") from None
+    return EvalRun(d, config, candidates, results, metrics, notes=metrics.get("notes", []))
