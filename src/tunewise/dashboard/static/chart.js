@@ -1,0 +1,104 @@
+// A small SVG line chart: a few series of (x, y) points, axes with rounded ticks, a legend.
+// Redrawn whole on every update: a few hundred points per chart is nothing for the browser.
+
+const NS = "http://www.w3.org/2000/svg";
+const W = 640;
+const H = 260;
+const PAD = { left: 56, right: 16, top: 28, bottom: 36 };
+export const COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed"];
+
+function s(tag, attrs = {}, text) {
+  const el = document.createElementNS(NS, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+// About `count` round tick values covering [lo, hi].
+export function ticks(lo, hi, count = 5) {
+  if (!(hi > lo)) return [lo];
+  const raw = (hi - lo) / count;
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((x) => x >= raw) || 10 * mag;
+  const out = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toPrecision(12)));
+  return out;
+}
+
+function label(v) {
+  const a = Math.abs(v);
+  if (a !== 0 && (a >= 1e5 || a < 1e-3)) return v.toExponential(1);
+  return String(Number(v.toPrecision(4)));
+}
+
+/**
+ * Draw into `container`. `series`: [{name, label, points: [[x, y], ...], color?, dashed?}];
+ * `marks`: optional vertical lines [{x, label}]. The svg carries data-points="n1,n2,..." so a test (or a
+ * person with devtools) can see how many points each series holds.
+ */
+export function lineChart(container, { title, series, xLabel = "", yLabel = "", marks = [], empty = "No data yet" }) {
+  const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": title || "chart" });
+  svg.dataset.points = series.map((x) => x.points.length).join(",");
+  if (title) svg.append(s("text", { x: PAD.left, y: 18, class: "chart-title" }, title));
+  const all = series.flatMap((x) => x.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
+  if (!all.length) {
+    svg.append(s("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "chart-empty" }, empty));
+    container.replaceChildren(svg);
+    return svg;
+  }
+  let [x0, x1] = [Math.min(...all.map((p) => p[0])), Math.max(...all.map((p) => p[0]))];
+  let [y0, y1] = [Math.min(...all.map((p) => p[1])), Math.max(...all.map((p) => p[1]))];
+  for (const m of marks) { x0 = Math.min(x0, m.x); x1 = Math.max(x1, m.x); }
+  if (x0 === x1) { x0 -= 1; x1 += 1; }
+  if (y0 === y1) { const d = Math.abs(y0) * 0.1 || 1; y0 -= d; y1 += d; }
+  const ypad = (y1 - y0) * 0.05;
+  y0 = y0 >= 0 && y0 - ypad < 0 ? 0 : y0 - ypad;
+  y1 += ypad;
+  const px = (x) => PAD.left + ((x - x0) / (x1 - x0)) * (W - PAD.left - PAD.right);
+  const py = (y) => H - PAD.bottom - ((y - y0) / (y1 - y0)) * (H - PAD.top - PAD.bottom);
+
+  const axes = s("g", { class: "chart-axes" });
+  for (const t of ticks(y0, y1)) {
+    axes.append(s("line", { x1: PAD.left, x2: W - PAD.right, y1: py(t), y2: py(t), class: "grid" }));
+    axes.append(s("text", { x: PAD.left - 6, y: py(t) + 4, "text-anchor": "end" }, label(t)));
+  }
+  for (const t of ticks(x0, x1, 6)) {
+    axes.append(s("line", { x1: px(t), x2: px(t), y1: H - PAD.bottom, y2: H - PAD.bottom + 4, class: "tick" }));
+    axes.append(s("text", { x: px(t), y: H - PAD.bottom + 16, "text-anchor": "middle" }, label(t)));
+  }
+  axes.append(s("line", { x1: PAD.left, x2: W - PAD.right, y1: H - PAD.bottom, y2: H - PAD.bottom, class: "axis" }));
+  axes.append(s("line", { x1: PAD.left, x2: PAD.left, y1: PAD.top, y2: H - PAD.bottom, class: "axis" }));
+  if (xLabel) axes.append(s("text", { x: W - PAD.right, y: H - 4, "text-anchor": "end", class: "axis-label" }, xLabel));
+  if (yLabel) axes.append(s("text", { x: 4, y: PAD.top - 10, class: "axis-label" }, yLabel));
+  svg.append(axes);
+
+  for (const m of marks) {
+    svg.append(s("line", { x1: px(m.x), x2: px(m.x), y1: PAD.top, y2: H - PAD.bottom, class: "mark" }));
+    if (m.label) svg.append(s("text", { x: px(m.x) + 4, y: PAD.top + 12, class: "mark-label" }, m.label));
+  }
+
+  series.forEach((ser, i) => {
+    const color = ser.color || COLORS[i % COLORS.length];
+    const pts = ser.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
+    const g = s("g", { class: "series", "data-series": ser.name, "data-n": pts.length });
+    if (pts.length > 1) {
+      g.append(s("polyline", {
+        points: pts.map(([x, y]) => `${px(x).toFixed(1)},${py(y).toFixed(1)}`).join(" "),
+        fill: "none", stroke: color, "stroke-width": 2, "stroke-dasharray": ser.dashed ? "6 4" : "none",
+      }));
+    }
+    // Dots when points are few (or only one), so a single validation measurement is still visible.
+    if (pts.length <= 60) {
+      for (const [x, y] of pts) g.append(s("circle", { cx: px(x), cy: py(y), r: 2.5, fill: color }));
+    }
+    svg.append(g);
+    const lx = W - PAD.right - 150;
+    const ly = PAD.top + 4 + i * 16;
+    svg.append(s("line", { x1: lx, x2: lx + 18, y1: ly, y2: ly, stroke: color, "stroke-width": 2.5,
+      "stroke-dasharray": ser.dashed ? "6 4" : "none" }));
+    const last = pts.length ? ` (${label(pts[pts.length - 1][1])})` : "";
+    svg.append(s("text", { x: lx + 24, y: ly + 4, class: "legend" }, `${ser.label || ser.name}${last}`));
+  });
+  container.replaceChildren(svg);
+  return svg;
+}

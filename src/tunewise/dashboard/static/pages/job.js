@@ -1,0 +1,186 @@
+// One job: status, live loss and validation-loss charts, events, checkpoints, cancel / pause / resume.
+// While the job is active the page polls the job, its new events and its checkpoints every 1.5 s.
+
+import { api, download } from "../api.js";
+import { lineChart } from "../chart.js";
+import { clear, flash, fmt, h, statusBadge, table } from "../dom.js";
+import { ACTIVE } from "./jobs.js";
+
+const POLL_MS = 1500;
+const EVENTS_PAGE = 100;
+const SHOWN_EVENTS = 300;
+
+export async function render(ctx, id) {
+  const el = {
+    status: h("span", { id: "job-status" }),
+    facts: h("dl", { class: "facts", id: "job-facts" }),
+    progress: h("div", { id: "job-progress", class: "muted" }),
+    bar: h("progress", { id: "job-progress-bar", max: 1, value: 0 }),
+    error: h("p", { id: "job-error", class: "error" }),
+    trainChart: h("div", { id: "chart-train-loss", class: "chart-box" }),
+    validChart: h("div", { id: "chart-valid-loss", class: "chart-box" }),
+    accChart: h("div", { id: "chart-accuracy", class: "chart-box" }),
+    events: h("ol", { id: "job-events", class: "events" }),
+    checkpoints: h("div", { id: "job-checkpoints" }),
+    buttons: h("div", { class: "row" }),
+  };
+  const actions = {};
+  for (const [name, label, cls] of [["cancel", "Cancel", "danger"], ["pause", "Pause", ""], ["resume", "Resume", ""]]) {
+    const b = h("button", { type: "button", id: `job-${name}`, class: cls, disabled: true }, label);
+    b.addEventListener("click", async () => {
+      b.disabled = true;
+      try {
+        const job = await api(`/fine_tuning/jobs/${id}/${name}`, { method: "POST" });
+        flash(`Job ${id}: ${name} requested (status ${job.status}).`);
+        if (!ctx.alive) return;
+        await refresh();
+        if (ACTIVE.includes(job.status) && !polling) startPolling();
+      } catch (e) {
+        flash(e.message, "error");
+      }
+    });
+    actions[name] = b;
+    el.buttons.append(b, " ");
+  }
+
+  clear(ctx.view,
+    h("p", {}, h("a", { href: "#/jobs" }, "← All jobs")),
+    h("div", { class: "row spread" }, h("h1", {}, "Job ", h("code", {}, id)), el.status),
+    h("section", { class: "card" }, el.facts, el.buttons, h("div", { class: "row" }, el.bar, el.progress), el.error),
+    h("section", { class: "grid2" }, h("div", { class: "card" }, el.trainChart), h("div", { class: "card" }, el.validChart)),
+    h("section", { class: "card" }, el.accChart),
+    h("section", { class: "grid2" },
+      h("div", { class: "card" }, h("h2", {}, "Events"), el.events),
+      h("div", { class: "card" }, h("h2", {}, "Checkpoints"), el.checkpoints)));
+
+  const known = new Set();
+  let events = []; // newest first, like the API
+
+  // New events only: page from the newest until one already seen.
+  async function newEvents() {
+    const fresh = [];
+    let after;
+    for (;;) {
+      const page = await api(`/fine_tuning/jobs/${id}/events`, { query: { limit: EVENTS_PAGE, after } });
+      let seen = false;
+      for (const e of page.data) {
+        if (known.has(e.id)) { seen = true; break; }
+        fresh.push(e);
+      }
+      if (seen || !page.has_more || !page.data.length) break;
+      after = page.data[page.data.length - 1].id;
+    }
+    for (const e of fresh) known.add(e.id);
+    events = fresh.concat(events);
+    return fresh.length;
+  }
+
+  async function refresh() {
+    const [job, added, ckpts] = await Promise.all([
+      api(`/fine_tuning/jobs/${id}`),
+      newEvents(),
+      api(`/fine_tuning/jobs/${id}/checkpoints`, { query: { limit: 100 } }),
+    ]);
+    if (!ctx.alive) return job;
+    drawJob(el, actions, job);
+    if (added || !el.trainChart.firstChild) drawMetrics(el, events);
+    if (added) drawEvents(el.events, events);
+    drawCheckpoints(el.checkpoints, ckpts.data);
+    return job;
+  }
+
+  let polling = false;
+  function startPolling() {
+    polling = true;
+    ctx.every(POLL_MS, async () => {
+      const job = await refresh();
+      // One last refresh after the job ends picks up its final events; then the page stops asking.
+      if (!ACTIVE.includes(job.status)) { polling = false; return false; }
+      return true;
+    });
+  }
+  const first = await refresh();
+  if (ACTIVE.includes(first.status)) startPolling();
+}
+
+function drawJob(el, actions, job) {
+  clear(el.status, statusBadge(job.status));
+  el.status.dataset.status = job.status;
+  const hp = job.hyperparameters || (job.method && job.method.supervised && job.method.supervised.hyperparameters) || {};
+  const facts = [
+    ["Model", job.model],
+    ["Fine-tuned model", job.fine_tuned_model
+      ? h("a", { href: `#/models?model=${encodeURIComponent(job.fine_tuned_model)}` }, h("code", {}, job.fine_tuned_model)) : "—"],
+    ["Training file", h("code", {}, job.training_file)],
+    ["Validation file", job.validation_file ? h("code", {}, job.validation_file) : "—"],
+    ["Epochs", hp.n_epochs], ["Batch size", hp.batch_size], ["LR multiplier", hp.learning_rate_multiplier],
+    ["Seed", job.seed],
+    ["Trained tokens", fmt.num(job.trained_tokens)],
+    ["Created", fmt.time(job.created_at)],
+    ["Finished", job.finished_at ? fmt.time(job.finished_at) : "—"],
+    ["Estimated finish", job.estimated_finish && ACTIVE.includes(job.status) ? fmt.ago(job.estimated_finish) : "—"],
+  ];
+  if (job.result_files && job.result_files.length) {
+    facts.push(["Result files", job.result_files.map((f) => h("button", {
+      type: "button", class: "link", onclick: () => download(f, `${job.id}-metrics.csv`).catch((e) => flash(e.message, "error")),
+    }, `${f} (metrics CSV)`))]);
+  }
+  clear(el.facts, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v ?? "—")]));
+  el.error.textContent = job.error && job.error.message ? `Failed: ${job.error.message}${job.error.code ? ` (${job.error.code})` : ""}` : "";
+  actions.cancel.disabled = !ACTIVE.includes(job.status);
+  actions.pause.disabled = !["queued", "running"].includes(job.status);
+  actions.resume.disabled = job.status !== "paused";
+}
+
+// The metrics events, one per step (a resumed job may repeat a step: the later one wins).
+export function metricsByStep(events) {
+  const byStep = new Map();
+  for (const e of [...events].reverse()) {
+    if (e.type === "metrics" && e.data && Number.isFinite(e.data.step)) byStep.set(e.data.step, e.data);
+  }
+  return [...byStep.values()].sort((a, b) => a.step - b.step);
+}
+
+function drawMetrics(el, events) {
+  const rows = metricsByStep(events);
+  const pts = (key) => rows.filter((r) => Number.isFinite(r[key])).map((r) => [r.step, r[key]]);
+  lineChart(el.trainChart, { title: "Training loss", xLabel: "step", series: [{ name: "train_loss", label: "train loss", points: pts("train_loss") }] });
+  lineChart(el.validChart, {
+    title: "Validation loss", xLabel: "step", empty: "No validation loss (yet): add a validation file to see it",
+    series: [{ name: "valid_loss", label: "valid loss", points: pts("valid_loss"), color: "#dc2626" },
+      { name: "full_valid_loss", label: "full valid loss", points: pts("full_valid_loss"), color: "#7c3aed", dashed: true }]
+      .filter((s, i) => i === 0 || s.points.length),
+  });
+  lineChart(el.accChart, {
+    title: "Mean token accuracy", xLabel: "step",
+    series: [{ name: "train_mean_token_accuracy", label: "train", points: pts("train_mean_token_accuracy") },
+      { name: "valid_mean_token_accuracy", label: "valid", points: pts("valid_mean_token_accuracy"), color: "#dc2626" }],
+  });
+  const last = rows[rows.length - 1];
+  if (last) {
+    const total = last.total_steps || null;
+    el.bar.max = total || 1;
+    el.bar.value = total ? last.step : 0;
+    el.progress.textContent = `step ${last.step}${total ? ` of ${total}` : ""}` +
+      (Number.isFinite(last.train_loss) ? `, training loss ${fmt.num(last.train_loss)}` : "") +
+      (Number.isFinite(last.valid_loss) ? `, validation loss ${fmt.num(last.valid_loss)}` : "");
+  }
+}
+
+function drawEvents(ol, events) {
+  const shown = events.filter((e) => e.type !== "metrics").slice(0, SHOWN_EVENTS);
+  clear(ol, shown.map((e) => h("li", { class: `event level-${e.level}` },
+    h("time", {}, fmt.time(e.created_at)), " ", e.message)));
+}
+
+function drawCheckpoints(el, ckpts) {
+  if (!ckpts.length) return clear(el, h("p", { class: "muted" }, "No checkpoints yet."));
+  clear(el, table(["Step", "Checkpoint model", "Train loss", "Valid loss", ""],
+    ckpts.map((c) => h("tr", { "data-step": c.step_number },
+      h("td", { class: "num" }, c.step_number),
+      h("td", {}, h("code", {}, c.fine_tuned_model_checkpoint)),
+      h("td", { class: "num" }, fmt.num(c.metrics && c.metrics.train_loss)),
+      h("td", { class: "num" }, fmt.num(c.metrics && c.metrics.valid_loss)),
+      h("td", {}, h("a", { class: "button small", href: `#/models?model=${encodeURIComponent(c.fine_tuned_model_checkpoint)}` }, "Try")))),
+    { id: "checkpoints-table" }));
+}
