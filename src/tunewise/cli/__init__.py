@@ -22,6 +22,8 @@ COMMANDS: dict[str, str] = {
     "estimate": "tunewise.cli.cost:estimate",
     "breakeven": "tunewise.cli.cost:breakeven",
     "models": "tunewise.cli.cost:models",
+    "files": "tunewise.cli.client:files",
+    "jobs": "tunewise.cli.client:jobs",
     "serve": "tunewise.cli.serve:serve",
     "keys": "tunewise.cli.serve:keys",
 }

@@ -1,0 +1,353 @@
+"""Files and fine-tuning jobs over the official ``openai`` SDK: the same calls drive ``tunewise serve`` and OpenAI.
+
+Where to connect (``resolve_target``): ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` when set, else the local
+server's ``$TUNEWISE_HOME/credentials.json`` (``{"base_url", "api_key"}``, written by ``tunewise serve``), else
+OpenAI itself when only ``OPENAI_API_KEY`` is set. Every SDK error (``openai.APIStatusError`` subclasses,
+connection errors, timeouts) becomes a ``tunewise.errors`` error whose message is one clear line.
+
+The library never prints: ``watch_job`` yields ``Progress`` snapshots and the CLI draws them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import openai
+
+from tunewise import paths
+from tunewise.errors import Conflict, DataError, NotFound, TunewiseError, UsageError
+
+OPENAI_HOST = "api.openai.com"
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+CREDENTIALS_FILE = "credentials.json"
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+DEFAULT_TIMEOUT_S = 60.0
+"""Per-request timeout; uploads of large files are streamed and may take longer on slow links."""
+WATCH_INTERVAL_S = 2.0
+"""How often ``watch_job`` polls the job and its events."""
+
+
+class ServiceError(TunewiseError):
+    """The service answered with an error that has no closer ``tunewise.errors`` class (5xx, 429, 403, ...)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    base_url: str
+    api_key: str
+    source: str
+    """Where the settings came from: ``arguments``, ``environment``, ``credentials`` (the file's path)."""
+
+    @property
+    def is_openai(self) -> bool:
+        """True when this is OpenAI itself (prices apply), not a ``tunewise serve``."""
+        return (urlparse(self.base_url).hostname or "") == OPENAI_HOST
+
+
+def credentials_path() -> Path:
+    return paths.home() / CREDENTIALS_FILE
+
+
+def _read_credentials() -> dict | None:
+    path = credentials_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path} is unreadable ({exc}).",
+                         hint="Delete it and start `tunewise serve` again, or set OPENAI_BASE_URL and "
+                              "OPENAI_API_KEY.") from None
+    if not isinstance(data, dict) or not data.get("base_url") or not data.get("api_key"):
+        raise UsageError(f"{path} lacks base_url or api_key.",
+                         hint="Start `tunewise serve` again to rewrite it, or set OPENAI_BASE_URL and "
+                              "OPENAI_API_KEY.")
+    return data
+
+
+def resolve_target(base_url: str | None = None, api_key: str | None = None) -> Target:
+    """Which service to talk to, and with which key (arguments, then environment, then credentials file)."""
+    env_url = os.environ.get("OPENAI_BASE_URL") or None
+    env_key = os.environ.get("OPENAI_API_KEY") or None
+    url, key, source = base_url, api_key, "arguments"
+    if url is None and env_url:
+        url, source = env_url, "environment"
+    if url is None:
+        creds = _read_credentials()
+        if creds is not None:
+            # The credentials file pairs the local server with its own key: a global OPENAI_API_KEY is
+            # meant for OpenAI, so it does not override this one.
+            url, source = creds["base_url"], str(credentials_path())
+            key = key or creds["api_key"]
+        elif key or env_key:
+            url, source = OPENAI_BASE_URL, "environment"
+        else:
+            raise UsageError("No service to talk to: no OPENAI_BASE_URL and no local server credentials.",
+                             hint="Start one with `tunewise serve`, or set OPENAI_BASE_URL and OPENAI_API_KEY.")
+    key = key or env_key
+    if key is None:
+        creds = _read_credentials()
+        if creds is not None and creds["base_url"].rstrip("/") == url.rstrip("/"):
+            key = creds["api_key"]
+    if key is None:
+        raise UsageError(f"No API key for {url}.",
+                         hint="Set OPENAI_API_KEY (a local server prints its key on first start; "
+                              "`tunewise keys create` makes another).")
+    return Target(base_url=url.rstrip("/"), api_key=key, source=source)
+
+
+def _error_text(exc: openai.APIStatusError) -> tuple[str, str | None, str | None]:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    if isinstance(body.get("error"), dict):
+        body = body["error"]
+    message = body.get("message") or exc.message or exc.response.reason_phrase
+    return str(message).strip(), body.get("code"), body.get("param")
+
+
+@contextmanager
+def sdk_errors(target: Target):
+    """Turn SDK exceptions into one-line ``tunewise.errors`` errors (never a traceback at the CLI)."""
+    try:
+        yield
+    except openai.APIStatusError as exc:
+        message, code, param = _error_text(exc)
+        status = exc.status_code
+        text = f"{target.base_url} answered {status}: {message}"
+        if status == 401:
+            raise UsageError(text, hint="Check OPENAI_API_KEY (or the key in "
+                                        f"{credentials_path()}).", code=code, param=param) from None
+        if status == 404:
+            raise NotFound(text, code=code, param=param) from None
+        if status == 409:
+            raise Conflict(text, code=code, param=param) from None
+        if status in (400, 413, 422):
+            raise DataError(text, code=code, param=param) from None
+        err = ServiceError(text, code=code, param=param)
+        err.status = status
+        raise err from None
+    except openai.APITimeoutError:
+        raise ServiceError(f"{target.base_url} did not answer in time.",
+                           hint="Check the server is running and not overloaded, then retry.") from None
+    except openai.APIConnectionError as exc:
+        raise ServiceError(f"Cannot reach {target.base_url} ({exc.__cause__ or exc}).",
+                           hint="Start the server with `tunewise serve`, or point OPENAI_BASE_URL at a "
+                                "running one.") from None
+
+
+def _plain(obj: Any) -> Any:
+    """An SDK model as plain JSON-able data."""
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json", exclude_none=False)
+    return obj
+
+
+@dataclass
+class JobPlan:
+    """What ``create_job`` will do, for the caller to show before it happens."""
+
+    training_file: str
+    """A local path to upload, or a file id already on the service."""
+    model: str
+    target: Target
+    report: Any = None
+    """The local file's ``tunewise.data.Report`` (None for a file id)."""
+    estimate: Any = None
+    """``tunewise.cost.TrainingEstimate`` (cost 0 for a local service); None when it could not be priced."""
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"training_file": self.training_file, "model": self.model, "base_url": self.target.base_url,
+                "estimate": self.estimate.to_dict() if self.estimate is not None else None,
+                "report": self.report.to_dict() if self.report is not None else None,
+                "notes": self.notes}
+
+
+@dataclass
+class Progress:
+    """One snapshot of a watched job."""
+
+    job: dict
+    """The job as the service returned it."""
+    status: str
+    step: int | None = None
+    total_steps: int | None = None
+    train_loss: float | None = None
+    valid_loss: float | None = None
+    messages: list[str] = field(default_factory=list)
+    """New non-metric event messages since the last snapshot, oldest first."""
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class Client:
+    """Files and fine-tuning jobs on one service (``tunewise serve`` or OpenAI), through the official SDK."""
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
+                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self.target = resolve_target(base_url, api_key)
+        # A local server either answers at once or is down: retrying only delays the clear error.
+        self.sdk = openai.OpenAI(base_url=self.target.base_url, api_key=self.target.api_key, timeout=timeout,
+                                 max_retries=2 if self.target.is_openai else 0)
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        with sdk_errors(self.target):
+            return fn(*args, **kwargs)
+
+    # --- files ----------------------------------------------------------------------------------------------
+
+    def upload_file(self, path: str | os.PathLike, purpose: str = "fine-tune") -> dict:
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"{path} is not a file.")
+        with open(path, "rb") as fh:
+            return _plain(self._call(self.sdk.files.create, file=fh, purpose=purpose))
+
+    def list_files(self, purpose: str | None = None, limit: int | None = None) -> list[dict]:
+        kwargs: dict[str, Any] = {}
+        if purpose:
+            kwargs["purpose"] = purpose
+        if limit:
+            kwargs["limit"] = limit
+        with sdk_errors(self.target):
+            page = self.sdk.files.list(**kwargs)
+            # With a limit, one page is the answer; without, follow the cursor to the end.
+            items = page.data if limit else list(page)
+        return [_plain(f) for f in items]
+
+    def get_file(self, file_id: str) -> dict:
+        return _plain(self._call(self.sdk.files.retrieve, file_id))
+
+    def delete_file(self, file_id: str) -> dict:
+        return _plain(self._call(self.sdk.files.delete, file_id))
+
+    # --- jobs -----------------------------------------------------------------------------------------------
+
+    def plan_job(self, training_file: str, model: str, n_epochs: int | str | None = None,
+                 prices: str | os.PathLike | None = None) -> JobPlan:
+        """Validate a local training file and price it; raise ``DataError`` if it has errors.
+
+        OpenAI prices apply when the service is OpenAI; a local service trains for free (cost 0).
+        A file id (not a local path) is neither validated nor priced here: the service checks it.
+        """
+        plan = JobPlan(training_file=training_file, model=model, target=self.target)
+        if not Path(training_file).is_file():
+            if not str(training_file).startswith("file-"):
+                raise UsageError(f"{training_file} is neither a local file nor a file id (file-...).")
+            plan.notes.append(f"{training_file} is already uploaded: the service validates it.")
+            return plan
+        from tunewise import cost
+        from tunewise.catalog import load_catalog
+        from tunewise.data import validate
+
+        info = load_catalog(prices).find(model)
+        plan.report = validate(training_file, model=info.name if info else None, prices=prices)
+        plan.report.raise_for_errors()
+        if info is None:
+            plan.notes.append(f"{model} is not in the catalog: validated with default limits, not priced.")
+            return plan
+        estimate = cost.estimate_training(plan.report, info.name, epochs=n_epochs or "auto", prices=prices)
+        if not self.target.is_openai and estimate.cost_usd:
+            plan.notes.append(f"{self.target.base_url} is a local service: training costs nothing "
+                              f"(OpenAI would charge ${estimate.cost_usd:.4f} for {estimate.billed_tokens:,} "
+                              "tokens).")
+            estimate = replace(estimate, cost_usd=0.0, price_per_1m=0.0)
+        plan.estimate = estimate
+        return plan
+
+    def _file_id(self, file_or_id: str) -> str:
+        if Path(file_or_id).is_file():
+            return self.upload_file(file_or_id)["id"]
+        if str(file_or_id).startswith("file-"):
+            return file_or_id
+        raise UsageError(f"{file_or_id} is neither a local file nor a file id (file-...).")
+
+    def create_job(self, training_file: str, model: str, *, validation_file: str | None = None,
+                   n_epochs: int | str | None = None, batch_size: int | str | None = None,
+                   learning_rate_multiplier: float | str | None = None, suffix: str | None = None,
+                   seed: int | None = None, metadata: dict[str, str] | None = None) -> dict:
+        """Upload local files (ids are used as they are) and create a supervised fine-tuning job."""
+        hyper = {k: v for k, v in (("n_epochs", n_epochs), ("batch_size", batch_size),
+                                   ("learning_rate_multiplier", learning_rate_multiplier)) if v is not None}
+        kwargs: dict[str, Any] = {"model": model, "training_file": self._file_id(training_file)}
+        if validation_file:
+            kwargs["validation_file"] = self._file_id(validation_file)
+        if hyper:
+            kwargs["hyperparameters"] = hyper
+        for key, value in (("suffix", suffix), ("seed", seed), ("metadata", metadata)):
+            if value is not None:
+                kwargs[key] = value
+        return _plain(self._call(self.sdk.fine_tuning.jobs.create, **kwargs))
+
+    def list_jobs(self, limit: int | None = None) -> list[dict]:
+        with sdk_errors(self.target):
+            page = self.sdk.fine_tuning.jobs.list(**({"limit": limit} if limit else {}))
+            items = page.data if limit else list(page)
+        return [_plain(j) for j in items]
+
+    def get_job(self, job_id: str) -> dict:
+        return _plain(self._call(self.sdk.fine_tuning.jobs.retrieve, job_id))
+
+    def list_events(self, job_id: str, limit: int | None = None) -> list[dict]:
+        """Events, newest first (as the API returns them)."""
+        with sdk_errors(self.target):
+            page = self.sdk.fine_tuning.jobs.list_events(job_id, **({"limit": limit} if limit else {}))
+            items = page.data if limit else list(page)
+        return [_plain(e) for e in items]
+
+    def list_checkpoints(self, job_id: str) -> list[dict]:
+        with sdk_errors(self.target):
+            items = list(self.sdk.fine_tuning.jobs.checkpoints.list(job_id))
+        return [_plain(c) for c in items]
+
+    def cancel_job(self, job_id: str) -> dict:
+        return _plain(self._call(self.sdk.fine_tuning.jobs.cancel, job_id))
+
+    def pause_job(self, job_id: str) -> dict:
+        return _plain(self._call(self.sdk.fine_tuning.jobs.pause, job_id))
+
+    def resume_job(self, job_id: str) -> dict:
+        return _plain(self._call(self.sdk.fine_tuning.jobs.resume, job_id))
+
+    def watch_job(self, job_id: str, interval: float = WATCH_INTERVAL_S,
+                  sleep: Callable[[float], None] = time.sleep) -> Iterator[Progress]:
+        """Poll a job until it ends, yielding a snapshot after each poll (the last one has ``done``)."""
+        seen: set[str] = set()
+        last = Progress(job={}, status="")
+        while True:
+            job = self.get_job(job_id)
+            new: list[dict] = []
+            with sdk_errors(self.target):
+                # Newest first: page back only until an event already seen.
+                for event in self.sdk.fine_tuning.jobs.list_events(job_id, limit=100):
+                    if event.id in seen:
+                        break
+                    new.append(_plain(event))
+            progress = Progress(job=job, status=job.get("status", ""), step=last.step,
+                                total_steps=last.total_steps, train_loss=last.train_loss,
+                                valid_loss=last.valid_loss)
+            for event in reversed(new):
+                seen.add(event["id"])
+                data = event.get("data") or {}
+                if event.get("type") == "metrics" and isinstance(data, dict):
+                    progress.step = data.get("step", progress.step)
+                    progress.total_steps = data.get("total_steps", progress.total_steps)
+                    progress.train_loss = data.get("train_loss", progress.train_loss)
+                    if data.get("valid_loss") is not None:
+                        progress.valid_loss = data["valid_loss"]
+                else:
+                    progress.messages.append(event.get("message", ""))
+            yield progress
+            if progress.done:
+                return
+            last = progress
+            sleep(interval)
