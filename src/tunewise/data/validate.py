@@ -148,7 +148,7 @@ class _Validator:
             self.add(code, number, message, hint)
 
         info = check_example(example, emit)
-        digest = hashlib.blake2b(raw.strip(), digest_size=16).digest()
+        digest = hashlib.blake2b(raw, digest_size=16).digest()
         first = self.seen.setdefault(digest, number)
         if first != number:
             self.duplicates.setdefault(first, [first]).append(number)
@@ -275,7 +275,7 @@ class _Validator:
         others = sorted(line for prompt, ls in self.prompts.items() if prompt != common for line in ls)
         preview = common if len(common) <= 60 else common[:57] + "..."
         self.add("inconsistent_system_prompt", others[0], f"{len(lines)} examples use the system prompt "
-                 f"\"{preview}\" but {len(others)} use {len(self.prompts) - 1} other(s): lines {_lines_text(others)}.",
+                 f"\"{preview}\"; {len(others)} use {len(self.prompts) - 1} other prompt(s): lines {_lines_text(others)}.",
                  "Use one system prompt, the one you will send at inference.", others)
 
     def check_answers(self) -> None:
