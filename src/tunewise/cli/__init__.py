@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "jobs": "tunewise.cli.client:jobs",
     "serve": "tunewise.cli.serve:serve",
     "keys": "tunewise.cli.serve:keys",
+    "eval": "tunewise.cli.eval:eval_command",
+    "decide": "tunewise.cli.eval:decide",
 }
 
 

@@ -1,0 +1,156 @@
+"""``tunewise eval`` and ``tunewise decide``: thin over ``tunewise.eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from tunewise.errors import UsageError
+
+DEFAULT_OUT = "eval-results"
+
+
+def _schema(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"Schema file {path} is not JSON: {exc}.", hint="Pass a JSON Schema file.") from None
+
+
+def _cell(entry: dict | None, pct: bool = True) -> str:
+    if not entry or entry.get("value") is None:
+        return "-"
+    return f"{100 * entry['value']:.1f}%" if pct else f"{entry['value']:.0f}"
+
+
+def _candidates(candidates_file, models, prompts, specs, schema, max_tokens, structured):
+    from tunewise.eval import candidate_from_dict, load_candidates, parse_candidate_flag
+    from tunewise.eval.candidates import check_unique
+
+    out = []
+    if candidates_file:
+        out += load_candidates(candidates_file, schema=schema)
+    if prompts and not models:
+        raise UsageError("--system-prompt needs --model.", hint="e.g. --model gpt-4o-mini --system-prompt p.txt")
+    if prompts and len(prompts) not in (1, len(models)):
+        raise UsageError(f"{len(models)} --model but {len(prompts)} --system-prompt.",
+                         hint="Give one --system-prompt for all models, or one per --model, in order.")
+    for i, model in enumerate(models):
+        raw: dict = {"model": model}
+        if prompts:
+            prompt = prompts[0] if len(prompts) == 1 else prompts[i]
+            raw["system_prompt_file"] = str(Path(prompt).resolve())
+        if max_tokens:
+            raw["max_tokens"] = max_tokens
+        if structured:
+            raw["response_format"] = "schema"
+        out.append(candidate_from_dict(raw, Path.cwd(), schema, i))
+    for spec in specs:
+        cand = parse_candidate_flag(spec, schema)
+        if max_tokens:
+            cand.max_tokens = max_tokens
+        out.append(cand)
+    if not out:
+        raise UsageError("No candidates.", hint="Pass --candidates FILE, --model MODEL or --candidate NAME=MODEL.")
+    check_unique(out)
+    return out
+
+
+@click.command(name="eval")
+@click.argument("test_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--candidates", "candidates_file", type=click.Path(exists=True, dir_okay=False),
+              help="YAML or TOML file listing the candidates (model, prompt, endpoint, response_format, ...).")
+@click.option("--schema", type=click.Path(exists=True, dir_okay=False),
+              help="JSON Schema the answers must follow (adherence metric; 'response_format: schema').")
+@click.option("--model", "models", multiple=True, help="A candidate model (repeatable); the simple case.")
+@click.option("--system-prompt", "prompts", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="System prompt file for --model (one for all, or one per --model in order).")
+@click.option("--candidate", "specs", multiple=True, metavar="NAME=MODEL[:PROMPT_FILE]",
+              help="A named candidate (repeatable).")
+@click.option("--structured", is_flag=True, help="Give the --model candidates structured outputs from --schema.")
+@click.option("--max-tokens", type=int, default=None, help="Longest answer for flag-made candidates.")
+@click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False),
+              help="Directory for results.jsonl, metrics.json and the resolved candidates.")
+@click.option("--concurrency", type=int, default=4, show_default=True, help="Requests in flight at once.")
+@click.option("--limit", type=int, default=None, help="Evaluate only the first N examples.")
+@click.option("--no-cache", is_flag=True, help="Send every request, ignoring the on-disk cache.")
+@click.option("--prices", type=click.Path(dir_okay=False), default=None,
+              help="TOML file overriding catalog prices (default: $TUNEWISE_PRICES).")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics.json instead of the table.")
+def eval_command(test_file, candidates_file, schema, models, prompts, specs, structured, max_tokens, out_dir,
+                 concurrency, limit, no_cache, prices, as_json) -> None:
+    """Run every example of TEST_FILE (chat JSONL) through every candidate and score the answers."""
+    from tunewise.eval import run_eval
+
+    schema_doc = _schema(schema)
+    cands = _candidates(candidates_file, models, prompts, specs, schema_doc, max_tokens, structured)
+    run = run_eval(test_file, cands, schema=schema_doc, out_dir=out_dir, concurrency=concurrency, limit=limit,
+                   cache=not no_cache, prices=prices, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(run.metrics, indent=2))
+        return
+    header = ("candidate", "role", "valid JSON", "schema", "exact", "field F1", "text F1", "in tok", "out tok",
+              "p50 s", "p95 s", "$/1k calls", "errors")
+    rows = []
+    for name, s in run.metrics["candidates"].items():
+        cost = s.get("cost_per_1k_usd")
+        rows.append((name, s["role"], _cell(s.get("valid_json")), _cell(s.get("schema_adherence")),
+                     _cell(s.get("exact_match")), _cell(s.get("field_f1")), _cell(s.get("text_f1")),
+                     _cell(s.get("priced_input_tokens"), False), _cell(s.get("priced_output_tokens"), False),
+                     "-" if s.get("latency_p50_s") is None else f"{s['latency_p50_s']:.2f}",
+                     "-" if s.get("latency_p95_s") is None else f"{s['latency_p95_s']:.2f}",
+                     "-" if not cost else f"{cost['value']:.4f}", str(s["n_errors"])))
+    from tunewise.cli.cost import table
+
+    table(header, rows, left=(0, 1))
+    click.echo(f"\n{run.metrics['n_examples']} examples; {run.requests} requests sent, {run.cache_hits} answered "
+               f"from the cache. 95% intervals in {Path(out_dir) / 'metrics.json'}.")
+    for note in run.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"Per-example results: {Path(out_dir) / 'results.jsonl'}\nNext: tunewise decide {out_dir}")
+
+
+@click.command()
+@click.argument("eval_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--calls-per-month", type=float, default=None,
+              help="Your volume (default 10,000, marked as assumed in the report).")
+@click.option("--training-cost", type=float, default=None, help="Training cost in USD, if known.")
+@click.option("--training-file", type=click.Path(exists=True, dir_okay=False),
+              help="Training data to estimate the training cost from (with --model and --epochs).")
+@click.option("--model", default=None, help="Model to price training on (with --training-file).")
+@click.option("--epochs", default="auto", show_default=True, help="Epochs for --training-file, or 'auto'.")
+@click.option("--job", default=None, help="Fine-tuning job id: fetches its metrics CSV for the loss plot.")
+@click.option("--metrics-csv", type=click.Path(exists=True, dir_okay=False),
+              help="OpenAI-format step metrics CSV for the loss plot.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Report directory (default: EVAL_DIR/report).")
+@click.option("--prices", type=click.Path(dir_okay=False), default=None,
+              help="TOML file overriding catalog prices (default: $TUNEWISE_PRICES).")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+def decide(eval_dir, calls_per_month, training_cost, training_file, model, epochs, job, metrics_csv, out_dir,
+           prices, as_json) -> None:
+    """The verdict from an evaluation (fine-tune / keep prompting / use structured outputs / not enough
+    evidence), with reasons, monthly cost, break-even and an HTML + Markdown report."""
+    from tunewise.cli.cost import _epochs
+    from tunewise.eval import decide as decide_fn
+    from tunewise.eval import write_report
+    from tunewise.eval.report import _jsonable
+
+    decision = decide_fn(eval_dir, calls_per_month=calls_per_month, training_cost=training_cost,
+                         training_file=training_file, model=model, epochs=_epochs(epochs), job=job,
+                         metrics_csv=metrics_csv, prices=prices)
+    paths = write_report(decision, out_dir or Path(eval_dir) / "report")
+    if as_json:
+        click.echo(json.dumps(_jsonable({**decision.to_dict(), "report": {k: str(v) for k, v in paths.items()}}),
+                              indent=2))
+        return
+    click.echo(f"Verdict: {decision.verdict}")
+    for reason in decision.reasons:
+        click.echo(f"- {reason}")
+    for note in decision.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"Report: {paths['html']} (summary: {paths['markdown']})")
