@@ -116,7 +116,7 @@ def test_files_commands(env, capsys, receipts):
     assert code == 1 and "404" in one_line_error(err)
 
 
-def test_upload_refuses_a_broken_file_before_sending_it(env, capsys, tmp_path):
+def test_upload_refuses_a_broken_file_before_sending_it(env, capsys, tmp_path, receipts):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     before = len(Client().list_files())
@@ -124,6 +124,9 @@ def test_upload_refuses_a_broken_file_before_sending_it(env, capsys, tmp_path):
     assert code == 1 and one_line_error(err)
     code, _, err = run(capsys, "jobs", "create", str(bad), "--model", "tunewise-tiny")
     assert code == 1 and one_line_error(err)
+    code, _, err = run(capsys, "jobs", "create", str(receipts), "--validation-file", str(bad),
+                       "--model", "tunewise-tiny")
+    assert code == 1 and str(bad) in one_line_error(err)
     assert len(Client().list_files()) == before
 
 

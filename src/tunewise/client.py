@@ -233,11 +233,12 @@ class Client:
     # --- jobs -----------------------------------------------------------------------------------------------
 
     def plan_job(self, training_file: str, model: str, n_epochs: int | str | None = None,
-                 prices: str | os.PathLike | None = None) -> JobPlan:
+                 prices: str | os.PathLike | None = None, validation_file: str | None = None) -> JobPlan:
         """Validate a local training file and price it; raise ``DataError`` if it has errors.
 
         OpenAI prices apply when the service is OpenAI; a local service trains for free (cost 0).
-        A file id (not a local path) is neither validated nor priced here: the service checks it.
+        A file id (not a local path) is neither validated nor priced here: the service checks it. A local
+        ``validation_file`` is validated too (it is not billed).
         """
         plan = JobPlan(training_file=training_file, model=model, target=self.target)
         if not Path(training_file).is_file():
@@ -252,6 +253,8 @@ class Client:
         info = load_catalog(prices).find(model)
         plan.report = validate(training_file, model=info.name if info else None, prices=prices)
         plan.report.raise_for_errors()
+        if validation_file and Path(validation_file).is_file():
+            validate(validation_file, model=info.name if info else None, prices=prices).raise_for_errors()
         if info is None:
             plan.notes.append(f"{model} is not in the catalog: validated with default limits, not priced.")
             return plan

@@ -122,7 +122,8 @@ def estimate_training(data: Any, model: str, epochs: int | str = "auto",
         where = f"line {first.line}: " if first.line else ""
         raise DataError(
             f"The training file has {len(errors)} error(s), e.g. {where}{first.message}",
-            hint="Run `tunewise validate FILE` to see every finding and how to fix it.",
+            hint=f"Run `tunewise validate {getattr(report, 'path', None) or 'FILE'}` to see every finding "
+                 "and how to fix it.",
             code="invalid_training_file",
         )
     stats = report.stats

@@ -166,7 +166,7 @@ def jobs_create(ctx: click.Context, file_or_id: str, model: str, validation_file
     """Validate FILE_OR_ID, show the cost estimate, upload it and create a fine-tuning job."""
     client = _client(ctx)
     epochs = _epochs(n_epochs) if n_epochs is not None else None
-    plan = client.plan_job(file_or_id, model, n_epochs=epochs, prices=prices)
+    plan = client.plan_job(file_or_id, model, n_epochs=epochs, prices=prices, validation_file=validation_file)
     out = sys.stderr if as_json else sys.stdout  # --json keeps stdout for the job object alone
     if plan.report is not None:
         click.echo(f"{file_or_id}: {plan.report.stats.n_examples:,} examples, no errors, "

@@ -185,7 +185,8 @@ def _months(months: float | None) -> str:
     if months is None:
         return "never at this volume"
     if months < 1:
-        return f"{months:.2f} (about {months * 30.44:.0f} days)"
+        days = round(months * 30.44)  # a mean month
+        return f"{months:.2f} ({'under a day' if days < 1 else f'about {days} day' + ('s' if days > 1 else '')})"
     return f"{months:.1f}"
 
 
