@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -38,6 +40,14 @@ class State:
                 self._engine = Engine(max_batch_size=self.settings.engine_max_batch_size)
             return self._engine
 
+    def close(self) -> None:
+        """Stop the engine's scheduler threads (at server shutdown)."""
+        with self._engine_lock:
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
+        self.store.close()
+
 
 def get_state(request: Request) -> State:
     return request.app.state.tunewise
@@ -53,8 +63,15 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
-    app = FastAPI(title="tunewise", version=__version__, docs_url=None, redoc_url=None)
-    app.state.tunewise = State(settings)
+    state = State(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        state.close()
+
+    app = FastAPI(title="tunewise", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.tunewise = state
     errors.install(app)
 
     @app.middleware("http")
@@ -79,6 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (files, jobs, models, chat):
         app.include_router(module.router, prefix="/v1")
+    from tunewise.dashboard import mount  # the web page at / and its read-only /v1/dashboard endpoints
+
+    mount(app)
     return app
 
 

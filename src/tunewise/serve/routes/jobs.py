@@ -23,8 +23,9 @@ from tunewise.serve.store import ACTIVE, new_id, now
 router = APIRouter(tags=["fine-tuning"])
 
 PAST = {"cancel": "cancelled", "pause": "paused", "resume": "resumed"}
-HYPERPARAMETER_RANGES = {"n_epochs": (1, 50, int), "batch_size": (1, 256, int),
-                         "learning_rate_multiplier": (0, None, float)}
+# The local trainer's ranges (tunewise.train.config): OpenAI allows up to 50 epochs, the trainer 25.
+HYPERPARAMETER_RANGES = {"n_epochs": (1, 25, int), "batch_size": (1, 256, int),
+                         "learning_rate_multiplier": (0, 100, float)}
 
 
 class CreateJob(BaseModel):
@@ -107,9 +108,9 @@ def _hyperparameters(body: CreateJob) -> dict[str, Any]:
         if ok and kind_ is int:
             ok = float(value).is_integer() and low <= value <= high
         elif ok:
-            ok = value > low
+            ok = low < value <= high
         if not ok:
-            limits = f"an integer from {low} to {high}" if kind_ is int else f"a number greater than {low}"
+            limits = f"an integer from {low} to {high}" if kind_ is int else f"a number in ({low}, {high}]"
             raise UsageError(f"Invalid {name} {value!r}: expected 'auto' or {limits}.",
                              param=f"hyperparameters.{name}")
         out[name] = int(value) if kind_ is int else float(value)
