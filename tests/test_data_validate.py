@@ -533,6 +533,26 @@ def test_every_finding_reported_with_known_code(tmp_path):
         assert f.message and f.hint
 
 
+def test_parallel_workers_give_the_same_report(tmp_path):
+    rows = base(300)
+    rows[10] = rows[250] = rows[3]  # duplicates across chunks
+    rows[120] = example(120, answer="plain text")
+    rows[200] = example(200, system={"role": "system", "content": "Other prompt"})
+    rows.insert(150, "")
+    rows.insert(160, "{bad json")
+    rows.insert(290, {"messages": []})
+    path = write(tmp_path / "d.jsonl", rows, bom=True)
+    one = validate(path, workers=1)
+    assert len(one.findings) >= 6
+    assert validate(path, workers=3).to_dict() == one.to_dict()
+
+
+def test_parallel_workers_stop_on_a_non_jsonl_file(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(base(200), indent=2))
+    assert validate(path, workers=2).codes() == ["not_jsonl"]
+
+
 # -- the Python API ------------------------------------------------------------------------------------
 
 def test_raise_for_errors_names_the_first_lines(tmp_path):

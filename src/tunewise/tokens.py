@@ -78,7 +78,7 @@ class HFEncoding:
     def count(self, text: str) -> int:
         return len(self.encode_ordinary(text))
 
-    def count_batch(self, texts: Sequence[str]) -> list[int]:
+    def count_batch(self, texts: Sequence[str], threads: int = 0) -> list[int]:
         if not texts:
             return []
         ids = self.tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]

@@ -55,9 +55,15 @@ def open_checked(path: str | os.PathLike):
         raise UsageError(f"File {path} cannot be read (permission denied).", param="file") from None
 
 
-def read_lines(fh) -> Iterator[Line]:
-    """Lines of a binary file handle, decoded, with BOM and CR/LF removed."""
-    for number, raw in enumerate(fh, 1):
+def read_lines(fh, first_line: int = 1, limit: int | None = None) -> Iterator[Line]:
+    """Lines of a binary file handle, decoded, with BOM and CR/LF removed; numbered from ``first_line``,
+    stopping once ``limit`` bytes are read (a chunk of the file ends at a line end)."""
+    consumed = 0
+    for number, raw in enumerate(fh, first_line):
+        if limit is not None:
+            if consumed >= limit:
+                return
+            consumed += len(raw)
         if raw.endswith(b"\n"):
             raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
         elif raw.endswith(b"\r"):
