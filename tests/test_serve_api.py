@@ -203,6 +203,10 @@ def test_cancel_running_job(client, data):
     job = client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4o-mini",
                                          hyperparameters={"n_epochs": 25, "batch_size": 1})
     wait_for_step(client, job.id, 2)
+    running = client.fine_tuning.jobs.retrieve(job.id)
+    assert running.status == "running" and running.trained_tokens > 0
+    assert running.estimated_finish >= running.created_at
+    assert running.hyperparameters.n_epochs == 25 and running.hyperparameters.learning_rate_multiplier == 1.0
     cancelled = client.fine_tuning.jobs.cancel(job.id)
     assert cancelled.status == "cancelled" and cancelled.finished_at is not None
     with pytest.raises(openai.ConflictError):
