@@ -110,6 +110,23 @@ def test_candidates_file_yaml_and_toml(tmp_path):
         load_candidates(tmp_path / "c.yaml")
 
 
+def test_example_candidates_file(monkeypatch):
+    # The receipts example's candidates: the fine-tuned id comes from the environment once a job has run.
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    schema = json.loads((examples / "receipts" / "schema.json").read_text())
+    monkeypatch.delenv("TUNEWISE_FT_MODEL", raising=False)
+    with pytest.raises(UsageError, match="TUNEWISE_FT_MODEL, which is not set"):
+        load_candidates(examples / "candidates.yaml", schema=schema)
+    monkeypatch.setenv("TUNEWISE_FT_MODEL", "ft:smollm2-135m-instruct:default::abcd1234")
+    cands = {c.name: c for c in load_candidates(examples / "candidates.yaml", schema=schema)}
+    assert {c.role for c in cands.values()} == {"prompting", "structured", "fine-tuned"}
+    assert cands["fine-tuned"].model == "ft:smollm2-135m-instruct:default::abcd1234"
+    assert len(cands["base-long-prompt"].system_prompt) > 4 * len(cands["fine-tuned"].system_prompt)
+    assert cands["base-few-shot"].few_shot and cands["base-structured"].response_format["type"] == "json_schema"
+
+
 def test_candidate_flag_keeps_ft_names(tmp_path):
     prompt = tmp_path / "p.txt"
     prompt.write_text("short")
@@ -199,7 +216,8 @@ def test_cli_eval_and_decide(server, tmp_path):
 def test_run_eval_against_server_then_rerun_from_cache(server, tmp_path):
     test_file = write_test_file(tmp_path / "t.jsonl", 3)
     common = {"model": "tunewise-tiny", "base_url": server.base_url, "api_key": server.api_key}
-    cands = [candidate_from_dict({**common, "name": "plain", "system_prompt": "Answer in JSON.", "max_tokens": 6}),
+    cands = [candidate_from_dict({**common, "name": "plain", "system_prompt": "Answer in JSON.", "max_tokens": 6,
+                                  "price_model": "gpt-4o-mini"}),
              candidate_from_dict({**common, "name": "structured", "response_format": "schema", "max_tokens": 40},
                                  schema=ENUM_SCHEMA)]
     cache = tmp_path / "cache.sqlite"
@@ -211,6 +229,14 @@ def test_run_eval_against_server_then_rerun_from_cache(server, tmp_path):
     assert plain[0]["prompt"] == [{"role": "system", "content": "Answer in JSON."},
                                   {"role": "user", "content": "Shop 0: total $1.50"}]
     assert all(r["input_tokens"] > 0 and 0 < r["output_tokens"] <= 6 and r["latency_s"] > 0 for r in plain)
+    # Priced as gpt-4o-mini: tokens recounted in its encoding (o200k_base), at its catalog prices.
+    from tunewise.tokens import count_messages, count_text
+
+    r = plain[1]
+    assert r["priced_input_tokens"] == count_messages(r["prompt"], model="gpt-4o-mini")
+    assert r["priced_output_tokens"] == count_text(r["answer"], model="gpt-4o-mini")
+    assert r["cost_usd"] == pytest.approx((r["priced_input_tokens"] * 0.15 + r["priced_output_tokens"] * 0.60) / 1e6)
+    assert run.metrics["candidates"]["structured"]["cost_per_1k_usd"]["value"] == 0  # local model, no price
     # Constrained decoding: the structured candidate's answers are schema-valid JSON whatever the weights.
     structured = run.rows("structured")
     assert all(r["valid_json"] == 1 and r["schema_adherence"] == 1 for r in structured), structured
@@ -252,3 +278,38 @@ def test_score_checkpoint_on_tiny_model(tmp_path):
     assert scores["n"] == 2
     assert scores["exact_match"] == 1.0 and scores["text_f1"] == 1.0
     assert set(scores) == {"n", "valid_json", "schema_adherence", "exact_match", "field_f1", "text_f1"}
+
+
+@pytest.mark.slow
+def test_job_to_decision_end_to_end(tmp_path, monkeypatch):
+    """Fine-tune the tiny model through the SDK, evaluate base vs fine-tuned, decide with the job's loss curve."""
+    import time
+
+    from tunewise.eval import decide, write_report
+    from tunewise.serve.testing import running_server
+
+    train = tmp_path / "train.jsonl"
+    write_test_file(train, 12)
+    test_file = write_test_file(tmp_path / "test.jsonl", 4)
+    with running_server() as srv:
+        client = srv.client()
+        with open(train, "rb") as fh:
+            file = client.files.create(file=fh, purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(training_file=file.id, model="tunewise-tiny",
+                                             hyperparameters={"n_epochs": 1})
+        deadline = time.monotonic() + 300
+        while job.status not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            job = client.fine_tuning.jobs.retrieve(job.id)
+        assert job.status == "succeeded", job.error
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", srv.api_key)
+        cands = [Candidate(name="base", model="tunewise-tiny", system_prompt="Extract the total.", max_tokens=8),
+                 Candidate(name="tuned", model=job.fine_tuned_model, max_tokens=8)]
+        run = run_eval(test_file, cands, schema=SCHEMA, out_dir=tmp_path / "ev", cache=False)
+        assert run.metrics["candidates"]["tuned"]["role"] == "fine-tuned"
+        decision = decide(tmp_path / "ev", job=job.id, calls_per_month=1000)
+    assert decision.loss_curve and decision.loss_curve[0]["step"] == 1
+    assert all(r["train_loss"] is not None for r in decision.loss_curve)
+    paths = write_report(decision, tmp_path / "report")
+    assert {"loss", "quality", "html", "markdown"} <= set(paths)

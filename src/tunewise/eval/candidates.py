@@ -145,6 +145,16 @@ def candidate_from_dict(raw: dict, base_dir: Path | None = None, schema: dict | 
         raise UsageError(f"{where} has no model.", hint="Give each candidate a `model:`.")
     base_dir = base_dir or Path.cwd()
     data = dict(raw)
+    for key in ("model", "base_url", "price_model"):
+        # ${VAR} lets one file name a model known only later (the fine-tuned id a job prints).
+        if isinstance(data.get(key), str) and "$" in data[key]:
+            expanded = os.path.expandvars(data[key])
+            unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expanded)
+            if unset:
+                raise UsageError(f"{where}: {key} {data[key]!r} names environment variable {unset[0]}, "
+                                 "which is not set.", hint=f"export {unset[0]}=... (e.g. the job's "
+                                 "fine_tuned_model) or write the value out.")
+            data[key] = expanded
     data.setdefault("name", str(data["model"]).replace(":", "-"))
     if "system_prompt_file" in data:
         if data.get("system_prompt") is not None:
