@@ -145,6 +145,26 @@ def test_structured_beats_prompting_without_fine_tuned_candidate(tmp_path):
     assert decide(run).verdict == STRUCTURED
 
 
+def test_structured_outputs_that_cost_accuracy(tmp_path):
+    n = 30
+    run = build_run(tmp_path, {"base": {**BASE, "kinds": ["right"] * 27 + ["format"] * 3},
+                               "structured": {**STRUCT, "kinds": ["right"] * 12 + ["content"] * 18}}, n)
+    d = decide(run)
+    assert d.verdict == KEEP_PROMPTING
+    assert "cost accuracy" in d.reasons[1]
+
+
+def test_best_of_several_prompts_stands_for_prompting(tmp_path):
+    n = 30
+    run = build_run(tmp_path, {"short": {**BASE, "input_tokens": 100, "kinds": ["format"] * 30},
+                               "long": {**BASE, "kinds": ["right"] * 20 + ["format"] * 10},
+                               "ft": {**FT, "kinds": ["right"] * 21 + ["format"] * 9}}, n)
+    d = decide(run)
+    assert d.chosen["prompting"] == "long"
+    assert any("most accurate of 2" in note for note in d.notes)
+    assert d.verdict == NOT_ENOUGH
+
+
 def test_fine_tuned_model_that_gets_content_wrong(tmp_path):
     # Fine-tuned: perfect format, wrong facts. Prompting: knows the facts. Fine-tuning does not add facts.
     n = 40
@@ -238,7 +258,7 @@ def test_report_is_self_contained_and_well_formed(tmp_path):
     page = _Page()
     page.feed(paths["html"].read_text())
     page.close()
-    assert page.stack == ["html"] or page.stack == []  # every element closed (html closes last)
+    assert page.stack == []  # every element closed
     assert page.external == []  # no external assets
     assert len(page.images) == 3  # loss, quality, cost
     for src in page.images:

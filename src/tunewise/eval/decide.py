@@ -278,6 +278,10 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
     chosen = {role: _pick(run, names, accuracy, fmt) for role, names in by_role.items()}
     chosen = {role: name for role, name in chosen.items() if name}
     F, P, S = chosen.get("fine-tuned"), chosen.get("prompting"), chosen.get("structured")
+    for role, names in by_role.items():
+        if len(names) > 1:
+            notes.append(f"{chosen[role]} stands for the {role} candidates, the most accurate of {len(names)} "
+                         f"({', '.join(names)}); picking the best of several favours it slightly.")
 
     comparisons: list[M.Comparison] = []
 
@@ -331,6 +335,11 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
         else:
             reasons.append("Fine-tuning does not help with facts or reasoning, and here it did not even hold "
                            "the format better.")
+    elif S and P and not F and out(spa) == "worse":
+        verdict = KEEP_PROMPTING
+        reasons.append(acc_reason(S, P, spa))
+        reasons.append("Constrained decoding fixes the format but here it cost accuracy: keep the prompt"
+                       + (f" (format adherence: {_diff(spf)})." if spf is not None else "."))
     elif F and P and (out(fa) == "better" or (out(ff) == "better" and out(fa) != "worse")):
         if S and out(sa) != "better" and out(sf) != "better" and out(spa) != "worse":
             verdict = STRUCTURED

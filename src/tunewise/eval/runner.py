@@ -190,8 +190,7 @@ def pricing_for(candidate: Candidate, prices: str | os.PathLike | None = None) -
     return Pricing(info.name, inp, out, fine_tuned, recount, note)
 
 
-def recount_tokens(model: str, messages: list[dict], answer: str | None,
-                   response_format: dict | None = None) -> tuple[int, int] | None:
+def recount_tokens(model: str, messages: list[dict], answer: str | None) -> tuple[int, int] | None:
     """Input and output tokens as ``model``'s encoding counts them (None if token counting is unavailable)."""
     try:
         from tunewise.tokens import count_messages, count_text
@@ -322,21 +321,17 @@ def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schem
     results: list[dict] = []
     bar = tqdm(total=len(examples) * len(candidates), desc="eval", unit="call", disable=not progress,
                dynamic_ncols=True)
+    pool = ThreadPoolExecutor(max_workers=concurrency)
     try:
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            futures = [pool.submit(job, c, i, ex) for c in candidates for i, ex in enumerate(examples)]
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for f in done:
-                    exc = f.exception()
-                    if exc is not None:
-                        for p in pending:
-                            p.cancel()
-                        raise exc
-                    results.append(f.result())
-                    bar.update(1)
+        pending = {pool.submit(job, c, i, ex) for c in candidates for i, ex in enumerate(examples)}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for f in done:
+                results.append(f.result())  # re-raises a fatal error (bad key, unknown model)
+                bar.update(1)
     finally:
+        # On a fatal error or Ctrl-C, queued requests are dropped; only those in flight finish.
+        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         hits = store.hits if store is not None else 0
         if store is not None:
@@ -348,10 +343,9 @@ def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schem
     for c in candidates:
         p = pricings[c.name]
         if p.recount_model:
-            from importlib.util import find_spec
-
-            if find_spec("tunewise.tokens") is None:
-                notes.append(f"{c.name}: tokens as the endpoint counted them, priced as {p.recount_model}.")
+            notes.append(f"{c.name}: priced as {p.recount_model}"
+                         + (" at fine-tuned rates" if p.fine_tuned else "")
+                         + ", its tokens recounted in that model's encoding.")
         if p.note:
             notes.append(f"{c.name}: {p.note}")
     metrics = {
