@@ -313,3 +313,70 @@ def test_job_to_decision_end_to_end(tmp_path, monkeypatch):
     assert all(r["train_loss"] is not None for r in decision.loss_curve)
     paths = write_report(decision, tmp_path / "report")
     assert {"loss", "quality", "html", "markdown"} <= set(paths)
+
+
+class _Flaky:
+    """A real HTTP endpoint on 127.0.0.1 that answers 503 a set number of times, then a chat completion:
+    the only way to see the retry path, since a healthy server never fails."""
+
+    def __init__(self, failures: int):
+        import http.server
+        import threading
+
+        self.failures, self.requests = failures, 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                outer.requests += 1
+                if outer.requests <= outer.failures:
+                    body, status = b'{"error": {"message": "busy", "type": "server_error"}}', 503
+                else:
+                    status = 200
+                    body = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                                       "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                           "role": "assistant", "content": '{"store": "Shop 0", "total": 1.5}'}}],
+                                       "usage": {"prompt_tokens": 5, "completion_tokens": 7,
+                                                 "total_tokens": 12}}).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize(("failures", "ok"), [(2, True), (50, False)])
+def test_transient_errors_are_retried_with_backoff(tmp_path, monkeypatch, failures, ok):
+    from tunewise.eval import runner
+
+    monkeypatch.setattr(runner, "SDK_MAX_RETRIES", 0)  # count our own backoff alone
+    monkeypatch.setattr(runner, "BACKOFF_BASE_S", 0.01)
+    flaky = _Flaky(failures)
+    try:
+        test_file = write_test_file(tmp_path / "t.jsonl", 1)
+        cand = Candidate(name="c", model="m", base_url=flaky.base_url, api_key="k")
+        run = run_eval(test_file, [cand], cache=tmp_path / "c.sqlite")
+    finally:
+        flaky.close()
+    row = run.results[0]
+    if ok:
+        assert flaky.requests == 3 and row["error"] is None and row["exact_match"] == 1
+        assert row["input_tokens"] == 5 and row["output_tokens"] == 7
+    else:
+        # Gave up after our retries: recorded as a failed answer, not cached, the run goes on.
+        assert flaky.requests == runner.BACKOFF_RETRIES + 1
+        assert row["error"].startswith("InternalServerError") and row["exact_match"] == 0
+        assert len(CompletionCache(tmp_path / "c.sqlite")) == 0
+        assert run.metrics["candidates"]["c"]["n_errors"] == 1
