@@ -268,7 +268,9 @@ def load_model(name_or_path: str | os.PathLike, *, dtype=None, device: str | Non
     """The causal LM in ``dtype`` (default float32 on CPU, bfloat16 on CUDA) on ``device``."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the library never prints; "Loading weights" bars went to stderr
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32

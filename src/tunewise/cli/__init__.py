@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "models": "tunewise.cli.cost:models",
     "files": "tunewise.cli.client:files",
     "jobs": "tunewise.cli.client:jobs",
+    "train": "tunewise.cli.train:train",
+    "export": "tunewise.cli.train:export",
     "serve": "tunewise.cli.serve:serve",
     "keys": "tunewise.cli.serve:keys",
     "eval": "tunewise.cli.eval:eval_command",

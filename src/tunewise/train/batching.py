@@ -1,0 +1,71 @@
+"""Length-grouped batches without cross-contamination, split into micro-batches under a token budget.
+
+A batch (``batch_size`` examples, one optimizer step, OpenAI's meaning) is drawn by a seeded shuffle; examples of
+similar length are grouped into the same batch (shuffle, cut into mega-batches, sort each by length) so that little
+compute goes to padding. Each row of a micro-batch holds one example, right-padded: with a causal mask a real token
+never attends to a later position, so padding never leaks into real tokens and no attention mask is needed (which
+also keeps PyTorch's fast causal attention kernel).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from tunewise.train.render import IGNORE, Rendered
+
+MEGABATCH_FACTOR = 16  # batches per mega-batch when grouping by length: enough to group, still well shuffled
+
+
+def plan_epoch(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Example indices of each step of one epoch: a deterministic function of (seed, epoch)."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    mega = batch_size * MEGABATCH_FACTOR
+    batches: list[list[int]] = []
+    for start in range(0, len(order), mega):
+        chunk = sorted(order[start:start + mega], key=lambda i: lengths[i], reverse=True)
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def plan(lengths: list[int], batch_size: int, n_epochs: int, seed: int) -> list[tuple[int, list[int]]]:
+    """Every step of the run as ``(epoch, example indices)``; resuming replays the same plan."""
+    return [(epoch, batch) for epoch in range(n_epochs) for batch in plan_epoch(lengths, batch_size, seed, epoch)]
+
+
+@dataclass
+class MicroBatch:
+    input_ids: torch.Tensor  # [rows, length], right-padded
+    labels: torch.Tensor  # [rows, length], -100 on prompt and padding
+    real_tokens: int
+    padded_tokens: int
+
+
+def micro_batches(examples: list[Rendered], max_tokens: int, pad_id: int) -> list[MicroBatch]:
+    """Split one batch into micro-batches of at most ``max_tokens`` (rows x padded length) each; an example longer
+    than the budget gets a micro-batch of its own."""
+    ordered = sorted(examples, key=lambda e: len(e.input_ids), reverse=True)
+    groups: list[list[Rendered]] = []
+    for example in ordered:
+        # Sorted longest first, so the group's padded length is that of its first row.
+        if groups and len(groups[-1][0].input_ids) * (len(groups[-1]) + 1) <= max_tokens:
+            groups[-1].append(example)
+        else:
+            groups.append([example])
+    return [_collate(group, pad_id) for group in groups]
+
+
+def _collate(group: list[Rendered], pad_id: int) -> MicroBatch:
+    length = max(len(e.input_ids) for e in group)
+    ids = torch.full((len(group), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(group), length), IGNORE, dtype=torch.long)
+    for row, e in enumerate(group):
+        ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[row, : len(e.labels)] = torch.tensor(e.labels)
+    real = sum(len(e.input_ids) for e in group)
+    return MicroBatch(ids, labels, real, length * len(group))

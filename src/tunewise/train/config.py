@@ -1,0 +1,202 @@
+"""The trainer's typed configuration, its events and its result.
+
+``TrainConfig`` is what a caller asks for (OpenAI's hyperparameters, ``"auto"`` allowed); ``resolve_hyperparameters``
+turns the ``"auto"`` values into numbers by the rules below, which the README states too. The resolved config is
+saved as ``OUTPUT/config.json`` and beside every checkpoint, so each output describes itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tunewise.errors import UsageError
+
+# OpenAI's n_epochs "auto": start at 3, then adjust so the examples seen fall within these bounds.
+DEFAULT_EPOCHS = 3
+MIN_EXAMPLES_SEEN = 100
+MAX_EXAMPLES_SEEN = 25_000
+MAX_EPOCHS = 25
+# batch_size "auto": about 0.2% of the examples, clamped to this range (OpenAI's documented maximum is 256).
+AUTO_BATCH_FRACTION = 0.002
+MAX_BATCH_SIZE = 256
+
+Method = Literal["lora", "full"]
+
+
+@dataclass
+class TrainConfig:
+    training_file: str | Path
+    """Chat JSONL in OpenAI's fine-tuning format (one ``{"messages": [...]}`` per line)."""
+    validation_file: str | Path | None = None
+    """Optional chat JSONL for ``valid_loss`` and ``valid_mean_token_accuracy``."""
+    model: str = "smollm2-135m-instruct"
+    """A registry name (``tunewise models``), a local Hugging Face model directory, or a hub id."""
+    method: Method = "lora"
+    """``lora`` trains a PEFT LoRA adapter (small, fast); ``full`` trains every weight."""
+    n_epochs: int | Literal["auto"] = "auto"
+    """Passes over the training data. ``auto``: 3, raised so at least 100 examples are seen, lowered so at most
+    25,000 are, clamped to 1..25 (OpenAI's rule)."""
+    batch_size: int | Literal["auto"] = "auto"
+    """Examples per optimizer step. ``auto``: 0.2% of the training examples, clamped to 1..256."""
+    learning_rate_multiplier: float | Literal["auto"] = "auto"
+    """Scales the model's base learning rate from the registry (LoRA and full each have one). ``auto``: 1.0."""
+    seed: int | None = None
+    """Makes a run reproducible (data order, LoRA initialisation). ``None``: a random seed, recorded in config.json."""
+    suffix: str | None = None
+    """Up to 64 characters recorded in the output's metadata (OpenAI puts it in the model name)."""
+    output_dir: str | Path | None = None
+    """Where everything is written; ``None``: ``$TUNEWISE_HOME/runs/<model>-<suffix>-<time>``. Training again into the
+    same directory resumes from its last saved state."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto``: CUDA when present, else CPU. ``cuda`` without a GPU is an error."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Weights' dtype while training. ``auto``: bfloat16 on CUDA, float32 on CPU. ``bfloat16`` on CPU trains LoRA
+    about 1.5x faster on CPUs with bf16 instructions (see ``bench/train.py``) at some precision cost."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_r``)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input; 0 keeps steps deterministic and cheaper."""
+    lora_target_modules: tuple[str, ...] | str = "all-linear"
+    """Modules that get adapters: ``all-linear`` (every linear layer but the LM head) or a list of names."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_ratio: float = 0.03
+    """Fraction of the steps over which the learning rate rises linearly from 0; it then decays linearly to 0."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (global L2 norm); 0 disables it."""
+    max_tokens_per_microbatch: int = 4096
+    """Token budget (rows x padded length) of one forward pass; a batch larger than this is split into micro-batches
+    whose gradients are accumulated, so memory stays bounded whatever the batch size."""
+    eval_every_steps: int | None = None
+    """Compute the validation loss every N steps as well as at each epoch end; ``None``: only at epoch ends."""
+    save_state_every_steps: int = 20
+    """Write the resumable state every N steps (and at each epoch end and on a stop)."""
+    keep_checkpoints: int = 3
+    """Epoch-end checkpoints kept (the last N, like OpenAI)."""
+    num_threads: int | None = None
+    """CPU threads for PyTorch; ``None`` leaves PyTorch's default."""
+
+    def validate(self) -> None:
+        """Raise ``UsageError`` for a value that cannot work, before anything is loaded."""
+        if self.method not in ("lora", "full"):
+            raise UsageError(f"method must be 'lora' or 'full', not {self.method!r}.", param="method")
+        _check_auto_int("n_epochs", self.n_epochs, 1, MAX_EPOCHS)
+        _check_auto_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        m = self.learning_rate_multiplier
+        if m != "auto" and (isinstance(m, bool) or not isinstance(m, int | float) or not 0 < m <= 100):
+            raise UsageError(f"learning_rate_multiplier must be 'auto' or a number in (0, 100], not {m!r}.",
+                             param="learning_rate_multiplier")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < 2**31):
+            raise UsageError(f"seed must be an integer in 0..2147483647, not {self.seed!r}.", param="seed")
+        if self.suffix is not None and len(self.suffix) > 64:
+            raise UsageError("suffix is at most 64 characters.", param="suffix")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UsageError(f"device must be auto, cpu or cuda, not {self.device!r}.", param="device")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise UsageError(f"dtype must be auto, float32 or bfloat16, not {self.dtype!r}.", param="dtype")
+        for name in ("lora_r", "lora_alpha", "max_tokens_per_microbatch", "save_state_every_steps",
+                     "keep_checkpoints"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"{name} must be a positive integer, not {value!r}.", param=name)
+        if self.eval_every_steps is not None and self.eval_every_steps < 1:
+            raise UsageError("eval_every_steps must be a positive integer or None.", param="eval_every_steps")
+        if not 0 <= self.warmup_ratio < 1 or not 0 <= self.lora_dropout < 1:
+            raise UsageError("warmup_ratio and lora_dropout must be in [0, 1).")
+
+
+def _check_auto_int(name: str, value: Any, low: int, high: int) -> None:
+    if value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UsageError(f"{name} must be 'auto' or an integer in {low}..{high}, not {value!r}.", param=name)
+
+
+def auto_n_epochs(n_examples: int) -> int:
+    """OpenAI's rule: 3 epochs, adjusted so that 100..25,000 examples are seen, within 1..25."""
+    epochs = DEFAULT_EPOCHS
+    if n_examples * epochs < MIN_EXAMPLES_SEEN:
+        epochs = math.ceil(MIN_EXAMPLES_SEEN / n_examples)
+    elif n_examples * epochs > MAX_EXAMPLES_SEEN:
+        epochs = MAX_EXAMPLES_SEEN // n_examples
+    return max(1, min(MAX_EPOCHS, epochs))
+
+
+def auto_batch_size(n_examples: int) -> int:
+    """About 0.2% of the examples, within 1..256: small data gets many small steps."""
+    return max(1, min(MAX_BATCH_SIZE, round(n_examples * AUTO_BATCH_FRACTION)))
+
+
+def resolve_hyperparameters(config: TrainConfig, n_examples: int, base_learning_rate: float) -> dict[str, Any]:
+    """Numbers for every ``auto``: n_epochs, batch_size, learning_rate_multiplier and the learning rate itself."""
+    n_epochs = auto_n_epochs(n_examples) if config.n_epochs == "auto" else int(config.n_epochs)
+    batch_size = auto_batch_size(n_examples) if config.batch_size == "auto" else int(config.batch_size)
+    batch_size = min(batch_size, n_examples)  # a batch larger than the data is the whole data
+    multiplier = 1.0 if config.learning_rate_multiplier == "auto" else float(config.learning_rate_multiplier)
+    return {
+        "n_epochs": n_epochs,
+        "batch_size": batch_size,
+        "learning_rate_multiplier": multiplier,
+        "learning_rate": multiplier * base_learning_rate,
+        "seed": config.seed,
+    }
+
+
+@dataclass
+class TrainEvent:
+    """Something a caller may show or record: a human line, a step's metrics or a saved checkpoint."""
+
+    type: Literal["message", "metrics", "checkpoint"]
+    """``message``: a human line; ``metrics``: one step (``data`` has step, total_steps, epoch, train_loss,
+    train_mean_token_accuracy, valid_loss, valid_mean_token_accuracy, trained_tokens, elapsed_s, eta_s);
+    ``checkpoint``: an epoch-end checkpoint (``data`` has step, path, metrics)."""
+    message: str
+    level: Literal["info", "warn", "error"] = "info"
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    """The run's directory (config.json, metrics.csv, checkpoints/, final/)."""
+    model_dir: Path
+    """The final artifact: a PEFT adapter (LoRA) or a full HF model directory, each with tunewise_model.json."""
+    method: str
+    base_model: str
+    """Registry name, or the absolute path of the base model directory."""
+    trained_tokens: int
+    """Tokens processed in training (every token of every example, times the epochs)."""
+    hyperparameters: dict[str, Any]
+    """Resolved n_epochs, batch_size, learning_rate_multiplier, learning_rate, seed."""
+    metrics_csv: Path
+    checkpoints: list[dict[str, Any]]
+    """Kept epoch-end checkpoints, oldest first: ``{"step", "path", "metrics"}``."""
+    metrics: dict[str, Any]
+    """The last step's metrics under OpenAI's names (step, train_loss, train_mean_token_accuracy, valid_loss,
+    valid_mean_token_accuracy, and full_valid_loss, full_valid_mean_token_accuracy with a validation file)."""
+    padding_waste: float = 0.0
+    """Share of the tokens fed to the model that were padding (length-grouped batches keep it small)."""
+    steps: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output_dir": str(self.output_dir), "model_dir": str(self.model_dir), "method": self.method,
+            "base_model": self.base_model, "trained_tokens": self.trained_tokens,
+            "hyperparameters": self.hyperparameters, "metrics_csv": str(self.metrics_csv),
+            "checkpoints": self.checkpoints, "metrics": self.metrics, "padding_waste": self.padding_waste,
+            "steps": self.steps,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainResult:
+        return cls(output_dir=Path(d["output_dir"]), model_dir=Path(d["model_dir"]), method=d["method"],
+                   base_model=d["base_model"], trained_tokens=d["trained_tokens"],
+                   hyperparameters=d["hyperparameters"], metrics_csv=Path(d["metrics_csv"]),
+                   checkpoints=d["checkpoints"], metrics=d["metrics"], padding_waste=d.get("padding_waste", 0.0),
+                   steps=d.get("steps", 0))

@@ -1,0 +1,525 @@
+"""The training loop: load, render, check, train, checkpoint, resume.
+
+Read top to bottom: ``train`` resolves the config, renders and checks every example before the model is touched
+(so bad input fails in seconds), then runs the steps of a fixed, seeded plan. A resumable state (trainable weights,
+optimizer, RNG, metrics so far) is written atomically every few steps, at each epoch end and on a stop, so a run
+killed at any point and started again with the same ``output_dir`` ends exactly as an uninterrupted one.
+
+Speed comes from not computing what is not trained: logits are computed only at labelled positions (the LM head
+over SmolLM2's 49k vocabulary is a large share of a step), tokens after the last trained one are dropped, batches
+are grouped by length, and right padding needs no attention mask so the fast causal attention kernel applies.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tunewise import models
+from tunewise.errors import Cancelled, Conflict, DataError, NotFound, Unsupported, UsageError
+from tunewise.train.batching import micro_batches, plan
+from tunewise.train.config import TrainConfig, TrainEvent, TrainResult, resolve_hyperparameters
+from tunewise.train.render import IGNORE, Rendered, Renderer, read_examples
+
+METRICS_HEADER = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+STATE = "state"
+# Architectures whose causal-LM logits are exactly ``lm_head(final hidden state)``; for those the loss is computed
+# from hidden states gathered at labelled positions. Others take the plain (slower) full-logits path.
+PLAIN_HEAD_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3", "olmo", "olmo2"}
+
+EventCallback = Callable[[TrainEvent], None]
+
+
+# ---------------------------------------------------------------------------------------------------- setup
+
+
+def _stop_check(stop) -> Callable[[], bool]:
+    if stop is None:
+        return lambda: False
+    if hasattr(stop, "is_set"):
+        return stop.is_set
+    if callable(stop):
+        return lambda: bool(stop())
+    raise UsageError("stop must be a threading.Event (or anything with is_set()) or a zero-argument callable.")
+
+
+def _device_and_dtype(config: TrainConfig):
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if config.device == "cuda" and not has_cuda:
+        raise Unsupported("device 'cuda' was asked for, but PyTorch sees no CUDA GPU here.",
+                          hint="Use --device auto (CUDA when present, else CPU) or --device cpu.", param="device")
+    device = "cuda" if has_cuda and config.device in ("auto", "cuda") else "cpu"
+    if config.dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    else:
+        dtype = config.dtype
+    return device, dtype
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def render_file(path: str | Path, renderer: Renderer, context_length: int, param: str,
+                model: str | None = None) -> list[Rendered]:
+    """Every example of a file rendered and checked; any problem is a ``DataError`` naming the line."""
+    path = Path(path)
+    out = []
+    checked_as = model if model in models.REGISTRY else None  # the data checks know registry models only
+    for line, example in read_examples(path, model=checked_as, param=param):
+        rendered = renderer.render(line, example)
+        if len(rendered.input_ids) > context_length:
+            raise DataError(
+                f"{path}:{line}: the example is {len(rendered.input_ids)} tokens, longer than the model's context "
+                f"of {context_length}.", hint="Shorten or split the example, or remove it.",
+                code="example_too_long", param=param)
+        out.append(rendered)
+    if not out:
+        raise DataError(f"{path} has no examples.", hint="Add chat examples, one JSON object per line.", param=param)
+    return out
+
+
+def _base_model_name(spec: models.ModelSpec) -> str:
+    """A registry name, a hub id, or (for a local directory) its absolute path: what loads the base again."""
+    return spec.name
+
+
+def _default_output_dir(config: TrainConfig) -> Path:
+    from tunewise import paths
+
+    name = Path(str(config.model)).name + (f"-{config.suffix}" if config.suffix else "")
+    return paths.home() / "runs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# What must be the same for a run to continue in an existing output directory.
+_RESUME_KEYS = ("base_model", "method", "hyperparameters", "training_file_sha256", "validation_file_sha256",
+                "dtype", "lora", "weight_decay", "warmup_ratio", "max_grad_norm", "max_tokens_per_microbatch")
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+
+
+def _load(config: TrainConfig, seed: int, device: str, dtype: str):
+    import torch
+
+    torch.manual_seed(seed)  # LoRA's initialisation draws from it
+    # Full fine-tuning in bf16 keeps fp32 master weights and autocasts the forward; LoRA keeps the frozen base in
+    # the training dtype (PEFT keeps the adapters in fp32).
+    load_dtype = torch.float32 if (dtype == "float32" or config.method == "full") else torch.bfloat16
+    model = models.load_model(config.model, dtype=load_dtype, device=device)
+    model.config.use_cache = False
+    if config.method == "lora":
+        import warnings
+
+        from peft import LoraConfig, get_peft_model
+
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+        target = config.lora_target_modules
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          target_modules=target if isinstance(target, str) else list(target),
+                          bias="none", task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return model
+
+
+def _core_and_head(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if base.config.model_type in PLAIN_HEAD_MODEL_TYPES and hasattr(base, "model"):
+        return base.model, base.get_output_embeddings()
+    return None, None
+
+
+def _sums(model, core, head, mb, device):
+    """Summed token loss, correct argmax count and labelled-token count of one micro-batch."""
+    import torch.nn.functional as F
+
+    ids = mb.input_ids.to(device)
+    targets = mb.labels[:, 1:].to(device)  # position t predicts token t + 1
+    keep = targets != IGNORE
+    if core is not None:
+        # No attention mask: rows are right-padded, so causal attention already hides padding from real tokens.
+        hidden = core(input_ids=ids, use_cache=False).last_hidden_state
+        logits = head(hidden[:, :-1][keep]).float()
+    else:
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1][keep].float()
+    wanted = targets[keep]
+    loss = F.cross_entropy(logits, wanted, reduction="sum")
+    correct = (logits.detach().argmax(-1) == wanted).sum().item()
+    return loss, correct, int(wanted.numel())
+
+
+def evaluate(model, examples: list[Rendered], *, max_tokens: int, pad_id: int, device: str,
+             autocast_dtype=None) -> tuple[float, float]:
+    """Mean token loss and token accuracy over the labelled tokens of ``examples``."""
+    import torch
+
+    core, head = _core_and_head(model)
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    with torch.no_grad(), _autocast(device, autocast_dtype):
+        for mb in micro_batches(examples, max_tokens, pad_id):
+            loss, c, n = _sums(model, core, head, mb, device)
+            loss_sum += loss.item()
+            correct += c
+            count += n
+    model.train(was_training)
+    return loss_sum / count, correct / count
+
+
+def _autocast(device: str, dtype):
+    import contextlib
+
+    import torch
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=dtype)
+
+
+def _lr_at(step: int, total: int, base: float, warmup_ratio: float) -> float:
+    """Linear warm-up over the first steps, then linear decay towards 0 (a pure function of the step, so a resumed
+    run needs no scheduler state)."""
+    warmup = math.ceil(total * warmup_ratio)
+    if step < warmup:
+        return base * (step + 1) / (warmup + 1)
+    return base * (total - step) / (total - warmup)
+
+
+# ---------------------------------------------------------------------------------------------------- files
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.6f}"
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(METRICS_HEADER)
+    for r in rows:
+        writer.writerow([r["step"], _fmt(r["train_loss"]), _fmt(r["train_accuracy"]), _fmt(r["valid_loss"]),
+                         _fmt(r["valid_mean_token_accuracy"])])
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def _append_metrics(path: Path, r: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(",".join([str(r["step"]), _fmt(r["train_loss"]), _fmt(r["train_accuracy"]), _fmt(r["valid_loss"]),
+                          _fmt(r["valid_mean_token_accuracy"])]) + "\n")
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Move a finished temporary directory into place; a crash at any point leaves either the old or the new one
+    (``target.old`` is picked up by the reader when ``target`` is missing)."""
+    old = target.with_name(target.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def save_model_dir(model, tokenizer, target: Path, meta: dict[str, Any]) -> None:
+    """A self-describing model directory: PEFT adapter or full HF model, tokenizer, ``tunewise_model.json``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "tunewise_model.json").write_text(json.dumps(meta, indent=2, default=str))
+        _replace_dir(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def openai_metrics(row: dict[str, Any]) -> dict[str, Any]:
+    """A metrics row under the names of OpenAI's checkpoint ``metrics`` object. Validation here always covers the
+    whole validation file, so ``full_valid_*`` equal ``valid_*`` where they were computed."""
+    out = {"step": row["step"], "train_loss": row["train_loss"], "train_mean_token_accuracy": row["train_accuracy"],
+           "valid_loss": row["valid_loss"], "valid_mean_token_accuracy": row["valid_mean_token_accuracy"]}
+    if row["valid_loss"] is not None:
+        out["full_valid_loss"] = row["valid_loss"]
+        out["full_valid_mean_token_accuracy"] = row["valid_mean_token_accuracy"]
+    return out
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_state(out: Path, model, optimizer, progress: dict[str, Any]) -> None:
+    import torch
+
+    tmp = Path(tempfile.mkdtemp(prefix=".state-", dir=out))
+    try:
+        trainable = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+        with (tmp / "state.pt").open("wb") as f:
+            torch.save({"trainable": trainable, "optimizer": optimizer.state_dict(), "rng": _rng_state()}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        (tmp / "progress.json").write_text(json.dumps(progress, default=str))
+        _replace_dir(tmp, out / STATE)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_state(out: Path):
+    import torch
+
+    for name in (STATE, STATE + ".old"):
+        d = out / name
+        if (d / "state.pt").is_file() and (d / "progress.json").is_file():
+            progress = json.loads((d / "progress.json").read_text())
+            tensors = torch.load(d / "state.pt", map_location="cpu", weights_only=False)
+            return progress, tensors
+    return None, None
+
+
+# ---------------------------------------------------------------------------------------------------- train
+
+
+def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None) -> TrainResult:
+    """Fine-tune ``config.model`` on ``config.training_file``; resume if ``config.output_dir`` holds a saved state.
+
+    ``on_event`` receives ``TrainEvent``s; ``stop`` (a ``threading.Event`` or a zero-argument callable) is checked
+    between steps: when set, the state is saved and ``Cancelled`` raised. Errors in the input are raised before any
+    training starts.
+    """
+    config.validate()
+    emit = on_event or (lambda event: None)
+    should_stop = _stop_check(stop)
+    for param in ("training_file", "validation_file"):
+        path = getattr(config, param)
+        if path is not None and not Path(path).is_file():
+            raise NotFound(f"The {param.replace('_', ' ')} {path} does not exist.", hint="Check the path.",
+                           param=param)
+    spec = models.resolve(config.model)
+    device, dtype = _device_and_dtype(config)
+    out = Path(config.output_dir) if config.output_dir else _default_output_dir(config)
+    out = out.expanduser().resolve()
+    saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else None
+    tokenizer = models.load_tokenizer(config.model)
+    renderer = Renderer(tokenizer, model_name=spec.name)
+    train_set = render_file(config.training_file, renderer, spec.context_length, "training_file", config.model)
+    valid_set = (render_file(config.validation_file, renderer, spec.context_length, "validation_file",
+                             config.model) if config.validation_file else [])
+
+    base_lr = spec.learning_rate if config.method == "lora" else spec.full_learning_rate
+    hyper = resolve_hyperparameters(config, len(train_set), base_lr)
+    if hyper["seed"] is None:
+        hyper["seed"] = saved["hyperparameters"]["seed"] if saved else random.SystemRandom().randrange(2**31)
+    seed = hyper["seed"]
+    resolved = {
+        "training_file": str(Path(config.training_file).resolve()),
+        "training_file_sha256": _sha256(Path(config.training_file)),
+        "validation_file": str(Path(config.validation_file).resolve()) if config.validation_file else None,
+        "validation_file_sha256": _sha256(Path(config.validation_file)) if config.validation_file else None,
+        "model": str(config.model), "base_model": _base_model_name(spec), "method": config.method,
+        "hyperparameters": hyper, "suffix": config.suffix, "output_dir": str(out), "device": device,
+        "dtype": dtype, "lora": ({"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                                  "target_modules": config.lora_target_modules}
+                                 if config.method == "lora" else None),
+        "weight_decay": config.weight_decay, "warmup_ratio": config.warmup_ratio,
+        "max_grad_norm": config.max_grad_norm, "max_tokens_per_microbatch": config.max_tokens_per_microbatch,
+        "eval_every_steps": config.eval_every_steps, "save_state_every_steps": config.save_state_every_steps,
+        "keep_checkpoints": config.keep_checkpoints, "n_train_examples": len(train_set),
+        "n_valid_examples": len(valid_set), "base_model_dir": str(models.local_dir(config.model)),
+    }
+    if saved:
+        changed = [k for k in _RESUME_KEYS if json.loads(json.dumps(saved.get(k), default=str))
+                   != json.loads(json.dumps(resolved.get(k), default=str))]
+        if changed:
+            raise Conflict(f"{out} holds a different run (it differs in: {', '.join(changed)}).",
+                           hint="Use another --output directory, or delete this one to start over.",
+                           param="output_dir")
+        if (out / "result.json").is_file():
+            emit(TrainEvent("message", f"Training already finished in {out}"))
+            return TrainResult.from_dict(json.loads((out / "result.json").read_text()))
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", resolved)
+
+    import torch
+
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    steps = plan([len(e.input_ids) for e in train_set], hyper["batch_size"], hyper["n_epochs"], seed)
+    total = len(steps)
+    model = _load(config, seed, device, dtype)
+    model.train()
+    autocast_dtype = torch.bfloat16 if (config.method == "full" and dtype == "bfloat16") else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=hyper["learning_rate"], weight_decay=config.weight_decay)
+    core, head = _core_and_head(model)
+    pad_id = tokenizer.pad_token_id
+
+    progress, state = _load_state(out)
+    metrics_csv = out / "metrics.csv"
+    if progress:
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state["trainable"].items():
+                named[name].copy_(tensor)
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"])
+        start = progress["step"]
+        # Anything written after the saved state (a kill between saves) is redone identically.
+        for d in (out / "checkpoints").glob("step-*") if (out / "checkpoints").is_dir() else []:
+            if int(d.name.split("-")[1]) > start:
+                shutil.rmtree(d)
+        emit(TrainEvent("message", f"Training resumed from step {start}/{total}"))
+    else:
+        progress = {"step": 0, "trained_tokens": 0, "rows": [], "checkpoints": [], "real_tokens": 0,
+                    "padded_tokens": 0}
+        start = 0
+        emit(TrainEvent("message", f"Training started: {len(train_set)} examples, {hyper['n_epochs']} epochs, "
+                        f"batch size {hyper['batch_size']}, {total} steps, {config.method} on {device} ({dtype})"))
+    _write_metrics(metrics_csv, progress["rows"])
+
+    meta_base = {"base_model": resolved["base_model"], "method": config.method, "suffix": config.suffix,
+                 "train_config": resolved}
+    t0 = time.monotonic()
+    last_saved = start
+    for i in range(start, total):
+        if should_stop():
+            if last_saved != i:
+                _save_state(out, model, optimizer, progress)
+            emit(TrainEvent("message", f"Training stopped at step {i}/{total}; state saved", level="warn"))
+            raise Cancelled(f"Training stopped at step {i} of {total}.",
+                            hint=f"Train again with output_dir={out} to resume.")
+        epoch, indices = steps[i]
+        batch = [train_set[j] for j in indices]
+        n_labels = sum(e.n_labels for e in batch)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(i, total, hyper["learning_rate"], config.warmup_ratio)
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum, correct = 0.0, 0
+        for mb in micro_batches(batch, config.max_tokens_per_microbatch, pad_id):
+            with _autocast(device, autocast_dtype):
+                loss, c, _ = _sums(model, core, head, mb, device)
+            # Each micro-batch's share of the batch's mean token loss: the gradients sum to the batch's.
+            (loss / n_labels).backward()
+            loss_sum += loss.item()
+            correct += c
+            progress["real_tokens"] += mb.real_tokens
+            progress["padded_tokens"] += mb.padded_tokens
+        if config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        progress["step"] = i + 1
+        progress["trained_tokens"] += sum(len(e.input_ids) for e in batch)
+        epoch_end = i + 1 == total or steps[i + 1][0] != epoch
+        row = {"step": i + 1, "train_loss": loss_sum / n_labels, "train_accuracy": correct / n_labels,
+               "valid_loss": None, "valid_mean_token_accuracy": None}
+        if valid_set and (epoch_end or (config.eval_every_steps and (i + 1) % config.eval_every_steps == 0)):
+            row["valid_loss"], row["valid_mean_token_accuracy"] = evaluate(
+                model, valid_set, max_tokens=config.max_tokens_per_microbatch, pad_id=pad_id, device=device,
+                autocast_dtype=autocast_dtype)
+        progress["rows"].append(row)
+        _append_metrics(metrics_csv, row)
+        elapsed = time.monotonic() - t0
+        done_here = i + 1 - start
+        emit(TrainEvent("metrics", f"step {i + 1}/{total}: loss {row['train_loss']:.4f}", data={
+            "step": i + 1, "total_steps": total, "epoch": epoch + 1, "train_loss": row["train_loss"],
+            "train_mean_token_accuracy": row["train_accuracy"], "valid_loss": row["valid_loss"],
+            "valid_mean_token_accuracy": row["valid_mean_token_accuracy"],
+            "trained_tokens": progress["trained_tokens"], "elapsed_s": elapsed,
+            "eta_s": elapsed / done_here * (total - i - 1), "learning_rate": optimizer.param_groups[0]["lr"]}))
+        if epoch_end:
+            path = out / "checkpoints" / f"step-{i + 1}"
+            save_model_dir(model, tokenizer, path, {**meta_base, "step": i + 1, "epoch": epoch + 1})
+            record = {"step": i + 1, "path": str(path), "metrics": openai_metrics(row)}
+            progress["checkpoints"].append(record)
+            for old in progress["checkpoints"][:-config.keep_checkpoints]:
+                shutil.rmtree(old["path"], ignore_errors=True)
+            progress["checkpoints"] = progress["checkpoints"][-config.keep_checkpoints:]
+            emit(TrainEvent("checkpoint", f"Checkpoint saved at step {i + 1}", data=record))
+            emit(TrainEvent("message", f"Epoch {epoch + 1}/{hyper['n_epochs']} done"))
+        if epoch_end or (i + 1) % config.save_state_every_steps == 0:
+            _save_state(out, model, optimizer, progress)
+            last_saved = i + 1
+
+    final = out / "final"
+    save_model_dir(model, tokenizer, final, {**meta_base, "step": total, "epoch": hyper["n_epochs"]})
+    waste = 1 - progress["real_tokens"] / progress["padded_tokens"] if progress["padded_tokens"] else 0.0
+    result = TrainResult(
+        output_dir=out, model_dir=final, method=config.method, base_model=resolved["base_model"],
+        trained_tokens=progress["trained_tokens"], hyperparameters=hyper, metrics_csv=metrics_csv,
+        checkpoints=progress["checkpoints"], metrics=openai_metrics(progress["rows"][-1]), padding_waste=waste, steps=total)
+    _write_json(out / "result.json", result.to_dict())
+    shutil.rmtree(out / STATE, ignore_errors=True)
+    emit(TrainEvent("message", f"Training finished: {total} steps, {progress['trained_tokens']} tokens, "
+                    f"padding waste {waste:.1%}; model in {final}"))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- export
+
+
+def export_merged(adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Merge a LoRA adapter written by ``train`` into its base model and save a plain HF model directory."""
+    import torch
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    meta_path = adapter_dir / "tunewise_model.json"
+    if not (adapter_dir / "adapter_config.json").is_file() or not meta_path.is_file():
+        raise UsageError(f"{adapter_dir} is not a LoRA adapter written by tunewise (adapter_config.json and "
+                         "tunewise_model.json expected).", hint="Pass OUTPUT/final of a LoRA run.",
+                         param="adapter_dir")
+    meta = json.loads(meta_path.read_text())
+    base = models.load_model(meta["base_model"], dtype=torch.float32, device="cpu")
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    out_dir = Path(out_dir).expanduser().resolve()
+    save_model_dir(merged, tokenizer, out_dir, {**meta, "method": "full", "merged_from": str(adapter_dir.resolve())})
+    return out_dir
