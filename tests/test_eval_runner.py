@@ -380,3 +380,23 @@ def test_transient_errors_are_retried_with_backoff(tmp_path, monkeypatch, failur
         assert row["error"].startswith("InternalServerError") and row["exact_match"] == 0
         assert len(CompletionCache(tmp_path / "c.sqlite")) == 0
         assert run.metrics["candidates"]["c"]["n_errors"] == 1
+
+
+@pytest.mark.slow
+def test_score_checkpoint_on_a_trained_adapter(tmp_path):
+    """A LoRA checkpoint directory written by the trainer is scored in-process, the way the worker calls it."""
+    from tunewise.infer import Engine, GenerationRequest
+    from tunewise.train import TrainConfig, train
+
+    data = write_test_file(tmp_path / "train.jsonl", 12)
+    train(TrainConfig(training_file=data, model="tunewise-tiny", n_epochs=1, output_dir=tmp_path / "run"))
+    checkpoint = next((tmp_path / "run" / "checkpoints").iterdir())
+    examples = load_examples(data, limit=3)
+    with Engine(max_batch_size=4) as engine:
+        refs = [engine.generate(GenerationRequest(model=str(checkpoint), messages=ex.prompt, max_tokens=8,
+                                                  temperature=0)).choices[0].text for ex in examples]
+        path = tmp_path / "eval.jsonl"
+        path.write_text("".join(json.dumps({"messages": [*ex.prompt, {"role": "assistant", "content": r}]}) + "\n"
+                                for ex, r in zip(examples, refs, strict=True)))
+        scores = score_checkpoint(checkpoint, path, engine=engine, max_tokens=8)
+    assert scores["n"] == 3 and scores["exact_match"] == 1.0
