@@ -489,23 +489,28 @@ def test_answer_format_outliers(tmp_path):
     assert f.lines == [13, 34] and "98 of 100" in f.message
 
 
-def test_too_long_for_openai_model_and_billing_cap(tmp_path):
+def test_over_the_limit_is_truncated_or_too_long(tmp_path):
     rows = base(100)
-    rows[2] = example(2, answer="word " * 17000)
+    rows[2] = example(2, answer="word " * 17000)  # the answer starts early: cut, but still teaches
+    rows[6] = {"messages": [{"role": "user", "content": "word " * 17000},
+                            {"role": "assistant", "content": "{}"}]}  # the answer starts past the limit
     path = write(tmp_path / "d.jsonl", rows)
     small = validate(path, model="gpt-3.5-turbo")
-    f = only(small, "too_long")
-    assert f.line == 3 and "16,385" in f.message and not small.ok
+    truncated = only(small, "truncated")
+    assert truncated.lines == [3] and truncated.severity == "warning" and "16,385" in truncated.message
+    too_long = only(small, "too_long")
+    assert too_long.line == 7 and too_long.severity == "error" and "starts at token 17,00" in too_long.message
     assert small.stats.billed_tokens_per_epoch == sum(min(t, 16385) for t in small.stats.example_tokens)
+    assert small.stats.billed_tokens_per_epoch < sum(small.stats.example_tokens)
     big = validate(path, model="gpt-4o-mini")
-    assert "too_long" not in big.codes()
+    assert not {"too_long", "truncated"} & set(big.codes())
 
 
 def test_prices_file_overrides_context_limit(tmp_path):
     prices = tmp_path / "prices.toml"
-    prices.write_text('[models."gpt-4o-mini-2024-07-18"]\ncontext_limit = 50\n')
+    prices.write_text('[models."gpt-4o-mini-2024-07-18"]\ncontext_limit = 20\n')
     report = validate(write(tmp_path / "d.jsonl", base(100)), prices=prices)
-    assert report.stats.context_limit == 50
+    assert report.stats.context_limit == 20
     assert len([f for f in report.findings if f.code == "too_long"]) == 100
 
 

@@ -48,7 +48,8 @@ CODES: dict[str, tuple[str, str]] = {
                                            "message makes several tool calls."),
     "no_assistant_message": (ERROR, "The example has no assistant message to learn from."),
     "no_trainable_assistant": (ERROR, "Every assistant message has weight 0, so nothing is trained."),
-    "too_long": (ERROR, "The example is longer than the model's training context limit."),
+    "too_long": (ERROR, "The example is longer than the model's limit and its first trained answer starts "
+                        "past it: cut at the limit, it teaches nothing."),
     # the data set as a whole
     "too_few_examples": (ERROR, "Fewer than 10 examples: OpenAI refuses the file."),
     "small_dataset": (WARNING, "Under 100 examples: the guide expects little (under 50) or modest gains."),
@@ -57,7 +58,8 @@ CODES: dict[str, tuple[str, str]] = {
     "missing_user_message": (WARNING, "Examples without a user message."),
     "inconsistent_system_prompt": (WARNING, "Most examples share one system prompt but some differ."),
     "answer_format_outlier": (WARNING, "Most assistant answers are JSON but some are not (or the reverse)."),
-    "truncated": (WARNING, "A local model's example is longer than its context; the trainer cuts its end."),
+    "truncated": (WARNING, "Examples longer than the model's limit per example: fine-tuning cuts off their "
+                           "end (OpenAI and the local trainer alike), and bills only up to the limit."),
 }
 
 
