@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,6 +38,9 @@ router = APIRouter(prefix="/v1/dashboard", tags=["dashboard"])
 MAX_LINE_EXCERPT = 400  # characters of a line quoted beside its finding (a line can be megabytes)
 MAX_QUOTED_LINES = 200  # lines quoted per report; the findings themselves are all returned
 REPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # one directory name, never a path
+# Validation and estimates tokenize whole files: CPU-bound work that gains nothing from running side by side,
+# and the first call loads a tokenizer (transformers' lazy imports are not safe to race from two threads).
+_HEAVY = threading.Lock()
 REPORT_FILES = ("report.html", "report.md", "metrics.json", "decision.json")
 MAX_REPORT_BYTES = 32 * 1024 * 1024  # a report.html embeds its plots; larger than this is not one of ours
 
@@ -70,7 +74,8 @@ def _report(path: Path, model: str | None) -> dict[str, Any]:
     """The validator's report as JSON, with the quoted lines, minus the per-example token list (large)."""
     from tunewise.data import validate
 
-    report = validate(path, model=model or None)
+    with _HEAVY:
+        report = validate(path, model=model or None)
     body = report.to_dict()
     body.pop("path", None)  # where the server keeps the file is none of the page's business
     stats = body.get("stats")
@@ -175,7 +180,8 @@ def file_estimate(file_id: str, state: StateDep, principal: PrincipalDep, model:
 
     row = _stored_file(state, principal.project, file_id)
     epochs: int | str = n_epochs if n_epochs == "auto" else _int(n_epochs, "n_epochs")
-    body = estimate_training(row["path"], model, epochs=epochs).to_dict()
+    with _HEAVY:
+        body = estimate_training(row["path"], model, epochs=epochs).to_dict()
     # What this server really trains for that name: an OpenAI name is priced at OpenAI's rate but trained
     # here on its local stand-in.
     try:

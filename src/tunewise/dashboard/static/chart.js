@@ -15,11 +15,12 @@ function s(tag, attrs = {}, text) {
 }
 
 // About `count` round tick values covering [lo, hi].
-export function ticks(lo, hi, count = 5) {
+export function ticks(lo, hi, count = 5, integer = false) {
   if (!(hi > lo)) return [lo];
-  const raw = (hi - lo) / count;
+  const raw = Math.max((hi - lo) / count, integer ? 1 : 0);
   const mag = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((x) => x >= raw) || 10 * mag;
+  const steps = integer ? [1, 2, 5, 10] : [1, 2, 2.5, 5, 10]; // 2.5 would put ticks between whole steps
+  const step = steps.map((m) => m * mag).find((x) => x >= raw) || 10 * mag;
   const out = [];
   for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toPrecision(12)));
   return out;
@@ -33,10 +34,12 @@ function label(v) {
 
 /**
  * Draw into `container`. `series`: [{name, label, points: [[x, y], ...], color?, dashed?}];
- * `marks`: optional vertical lines [{x, label}]. The svg carries data-points="n1,n2,..." so a test (or a
- * person with devtools) can see how many points each series holds.
+ * `marks`: optional vertical lines [{x, label}]; `integerX`: x counts something (steps), so whole ticks only.
+ * The svg carries data-points="n1,n2,..." so a test (or a person with devtools) can see how many points each
+ * series holds.
  */
-export function lineChart(container, { title, series, xLabel = "", yLabel = "", marks = [], empty = "No data yet" }) {
+export function lineChart(container, { title, series, xLabel = "", yLabel = "", marks = [], empty = "No data yet",
+  integerX = false }) {
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": title || "chart" });
   svg.dataset.points = series.map((x) => x.points.length).join(",");
   if (title) svg.append(s("text", { x: PAD.left, y: 18, class: "chart-title" }, title));
@@ -50,7 +53,9 @@ export function lineChart(container, { title, series, xLabel = "", yLabel = "", 
   let [y0, y1] = [Math.min(...all.map((p) => p[1])), Math.max(...all.map((p) => p[1]))];
   for (const m of marks) { x0 = Math.min(x0, m.x); x1 = Math.max(x1, m.x); }
   if (x0 === x1) { x0 -= 1; x1 += 1; }
+  const nonNegative = y0 >= 0; // losses, accuracies and costs never go below 0: neither should the axis
   if (y0 === y1) { const d = Math.abs(y0) * 0.1 || 1; y0 -= d; y1 += d; }
+  if (nonNegative) y0 = Math.max(0, y0);
   const ypad = (y1 - y0) * 0.05;
   y0 = y0 >= 0 && y0 - ypad < 0 ? 0 : y0 - ypad;
   y1 += ypad;
@@ -62,7 +67,7 @@ export function lineChart(container, { title, series, xLabel = "", yLabel = "", 
     axes.append(s("line", { x1: PAD.left, x2: W - PAD.right, y1: py(t), y2: py(t), class: "grid" }));
     axes.append(s("text", { x: PAD.left - 6, y: py(t) + 4, "text-anchor": "end" }, label(t)));
   }
-  for (const t of ticks(x0, x1, 6)) {
+  for (const t of ticks(x0, x1, 6, integerX)) {
     axes.append(s("line", { x1: px(t), x2: px(t), y1: H - PAD.bottom, y2: H - PAD.bottom + 4, class: "tick" }));
     axes.append(s("text", { x: px(t), y: H - PAD.bottom + 16, "text-anchor": "middle" }, label(t)));
   }

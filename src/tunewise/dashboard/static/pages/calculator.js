@@ -95,7 +95,7 @@ function drawChart(el, b) {
   const horizon = Math.min(60, Math.max(12, b.months_to_recover ? Math.ceil(b.months_to_recover * 1.5) : 12));
   const months = Array.from({ length: horizon + 1 }, (_, m) => m);
   lineChart(el, {
-    title: "Cumulative cost (USD) by month", xLabel: "months",
+    title: "Cumulative cost (USD) by month", xLabel: "months", integerX: true,
     series: [
       { name: "base", label: "base, long prompt", points: months.map((m) => [m, b.base_monthly * m]) },
       { name: "fine-tuned", label: "fine-tuned + training", points: months.map((m) => [m, b.training_cost + b.ft_monthly * m]), color: "#dc2626" },

@@ -48,10 +48,10 @@ export async function render(ctx, id) {
     h("div", { class: "row spread" }, h("h1", {}, "Job ", h("code", {}, id)), el.status),
     h("section", { class: "card" }, el.facts, el.buttons, h("div", { class: "row" }, el.bar, el.progress), el.error),
     h("section", { class: "grid2" }, h("div", { class: "card" }, el.trainChart), h("div", { class: "card" }, el.validChart)),
-    h("section", { class: "card" }, el.accChart),
     h("section", { class: "grid2" },
-      h("div", { class: "card" }, h("h2", {}, "Events"), el.events),
-      h("div", { class: "card" }, h("h2", {}, "Checkpoints"), el.checkpoints)));
+      h("div", { class: "card" }, el.accChart),
+      h("div", { class: "card" }, h("h2", {}, "Checkpoints"), el.checkpoints)),
+    h("section", { class: "card" }, h("h2", {}, "Events"), el.events));
 
   const known = new Set();
   let events = []; // newest first, like the API
@@ -144,17 +144,18 @@ export function metricsByStep(events) {
 function drawMetrics(el, events) {
   const rows = metricsByStep(events);
   const pts = (key) => rows.filter((r) => Number.isFinite(r[key])).map((r) => [r.step, r[key]]);
-  lineChart(el.trainChart, { title: "Training loss", xLabel: "step", series: [{ name: "train_loss", label: "train loss", points: pts("train_loss") }] });
+  lineChart(el.trainChart, { title: "Training loss", xLabel: "step", integerX: true, series: [{ name: "train_loss", label: "train loss", points: pts("train_loss") }] });
   lineChart(el.validChart, {
-    title: "Validation loss", xLabel: "step", empty: "No validation loss (yet): add a validation file to see it",
+    title: "Validation loss", xLabel: "step", integerX: true, empty: "No validation loss (yet): add a validation file to see it",
     series: [{ name: "valid_loss", label: "valid loss", points: pts("valid_loss"), color: "#dc2626" },
       { name: "full_valid_loss", label: "full valid loss", points: pts("full_valid_loss"), color: "#7c3aed", dashed: true }]
       .filter((s, i) => i === 0 || s.points.length),
   });
   lineChart(el.accChart, {
-    title: "Mean token accuracy", xLabel: "step",
+    title: "Mean token accuracy", xLabel: "step", integerX: true,
     series: [{ name: "train_mean_token_accuracy", label: "train", points: pts("train_mean_token_accuracy") },
-      { name: "valid_mean_token_accuracy", label: "valid", points: pts("valid_mean_token_accuracy"), color: "#dc2626" }],
+      { name: "valid_mean_token_accuracy", label: "valid", points: pts("valid_mean_token_accuracy"), color: "#dc2626" }]
+      .filter((s, i) => i === 0 || s.points.length),
   });
   const last = rows[rows.length - 1];
   if (last) {

@@ -31,19 +31,24 @@ export async function render(ctx) {
     h("div", { class: "grid2" },
       h("div", {}, h("h3", {}, "Fine-tuned"), outTuned), h("div", {}, h("h3", {}, "Base"), outBase)));
 
-  clear(ctx.view, h("h1", {}, "Models"), h("section", { class: "card" }, list), form);
+  clear(ctx.view, h("h1", {}, "Models"), form, h("section", { class: "card" }, h("h2", {}, "Served models"), list));
 
   async function refresh() {
-    const models = await api("/models");
+    const [models, catalog] = await Promise.all([api("/models"), api("/dashboard/catalog").catch(() => ({ aliases: {} }))]);
+    // Fine-tuned models first: they are what this page is for.
+    models.data.sort((a, b) => Number(b.id.startsWith("ft:")) - Number(a.id.startsWith("ft:")) || b.created - a.created);
     clear(names, models.data.map((m) => h("option", { value: m.id })));
     if (!tuned.value) {
       const ft = ctx.query.get("model") || models.data.find((m) => m.id.startsWith("ft:"))?.id;
       if (ft) { tuned.value = ft; base.value = baseOf(ft); }
     }
-    clear(list, table(["Model", "Owned by", "Created", ""], models.data.map((m) => {
-      const cells = [h("td", {}, h("code", {}, m.id)), h("td", {}, m.owned_by), h("td", {}, fmt.time(m.created))];
+    clear(list, table(["Model", "Owned by", "Runs on", "Created", ""], models.data.map((m) => {
+      const standIn = catalog.aliases[m.id];
+      const cells = [h("td", {}, h("code", {}, m.id)), h("td", {}, m.owned_by),
+        h("td", { class: "muted" }, m.id.startsWith("ft:") ? "its adapter" : standIn ? `stand-in: ${standIn}` : "itself"),
+        h("td", {}, fmt.time(m.created))];
       const tryIt = h("button", { type: "button", class: "small", onclick: () => {
-        tuned.value = m.id; base.value = baseOf(m.id); user.focus();
+        tuned.value = m.id; base.value = baseOf(m.id); user.focus(); form.scrollIntoView();
       } }, "Try");
       let del = null;
       if (m.id.startsWith("ft:")) {

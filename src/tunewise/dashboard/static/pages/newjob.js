@@ -48,19 +48,29 @@ export async function render(ctx) {
     h("div", { class: "row" }, submit));
   clear(ctx.view, h("h1", {}, "New fine-tuning job"), form);
 
-  // The estimate follows the inputs; a stale answer (an older request finishing last) is dropped.
-  let ticket = 0;
+  // The estimate follows the inputs. One request at a time (each tokenizes the whole file on the server);
+  // inputs changed meanwhile are estimated once it returns.
+  let running = false;
+  let again = false;
   let timer;
-  async function updateEstimate() {
-    const mine = ++ticket;
+  async function estimateOnce() {
     if (!training.value || !model.value.trim()) return;
     clear(estimate, h("p", { class: "muted" }, "Estimating…"));
     try {
       const e = await api(`/dashboard/files/${training.value}/estimate`,
         { query: { model: model.value.trim(), n_epochs: epochs.value.trim() || "auto" } });
-      if (mine === ticket && ctx.alive) drawEstimate(estimate, e);
+      if (ctx.alive) drawEstimate(estimate, e);
     } catch (err) {
-      if (mine === ticket && ctx.alive) clear(estimate, h("p", { class: "error", id: "new-estimate-error" }, `No estimate: ${err.message}`));
+      if (ctx.alive) clear(estimate, h("p", { class: "error", id: "new-estimate-error" }, `No estimate: ${err.message}`));
+    }
+  }
+  async function updateEstimate() {
+    if (running) { again = true; return; }
+    running = true;
+    try {
+      do { again = false; await estimateOnce(); } while (again && ctx.alive);
+    } finally {
+      running = false;
     }
   }
   const later = () => { clearTimeout(timer); timer = setTimeout(updateEstimate, 300); };

@@ -1,0 +1,318 @@
+"""The dashboard in a real browser: headless Chromium driven by Selenium against the real server.
+
+Signs in with the key, uploads a file with a broken line and sees the finding on that line, uploads a good one,
+starts a job on the tiny model from the form (the estimate shown first), watches the loss chart grow, cancels
+it; the calculator, reports and models pages. Every page is saved as a screenshot in
+``tests/artifacts/dashboard/``. Skipped, with the reason, where no Chromium is installed
+(``scripts/install-browser.sh`` installs Debian's ``chromium`` and ``chromium-driver``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tunewise import cost
+from tunewise.serve.testing import running_server
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "tests" / "artifacts" / "dashboard"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1280,1400"]
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+    pytest.skip(f"no browser: {CHROMIUM} and {CHROMEDRIVER} are needed (run scripts/install-browser.sh)",
+                allow_module_level=True)
+
+EXAMPLES = [{"messages": [
+    {"role": "system", "content": "Reply with JSON."},
+    {"role": "user", "content": f"Total of receipt {i}?"},
+    {"role": "assistant", "content": json.dumps({"total": i * 1.5})},
+]} for i in range(12)]
+GOOD = "\n".join(json.dumps(e) for e in EXAMPLES) + "\n"
+BROKEN_LINE = '{"messages": [{"role": "user", "content": "no closing brackets"'
+BROKEN = "\n".join(GOOD.splitlines()[:2] + [BROKEN_LINE] + GOOD.splitlines()[3:]) + "\n"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_server() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def driver():
+    profile = tempfile.mkdtemp(prefix="tunewise-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    # The driver path is given, so Selenium never looks for (or downloads) a driver.
+    d = webdriver.Chrome(options=options, service=webdriver.ChromeService(str(CHROMEDRIVER)))
+    d.set_page_load_timeout(60)
+    try:
+        yield d
+    finally:
+        d.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def page(server, driver):
+    """The dashboard, signed in."""
+    driver.get(server.base_url.removesuffix("/v1") + "/")
+    if not driver.find_element(By.ID, "nav").is_displayed():
+        sign_in(driver, server.api_key)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dashboard-files")
+    (root / "good.jsonl").write_text(GOOD)
+    (root / "broken.jsonl").write_text(BROKEN)
+    return root
+
+
+def wait(driver, condition, timeout=30, message=""):
+    def safe(d):
+        try:
+            return condition(d)
+        except StaleElementReferenceException:  # the page redrew the element between find and read
+            return False
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(safe, message)
+    except TimeoutException:
+        # Leave the evidence: what the page showed when the wait gave up.
+        shot(driver, "FAILED-" + "".join(c if c.isalnum() else "-" for c in message)[:60])
+        view = driver.execute_script("return document.body.innerText")
+        raise AssertionError(f"timed out after {timeout}s waiting for {message}; the page said:\n{view[:2000]}") from None
+
+
+def shot(driver, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def go(driver, hash_: str, ready_id: str) -> None:
+    driver.execute_script("window.location.hash = arguments[0]", hash_)
+    wait(driver, lambda d: d.find_elements(By.ID, ready_id), message=f"#{ready_id} on {hash_}")
+
+
+def sign_in(driver, key: str) -> None:
+    wait(driver, lambda d: d.find_element(By.ID, "login").is_displayed(), message="the sign-in form")
+    box = driver.find_element(By.ID, "api-key")
+    box.clear()
+    box.send_keys(key)
+    driver.find_element(By.ID, "login-submit").click()
+
+
+def upload(driver, path: Path) -> None:
+    driver.find_element(By.ID, "upload-file").send_keys(str(path))
+    driver.find_element(By.ID, "upload-submit").click()
+
+
+def chart_points(driver, chart_id: str) -> int:
+    svgs = driver.find_elements(By.CSS_SELECTOR, f"#{chart_id} svg")
+    if not svgs:
+        return 0
+    return sum(int(n) for n in (svgs[0].get_attribute("data-points") or "0").split(",") if n)
+
+
+def test_sign_in_asks_for_the_key_once_and_keeps_it_in_the_tab(server, driver):
+    driver.get(server.base_url.removesuffix("/v1") + "/")
+    driver.execute_script("sessionStorage.clear()")
+    driver.refresh()
+    sign_in(driver, "sk-tw-not-a-key")
+    wait(driver, lambda d: "refused" in d.find_element(By.ID, "login-error").text, message="the refusal")
+    shot(driver, "login")
+    sign_in(driver, server.api_key)
+    wait(driver, lambda d: d.find_element(By.ID, "nav").is_displayed(), message="the navigation after sign-in")
+    assert driver.execute_script("return sessionStorage.getItem('tunewise.apiKey')") == server.api_key
+    assert driver.execute_script("return localStorage.length") == 0
+    assert "project default" in driver.find_element(By.ID, "who").text
+    # A reload keeps the key (same tab): no second prompt.
+    driver.refresh()
+    wait(driver, lambda d: d.find_element(By.ID, "nav").is_displayed(), message="signed in after reload")
+    assert not driver.find_element(By.ID, "login").is_displayed()
+
+
+def test_upload_shows_the_broken_line_and_stores_only_the_good_file(page, files):
+    go(page, "#/files", "upload-file")
+    upload(page, files / "broken.jsonl")
+    row = wait(page, lambda d: d.find_element(By.CSS_SELECTOR, '#findings-table tr.finding.error[data-line="3"]'),
+               message="the finding on line 3")
+    assert "invalid_json" in row.text
+    assert row.find_element(By.CSS_SELECTOR, "pre.line-text").text == BROKEN_LINE
+    assert "Not uploaded" in page.find_element(By.ID, "upload-status").text
+    assert "broken.jsonl" not in page.find_element(By.ID, "files-list").text
+    shot(page, "files-findings")
+
+    upload(page, files / "good.jsonl")
+    wait(page, lambda d: "0 errors" in d.find_element(By.ID, "findings-summary").text, message="a clean report")
+    assert "good.jsonl" in page.find_element(By.ID, "files-table").text
+    assert page.find_element(By.ID, "upload-progress").get_attribute("value") == "100"
+    shot(page, "files")
+
+
+def test_new_job_shows_the_estimate_then_the_chart_updates_pause_resume_and_cancel(page, server, files):
+    ids = [f.id for f in server.client().files.list(purpose="fine-tune").data]
+    if not ids:
+        ids = [server.client().files.create(file=(files / "good.jsonl").open("rb"), purpose="fine-tune").id]
+    go(page, f"#/new?file={ids[0]}", "new-model")
+    model = page.find_element(By.ID, "new-model")
+    model.clear()
+    model.send_keys("tunewise-tiny")
+    page.find_element(By.ID, "new-epochs").send_keys("8")  # long enough to pause, resume and cancel it
+    page.find_element(By.ID, "new-suffix").send_keys("dash")
+    epochs = "//div[@id='new-estimate']//dt[text()='Epochs']/following-sibling::dd[1]"
+    wait(page, lambda d: d.find_element(By.XPATH, epochs).text == "8", timeout=90,
+         message="the estimate for 8 epochs")
+    assert page.find_element(By.ID, "new-estimate-cost").text.startswith("$0.00")
+    shot(page, "new-job")
+    page.find_element(By.ID, "new-submit").click()
+    wait(page, lambda d: "#/jobs/ftjob-" in d.current_url, message="the job page")
+    job_id = page.current_url.split("#/jobs/")[1]
+
+    # The chart grows while the job runs: two different point counts seen with the status running.
+    counts = set()
+
+    def growing(d):
+        status = d.find_element(By.ID, "job-status").get_attribute("data-status")
+        assert status in ("validating_files", "queued", "running"), f"job ended early: {status}"
+        if status == "running" and chart_points(d, "chart-train-loss"):
+            counts.add(chart_points(d, "chart-train-loss"))
+        return len(counts) >= 2
+    wait(page, growing, timeout=120, message="the training-loss chart to update")
+    assert "step" in page.find_element(By.ID, "job-progress").text
+    shot(page, "job-running")
+
+    # Pause and resume through the buttons; the buttons follow the status.
+    page.find_element(By.ID, "job-pause").click()
+    wait(page, lambda d: d.find_element(By.ID, "job-status").get_attribute("data-status") == "paused",
+         timeout=60, message="the paused status")
+    assert page.find_element(By.ID, "job-resume").is_enabled()
+    assert not page.find_element(By.ID, "job-pause").is_enabled()
+    shot(page, "job-paused")
+    page.find_element(By.ID, "job-resume").click()
+    wait(page, lambda d: d.find_element(By.ID, "job-status").get_attribute("data-status") in ("queued", "running"),
+         timeout=60, message="the job to run again")
+    assert not page.find_element(By.ID, "job-resume").is_enabled()
+
+    page.find_element(By.ID, "job-cancel").click()
+    wait(page, lambda d: d.find_element(By.ID, "job-status").get_attribute("data-status") == "cancelled",
+         timeout=60, message="the cancelled status")
+    assert not page.find_element(By.ID, "job-cancel").is_enabled()
+    assert server.client().fine_tuning.jobs.retrieve(job_id).status == "cancelled"
+    shot(page, "job-cancelled")
+
+    go(page, "#/jobs", "jobs-list")
+    row = wait(page, lambda d: d.find_element(By.CSS_SELECTOR, f'#jobs-table tr[data-job-id="{job_id}"]'))
+    assert "cancelled" in row.text
+    shot(page, "jobs")
+
+
+def test_calculator_shows_the_library_s_numbers(page):
+    go(page, "#/calculator", "calc-model")
+    Select(page.find_element(By.ID, "calc-model")).select_by_value("gpt-4o-mini-2024-07-18")
+    for field_id, value in (("calc-prompt", "1500"), ("calc-ft-prompt", "200"), ("calc-output", "150"),
+                            ("calc-calls", "100000"), ("calc-training-cost", "2.5")):
+        box = page.find_element(By.ID, field_id)
+        box.clear()
+        box.send_keys(value)
+    page.find_element(By.ID, "calc-run").click()
+    want = cost.breakeven("gpt-4o-mini-2024-07-18", 1500, 200, 150, 100000, training_cost=2.5)
+    wait(page, lambda d: d.find_element(By.ID, "calc-base-monthly").text == f"${want.base_monthly:,.2f}",
+         message="the base monthly cost")
+    assert page.find_element(By.ID, "calc-ft-monthly").text == f"${want.ft_monthly:,.2f}"
+    assert page.find_element(By.ID, "calc-breakeven-calls").text == f"{want.breakeven_calls_per_month:,}"
+    assert chart_points(page, "calc-chart") > 0
+    shot(page, "calculator")
+
+
+def test_reports_page_shows_a_report_in_a_sandboxed_frame(page, server):
+    folder = Path(server.data_dir) / "reports" / "receipts-v1"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.html").write_text(
+        "<html><body><h1>Fine-tune</h1><p>Exact match 0.91 vs 0.62 (95% intervals apart).</p>"
+        "<script>document.body.dataset.ran = 'yes'</script></body></html>")
+    (folder / "decision.json").write_text(json.dumps({"verdict": "fine-tune", "summary": "Fine-tune: +29 points."}))
+    go(page, "#/reports", "reports-list")
+    link = wait(page, lambda d: d.find_element(By.LINK_TEXT, "receipts-v1"), message="the report link")
+    assert "fine-tune" in page.find_element(By.ID, "reports-table").text
+    shot(page, "reports")
+    link.click()
+    frame = wait(page, lambda d: d.find_element(By.ID, "report-frame"), message="the report frame")
+    assert frame.get_attribute("sandbox") == ""
+    page.switch_to.frame(frame)
+    try:
+        assert page.find_element(By.TAG_NAME, "h1").text == "Fine-tune"
+        # sandbox without allow-scripts: the report's own script never runs
+        assert page.find_element(By.TAG_NAME, "body").get_attribute("data-ran") is None
+    finally:
+        page.switch_to.default_content()
+    shot(page, "report")
+
+
+def test_models_page_lists_the_served_models(page):
+    go(page, "#/models", "models-table")
+    table = page.find_element(By.ID, "models-table").text
+    assert "tunewise-tiny" in table and "gpt-4o-mini" in table
+    shot(page, "models")
+
+
+@pytest.mark.slow
+def test_finished_job_charts_checkpoints_and_side_by_side_chat(page, server, files):
+    client = server.client()
+    training = client.files.create(file=(files / "good.jsonl").open("rb"), purpose="fine-tune")
+    validation = client.files.create(file=(files / "good.jsonl").open("rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="gpt-4o-mini-2024-07-18", training_file=training.id,
+                                         validation_file=validation.id, suffix="side",
+                                         hyperparameters={"n_epochs": 2})
+    go(page, f"#/jobs/{job.id}", "chart-train-loss")
+    wait(page, lambda d: d.find_element(By.ID, "job-status").get_attribute("data-status") == "succeeded",
+         timeout=300, message="the job to succeed")
+    done = client.fine_tuning.jobs.retrieve(job.id)
+    wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#checkpoints-table tbody tr"), message="checkpoints")
+    steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+             if e.type == "metrics"]
+    assert chart_points(page, "chart-train-loss") == len(set(steps))
+    assert chart_points(page, "chart-valid-loss") > 0
+    assert done.fine_tuned_model in page.find_element(By.ID, "job-facts").text
+    shot(page, "job-succeeded")
+
+    go(page, "#/models?model=" + done.fine_tuned_model, "try-user")
+    assert page.find_element(By.ID, "try-model").get_attribute("value") == done.fine_tuned_model
+    assert page.find_element(By.ID, "try-base").get_attribute("value") == "gpt-4o-mini-2024-07-18"
+    page.find_element(By.ID, "try-user").send_keys("Total of receipt 3?")
+    page.find_element(By.ID, "try-run").click()
+    page.execute_script("document.getElementById('try-out-ft').scrollIntoView()")
+    for out in ("try-out-ft", "try-out-base"):
+        wait(page, lambda d, out=out: d.find_element(By.ID, out).get_attribute("data-done") == "1", timeout=180,
+             message=f"the answer in #{out}")
+        assert not page.find_elements(By.CSS_SELECTOR, f"#{out} .error"), page.find_element(By.ID, out).text
+        assert "completion tokens" in page.find_element(By.ID, out).text
+    shot(page, "models-chat")
+
+
+def test_a_refused_key_brings_back_the_sign_in_form(page):
+    # Last: it signs the page out. A key the server no longer accepts brings the sign-in form back.
+    page.execute_script("sessionStorage.setItem('tunewise.apiKey', 'sk-tw-revoked')")
+    go(page, "#/jobs", "login")
+    wait(page, lambda d: d.find_element(By.ID, "login").is_displayed(), message="the sign-in form")
+    assert "refused" in page.find_element(By.ID, "login-error").text
+    assert page.execute_script("return sessionStorage.getItem('tunewise.apiKey')") is None
+    assert not page.find_element(By.ID, "nav").is_displayed()
