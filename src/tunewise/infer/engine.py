@@ -1,0 +1,277 @@
+"""The engine: finds and loads models on demand (LRU), and hands each request to its model's scheduler.
+
+``Engine.generate`` and ``Engine.stream`` may be called from many threads at once. Every request for a base model
+(and for any LoRA adapter trained on it) goes to that base model's ``ModelRunner``, whose single scheduler thread
+batches them; see ``runner.py``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import hashlib
+import json
+import threading
+import weakref
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from tunewise import models
+from tunewise.errors import ModelNotFound, UsageError
+from tunewise.infer.runner import _DONE, Job, ModelRunner
+from tunewise.infer.types import Choice, EngineStats, GenerationRequest, GenerationResult, StreamDelta
+
+
+class Stream:
+    """The deltas of one request as they are decoded; iterate it, or ``close()`` it to stop generating.
+
+    ``prompt_tokens``, ``completion_tokens`` and ``usage`` are final once iteration ends.
+    """
+
+    def __init__(self, job: Job, model: str) -> None:
+        self._job = job
+        self.model = model
+        self._done = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self._job.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self._job.completion_tokens
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+    @property
+    def finish_reasons(self) -> dict[int, str]:
+        return dict(self._job.finish_reasons)
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> StreamDelta:
+        if self._done:
+            raise StopIteration
+        event = self._job.events.get()
+        if event is _DONE:
+            self._done = True
+            raise StopIteration
+        if isinstance(event, BaseException):
+            self._done = True
+            raise event
+        return event
+
+    def close(self) -> None:
+        """Stop generating (a client that went away): the rows leave the batch at the next step."""
+        if not self._done:
+            self._job.cancelled = True
+            self._done = True
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class Engine:
+    """Batched chat generation over any number of models, loaded on first use and kept in an LRU."""
+
+    def __init__(self, max_batch_size: int = 8, device: str | None = None, dtype=None,
+                 max_loaded_models: int = 4) -> None:
+        """
+        max_batch_size: most sequences (choices) one forward pass serves; more requests wait for a free row.
+        device: torch device for the models (default: CUDA when available, else CPU).
+        dtype: torch dtype for the models (default: float32 on CPU, bfloat16 on CUDA).
+        max_loaded_models: base models and LoRA adapters kept loaded at once; the least recently used idle one
+            is unloaded to make room (one in use is never unloaded, so the limit can be passed while all are busy).
+        """
+        if not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise UsageError(f"max_batch_size must be a positive integer, not {max_batch_size!r}.",
+                             param="max_batch_size")
+        if not isinstance(max_loaded_models, int) or max_loaded_models < 1:
+            raise UsageError(f"max_loaded_models must be a positive integer, not {max_loaded_models!r}.",
+                             param="max_loaded_models")
+        self.max_batch_size = max_batch_size
+        self.device = device
+        self.dtype = dtype
+        self.max_loaded_models = max_loaded_models
+        self._runners: dict[str, ModelRunner] = {}
+        # LRU of what is loaded: ("base", runner key) or ("adapter", runner key, adapter name).
+        self._lru: OrderedDict[tuple, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._stats = EngineStats()
+        self._stats_lock = threading.Lock()
+        self._closed = False
+        _open_engines.add(self)
+
+    # ---- public API --------------------------------------------------------------------------------------
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Run a request to completion (blocking); concurrent calls share forward passes."""
+        stream = self.stream(request)
+        texts: dict[int, list[str]] = {i: [] for i in range(request.n)}
+        reasons: dict[int, str] = {}
+        with stream:
+            for delta in stream:
+                texts[delta.index].append(delta.text)
+                if delta.finish_reason is not None:
+                    reasons[delta.index] = delta.finish_reason
+        choices = [Choice(i, "".join(texts[i]), reasons.get(i, "stop")) for i in range(request.n)]
+        return GenerationResult(choices, stream.prompt_tokens, stream.completion_tokens, model=request.model)
+
+    def stream(self, request: GenerationRequest) -> Stream:
+        """Queue a request and return its ``Stream``. Bad requests raise here, before anything is generated."""
+        if self._closed:
+            raise UsageError("This engine is closed.", hint="Create a new Engine.")
+        request.check(self.max_batch_size)
+        runner, adapter = self._runner_for(request.model)
+        return Stream(runner.submit(request, adapter), request.model)
+
+    def stats(self) -> EngineStats:
+        """A snapshot of the batching counters."""
+        with self._stats_lock:
+            return copy.deepcopy(self._stats)
+
+    def loaded_models(self) -> list[str]:
+        """What is loaded, least recently used first: runner keys, and ``KEY+ADAPTER_DIR`` for adapters."""
+        with self._lock:
+            out = []
+            for entry in self._lru:
+                runner = self._runners[entry[1]]
+                out.append(entry[1] if entry[0] == "base" else f"{entry[1]}+{runner.adapters[entry[2]]}")
+            return out
+
+    def close(self) -> None:
+        """Stop every scheduler and free the models; requests still running end with ``Cancelled``."""
+        with self._lock:
+            self._closed = True
+            runners = list(self._runners.values())
+            self._runners.clear()
+            self._lru.clear()
+        for runner in runners:
+            runner.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- loading -----------------------------------------------------------------------------------------
+
+    def _runner_for(self, model: str) -> tuple[ModelRunner, str | None]:
+        base, adapter_dir = _locate(model)
+        key = str(models.local_dir(base).resolve())
+        with self._lock:
+            runner = self._runners.get(key)
+            if runner is None:
+                self._make_room(1)
+                runner = self._load(base, key)
+                self._runners[key] = runner
+            self._lru[("base", key)] = None
+            self._lru.move_to_end(("base", key))
+            adapter = None
+            if adapter_dir is not None:
+                adapter = "adapter_" + hashlib.sha1(str(adapter_dir).encode()).hexdigest()[:16]
+                if adapter not in runner.adapters:
+                    self._make_room(1)
+                    try:
+                        runner.add_adapter(adapter, str(adapter_dir))
+                    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                        raise ModelNotFound(f"Could not load the LoRA adapter in {adapter_dir}: {exc}",
+                                            hint="The directory must hold adapter_config.json and "
+                                            "adapter_model.safetensors written by PEFT for its base model.",
+                                            param="model") from exc
+                self._lru[("adapter", key, adapter)] = None
+                self._lru.move_to_end(("adapter", key, adapter))
+        return runner, adapter
+
+    def _load(self, base: str, key: str) -> ModelRunner:
+        spec = models.resolve(base)
+        model = models.load_model(base, dtype=self.dtype, device=self.device)
+        tokenizer = _load_tokenizer(base)
+        context = min(spec.context_length, int(getattr(model.config, "max_position_embeddings", None)
+                                                or spec.context_length))
+        return ModelRunner(Path(key).name if spec.source.startswith("dir:") else spec.name, model, tokenizer,
+                           context_length=context, max_batch_size=self.max_batch_size, stats=self._stats,
+                           stats_lock=self._stats_lock)
+
+    def _make_room(self, needed: int) -> None:
+        """Unload least recently used idle entries until ``needed`` more fit (call with ``_lock`` held)."""
+        while len(self._lru) + needed > self.max_loaded_models:
+            victim = None
+            for entry in self._lru:
+                runner = self._runners[entry[1]]
+                if entry[0] == "adapter" and not runner.busy(entry[2]):
+                    victim = entry
+                    break
+                if entry[0] == "base" and not runner.adapters and not runner.busy(any_adapter=True):
+                    victim = entry
+                    break
+            if victim is None:
+                return  # everything loaded is in use: go over the limit rather than fail a request
+            del self._lru[victim]
+            runner = self._runners[victim[1]]
+            if victim[0] == "adapter":
+                runner.remove_adapter(victim[2])
+            else:
+                del self._runners[victim[1]]
+                runner.close()
+
+
+_open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_engines() -> None:
+    # Scheduler threads must be stopped before the interpreter tears down torch, or the process aborts on exit.
+    for engine in list(_open_engines):
+        engine.close()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _locate(model: str) -> tuple[str, Path | None]:
+    """(base model, LoRA adapter directory or None) for a model name or directory."""
+    if not isinstance(model, str) or not model:
+        raise UsageError("'model' must be a model name or directory.", param="model")
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return model, None
+    meta = _read_json(path / "tunewise_model.json")
+    if (path / "adapter_config.json").is_file():
+        base = meta.get("base_model") or _read_json(path / "adapter_config.json").get("base_model_name_or_path")
+        if not base:
+            raise ModelNotFound(f"{path} holds a LoRA adapter but does not say which base model it was trained on.",
+                                hint="Add tunewise_model.json with {\"base_model\": NAME} (or set "
+                                "base_model_name_or_path in adapter_config.json).", param="model")
+        base = str(base)
+        if not Path(base).is_absolute() and (path / base).is_dir():
+            base = str((path / base).resolve())  # a base given relative to the adapter directory
+        return base, path.resolve()
+    return model, None
+
+
+def _load_tokenizer(model: str):
+    """The model's tokenizer; a full fine-tune saved without one borrows its base model's."""
+    path = Path(model).expanduser()
+    if path.is_dir() and not (path / "tokenizer_config.json").is_file():
+        base = _read_json(path / "tunewise_model.json").get("base_model")
+        if base:
+            return models.load_tokenizer(base)
+    return models.load_tokenizer(model)

@@ -1,0 +1,132 @@
+"""What a caller asks the engine for and what it gets back, with the checks that turn bad input into clear errors.
+
+The fields follow OpenAI's chat completions request (``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``,
+``n``, ``response_format``) so the server passes them through unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunewise.errors import UsageError
+
+MAX_STOP_SEQUENCES = 4
+"""OpenAI accepts at most 4 stop sequences; so do we, with the same error."""
+
+MAX_TEMPERATURE = 2.0
+"""OpenAI's upper bound for ``temperature``."""
+
+
+@dataclass
+class GenerationRequest:
+    """One chat completion request."""
+
+    model: str
+    """A registry name (``tunewise.models``), a local HF model directory, or a fine-tuned output directory
+    (``tunewise_model.json`` beside a PEFT adapter or a full model)."""
+    messages: list[dict[str, Any]]
+    """OpenAI chat messages (``role``, ``content`` as a string or a list of text parts)."""
+    max_tokens: int | None = None
+    """Most tokens to generate per choice; ``None`` means up to the model's context length."""
+    temperature: float = 1.0
+    """0 is greedy (argmax); otherwise logits are divided by it before sampling. 0 to 2."""
+    top_p: float = 1.0
+    """Nucleus sampling: sample only from the smallest set of tokens whose probability reaches ``top_p``."""
+    stop: str | list[str] | None = None
+    """Up to 4 strings; generation stops before the first one, which is not part of the text."""
+    seed: int | None = None
+    """Makes sampling reproducible for this request (its own random generator, whatever else is batched)."""
+    n: int = 1
+    """How many choices; they are decoded as ``n`` rows of the same batch."""
+    response_format: dict[str, Any] | None = None
+    """``{"type": "text"}``, ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {"name",
+    "schema", "strict"}}``: decoding is constrained so the answer is valid JSON (matching the schema)."""
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def check(self, max_batch_size: int) -> None:
+        """Raise a ``UsageError`` naming the parameter at fault."""
+        if not isinstance(self.messages, list) or not self.messages:
+            raise UsageError("'messages' must be a non-empty list of chat messages.",
+                             hint='Pass at least one message, e.g. [{"role": "user", "content": "Hi"}].',
+                             param="messages")
+        for i, m in enumerate(self.messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise UsageError(f"messages[{i}] must be an object with a 'role' and a 'content'.",
+                                 param=f"messages.[{i}]")
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+            raise UsageError(f"max_tokens must be a positive integer, not {self.max_tokens!r}.",
+                             hint="Leave it out to generate up to the model's context length.", param="max_tokens")
+        if not isinstance(self.temperature, int | float) or not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise UsageError(f"temperature must be between 0 and {MAX_TEMPERATURE}, not {self.temperature!r}.",
+                             hint="Use 0 for greedy decoding.", param="temperature")
+        if not isinstance(self.top_p, int | float) or not 0 < self.top_p <= 1:
+            raise UsageError(f"top_p must be in (0, 1], not {self.top_p!r}.", param="top_p")
+        if not isinstance(self.n, int) or self.n < 1:
+            raise UsageError(f"n must be a positive integer, not {self.n!r}.", param="n")
+        if self.n > max_batch_size:
+            raise UsageError(f"n={self.n} is more than this server's batch size ({max_batch_size}).",
+                             hint=f"Ask for at most {max_batch_size} choices per request, or start the engine "
+                             "with a larger max_batch_size.", param="n")
+        stops = self.stop_list()
+        if len(stops) > MAX_STOP_SEQUENCES or any(not isinstance(s, str) or not s for s in stops):
+            raise UsageError(f"stop must be a non-empty string or a list of at most {MAX_STOP_SEQUENCES} "
+                             "non-empty strings.", param="stop")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise UsageError(f"seed must be an integer, not {self.seed!r}.", param="seed")
+
+
+@dataclass
+class Choice:
+    index: int
+    text: str
+    finish_reason: str
+    """``"stop"`` (end of turn, a stop string, or a complete constrained answer) or ``"length"`` (max_tokens)."""
+
+
+@dataclass
+class GenerationResult:
+    choices: list[Choice]
+    prompt_tokens: int
+    """Tokens of the rendered prompt, counted by the model's own tokenizer (once, whatever ``n``)."""
+    completion_tokens: int
+    """Tokens generated over all choices, the end-of-turn token included."""
+    model: str = ""
+    """The model that answered, as the request named it."""
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class StreamDelta:
+    """A piece of one choice's text; the last delta of a choice carries its ``finish_reason``."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass
+class EngineStats:
+    """Counters that show batching at work (read with ``Engine.stats()``)."""
+
+    requests: int = 0
+    """Requests accepted."""
+    forward_passes: int = 0
+    """Model forward passes, prefill and decode."""
+    prefill_passes: int = 0
+    """Forward passes over new prompts (several prompts can share one)."""
+    decode_steps: int = 0
+    """Forward passes that produce one token for every running sequence."""
+    generated_tokens: int = 0
+    """Tokens sampled over all sequences."""
+    max_batch_size_seen: int = 0
+    """The most sequences one forward pass served."""
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+    """Decode steps per batch size."""
