@@ -18,10 +18,12 @@ from tunewise.catalog import ModelInfo, load_catalog
 from tunewise.data.reading import (
     TO_JSONL_ARRAY,
     TO_JSONL_OBJECT,
+    decode_line,
     escape_nested_json,
+    fast_loads,
     open_checked,
     plain_reason,
-    read_lines,
+    raw_lines,
     type_name,
     utf16_bom,
 )
@@ -111,26 +113,33 @@ class _Validator:
                     return self
             fh.seek(start)
             first = start == 0  # only the file's first line can reveal a pretty-printed JSON document
-            for line in read_lines(fh, first_line, end - start if end is not None else None):
-                number, text = line.number, line.text
-                if text is None:
-                    self.add("invalid_utf8", number, f"the line is not valid UTF-8 at {line.utf8_error}.",
-                             "Save the file as UTF-8.")
-                    first = False
-                    continue
-                if not text or text.isspace():
+            for number, raw in raw_lines(fh, first_line, end - start if end is not None else None):
+                if not raw or raw.isspace():
                     self.blank_lines.append(number)
                     continue
                 try:
-                    example = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    example = self.bad_json(number, text, exc, first)
-                    if example is _STOP:
-                        self.fatal = True
-                        break
-                    if example is None:
+                    example = fast_loads(raw)
+                except ValueError:  # the slow path names the problem: bad UTF-8, bad JSON (and where)
+                    line = decode_line(number, raw)
+                    text = line.text
+                    if text is None:
+                        self.add("invalid_utf8", number, f"the line is not valid UTF-8 at {line.utf8_error}.",
+                                 "Save the file as UTF-8.")
                         first = False
                         continue
+                    if text.isspace():
+                        self.blank_lines.append(number)
+                        continue
+                    try:
+                        example = json.loads(text)
+                    except json.JSONDecodeError as exc:
+                        example = self.bad_json(number, text, exc, first)
+                        if example is _STOP:
+                            self.fatal = True
+                            break
+                        if example is None:
+                            first = False
+                            continue
                 if first and isinstance(example, list):
                     self.add("not_jsonl", number, "the file is a JSON array on one line, not JSONL.",
                              "Write one example object per line: " + TO_JSONL_ARRAY)
@@ -141,7 +150,7 @@ class _Validator:
                     self.add("not_object", number, f"the line is {type_name(example)}, not a JSON object.",
                              'Each line must be one example: {"messages": [...]}.')
                     continue
-                self.example(number, line.raw, example)
+                self.example(number, raw, example)
         self.flush()
         return self
 
@@ -377,8 +386,8 @@ def _is_json(text: str) -> bool:
     if not stripped or stripped[0] not in "[{":
         return False
     try:
-        json.loads(stripped)
-    except json.JSONDecodeError:
+        fast_loads(stripped)
+    except ValueError:
         return False
     return True
 
