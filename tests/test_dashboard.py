@@ -74,8 +74,12 @@ def driver():
 def page(server, driver):
     """The dashboard, signed in."""
     driver.get(server.base_url.removesuffix("/v1") + "/")
+    # The page checks a key it already holds before it shows anything: wait for one outcome or the other.
+    wait(driver, lambda d: d.find_element(By.ID, "nav").is_displayed() or d.find_element(By.ID, "login").is_displayed(),
+         message="the page to start")
     if not driver.find_element(By.ID, "nav").is_displayed():
         sign_in(driver, server.api_key)
+        wait(driver, lambda d: d.find_element(By.ID, "nav").is_displayed(), message="the navigation after sign-in")
     return driver
 
 
@@ -295,7 +299,8 @@ def test_finished_job_charts_checkpoints_and_side_by_side_chat(page, server, fil
     shot(page, "job-succeeded")
 
     go(page, "#/models?model=" + done.fine_tuned_model, "try-user")
-    assert page.find_element(By.ID, "try-model").get_attribute("value") == done.fine_tuned_model
+    wait(page, lambda d: d.find_element(By.ID, "try-model").get_attribute("value") == done.fine_tuned_model,
+         message="the fine-tuned model chosen from the link")
     assert page.find_element(By.ID, "try-base").get_attribute("value") == "gpt-4o-mini-2024-07-18"
     page.find_element(By.ID, "try-user").send_keys("Total of receipt 3?")
     page.find_element(By.ID, "try-run").click()

@@ -21,6 +21,10 @@ export async function render(ctx) {
   const outBase = h("div", { id: "try-out-base", class: "answer" });
   const names = h("datalist", { id: "try-model-list" });
 
+  if (ctx.query.get("model")) {
+    tuned.value = ctx.query.get("model");
+    base.value = baseOf(tuned.value);
+  }
   tuned.addEventListener("change", () => { if (tuned.value.startsWith("ft:")) base.value = baseOf(tuned.value.trim()); });
   const form = h("form", { class: "card", id: "try-form" },
     h("h2", {}, "Try it: fine-tuned vs base"),
@@ -39,7 +43,7 @@ export async function render(ctx) {
     models.data.sort((a, b) => Number(b.id.startsWith("ft:")) - Number(a.id.startsWith("ft:")) || b.created - a.created);
     clear(names, models.data.map((m) => h("option", { value: m.id })));
     if (!tuned.value) {
-      const ft = ctx.query.get("model") || models.data.find((m) => m.id.startsWith("ft:"))?.id;
+      const ft = models.data.find((m) => m.id.startsWith("ft:"))?.id;
       if (ft) { tuned.value = ft; base.value = baseOf(ft); }
     }
     clear(list, table(["Model", "Owned by", "Runs on", "Created", ""], models.data.map((m) => {
