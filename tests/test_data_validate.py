@@ -586,3 +586,13 @@ def test_missing_file_and_unknown_model(tmp_path):
         validate(tmp_path / "nope.jsonl")
     with pytest.raises(NotFound):
         validate(write(tmp_path / "d.jsonl", base(10)), model="gpt-9")
+
+
+def test_lone_surrogate_escape_is_read_and_counted(tmp_path):
+    """json (and OpenAI) accept "\\ud800"; jiter refuses it, so the reader falls back, and counting replaces
+    it as tiktoken does."""
+    row = {"messages": [{"role": "user", "content": "odd \ud800 text"}, {"role": "assistant", "content": "ok"}]}
+    report = with_line(tmp_path, json.dumps(row), at=1)  # ASCII-escaped, as "\ud800"
+    assert codes_at(report, 1) == []
+    assert report.stats.example_tokens[0] == tokens.count_messages(row["messages"])
+    assert [n for n, _ in iter_examples(tmp_path / "d.jsonl")][:2] == [1, 2]

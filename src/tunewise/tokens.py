@@ -64,7 +64,10 @@ class HFEncoding:
         self.tokenizer = models.load_tokenizer(model)
 
     def encode_ordinary(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+        try:
+            return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+        except (TypeError, UnicodeEncodeError):  # a lone surrogate: replaced, as tiktoken does
+            return self.tokenizer.encode(_valid_unicode(text), add_special_tokens=False, split_special_tokens=True)
 
     def encode(self, text: str, *, allowed_special: Any = (), disallowed_special: Any = "all") -> list[int]:
         # Special-token strings are plain text here unless explicitly allowed, as in tiktoken's encode_ordinary.
@@ -81,7 +84,12 @@ class HFEncoding:
     def count_batch(self, texts: Sequence[str], threads: int = 0) -> list[int]:
         if not texts:
             return []
-        ids = self.tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        texts = list(texts)
+        try:
+            ids = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        except (TypeError, UnicodeEncodeError):  # a lone surrogate: replaced, as tiktoken does
+            ids = self.tokenizer([_valid_unicode(t) for t in texts], add_special_tokens=False,
+                                 split_special_tokens=True)["input_ids"]
         return [len(x) for x in ids]
 
     def count_chat(self, messages: list[dict], tools: list | None = None) -> int:
@@ -107,6 +115,12 @@ def _template_messages(messages: list[dict]) -> list[dict]:
     return out
 
 
+def _valid_unicode(text: str) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"expected a string, got {type(text).__name__}")
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 class QuicktokEncoding:
     """quicktok's tokenizer with a ``count_batch`` that takes a list and returns ints."""
 
@@ -115,16 +129,37 @@ class QuicktokEncoding:
 
         self._enc = quicktok.get_encoding(name)
         self.name = name
-        self.encode = self._enc.encode
-        self.encode_ordinary = self._enc.encode_ordinary
         self.decode = self._enc.decode
-        self.count = self._enc.count
         self.encode_batch = self._enc.encode_batch
+
+    # quicktok takes only valid Unicode; a lone surrogate (JSON allows "\ud800") is replaced by U+FFFD
+    # first, as tiktoken does, so the counts stay equal.
+    def count(self, text: str) -> int:
+        try:
+            return self._enc.count(text)
+        except TypeError:
+            return self._enc.count(_valid_unicode(text))
+
+    def encode(self, text: str, **kwargs: Any) -> list[int]:
+        try:
+            return self._enc.encode(text, **kwargs)
+        except TypeError:
+            return self._enc.encode(_valid_unicode(text), **kwargs)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        try:
+            return self._enc.encode_ordinary(text)
+        except TypeError:
+            return self._enc.encode_ordinary(_valid_unicode(text))
 
     def count_batch(self, texts: Sequence[str], threads: int = 0) -> list[int]:
         if not texts:
             return []
-        _tokens, offsets = self._enc.encode_batch(texts if isinstance(texts, list) else list(texts), threads)
+        texts = texts if isinstance(texts, list) else list(texts)
+        try:
+            _tokens, offsets = self._enc.encode_batch(texts, threads)
+        except TypeError:
+            _tokens, offsets = self._enc.encode_batch([_valid_unicode(t) for t in texts], threads)
         return (offsets[1:] - offsets[:-1]).tolist()
 
     def __getattr__(self, attr: str) -> Any:  # everything else quicktok offers (n_vocab, eot_token, ...)
