@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -55,25 +56,62 @@ def serve(host, port, data_dir, worker_only, no_worker, parent_pid) -> None:
         click.echo(f"export OPENAI_API_KEY={secret}")
     store.close()
 
-    worker = None
-    if settings.worker:
-        from tunewise.serve.worker import set_parent_death_signal
-
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "tunewise", "serve", "--worker-only", "--data-dir", str(settings.data_dir),
-             "--parent-pid", str(os.getpid())],
-            preexec_fn=set_parent_death_signal)
+    worker = _WorkerProcess(settings.data_dir) if settings.worker else None
+    if worker is not None:
+        worker.start()
     click.echo(f"tunewise serve: {base_url} (data in {settings.data_dir}"
-               f"{', worker pid ' + str(worker.pid) if worker else ', no worker'})", err=True)
+               f"{', with a worker process' if worker else ', no worker'})", err=True)
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)  # the worker saves each running job's state, then exits
+        if worker is not None:
+            worker.stop()
+
+
+class _WorkerProcess:
+    """The worker child of ``tunewise serve``: started with the server, restarted if it dies, stopped with it.
+
+    A restarted worker resumes the job it was training from the job's last saved state. One long-lived thread
+    starts and waits on every worker: Linux's parent-death signal follows the thread that forked the child, so
+    the forking thread must live as long as the server.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen | None = None
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _supervise(self) -> None:
+        from tunewise.serve.worker import set_parent_death_signal
+
+        while True:
+            with self._lock:
+                if self.stopping.is_set():
+                    return
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "tunewise", "serve", "--worker-only", "--data-dir", str(self.data_dir),
+                     "--parent-pid", str(os.getpid())],
+                    preexec_fn=set_parent_death_signal)  # SIGTERM to the worker if this server dies
+            code = self.proc.wait()
+            if self.stopping.wait(1.0):  # also: no tight loop if it cannot start at all
+                return
+            click.echo(f"tunewise serve: the worker exited ({code}); restarting it", err=True)
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopping.set()
+            proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # the worker saves each running job's state, then exits
             try:
-                worker.wait(timeout=120)
+                proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
-                worker.kill()
+                proc.kill()
 
 
 @click.group()

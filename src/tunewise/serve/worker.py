@@ -49,6 +49,8 @@ class Worker:
             except BlockingIOError:
                 if self.shutdown.wait(0.2):
                     return
+        # Record who holds the lock, for operators (and tests) that need the worker's pid.
+        (self.store.data_dir / "worker.pid").write_text(str(os.getpid()))
         log.info("worker %s started on %s", os.getpid(), self.store.data_dir)
         try:
             while not self.shutdown.is_set():
