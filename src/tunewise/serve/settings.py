@@ -45,7 +45,8 @@ class Settings:
     port: int = 8000
     """TCP port to listen on."""
     data_dir: Path = field(default_factory=lambda: paths.home() / "server")
-    """Where the database (``tunewise.db``), uploaded files, job outputs and the worker's log live."""
+    """Where the database (``tunewise.db``), uploaded files (``files/``), job outputs (``jobs/``) and the worker's
+    lock and pid live."""
     project: str = "default"
     """Project that the key created on first start belongs to."""
     default_local_model: str = models.DEFAULT_MODEL
@@ -68,7 +69,7 @@ class Settings:
     max_active_jobs: int = 50
     """How many unfinished jobs (validating, queued, running, paused) a project may have; over it: 429."""
     max_chat_tokens: int = 4096
-    """Largest ``max_tokens`` a chat completion may ask for."""
+    """Largest ``max_tokens`` a chat completion may ask for; also the length of an answer that gives none."""
     engine_max_batch_size: int = 8
     """How many chat completions the generation engine decodes together."""
     worker: bool = True
