@@ -101,7 +101,7 @@ def _run_http(model_name: str, max_tokens: int, runs: int) -> list[float] | None
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     home = tempfile.mkdtemp(prefix="tunewise-bench-")
-    env = dict(os.environ, TUNEWISE_HOME=home)
+    env = dict(os.environ, TUNEWISE_HOME=home, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "tunewise", "serve", "--host", "127.0.0.1", "--port", str(port),
                              "--data-dir", home], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -149,7 +149,13 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP server measurement")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for every measurement (default: torch's own choice)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     rates: dict[str, list[float]] = {"hf generate, one at a time": [], "engine, concurrency 1": [],
                                      "engine, concurrency 8": []}
@@ -175,7 +181,10 @@ def main() -> None:
             print("(tunewise.serve not available: HTTP measurement skipped)")
 
     base = statistics.median(rates["hf generate, one at a time"])
-    print(f"\nmodel {args.model}, {len(PROMPTS)} prompts, max_tokens {args.max_tokens}, medians of {args.runs} runs")
+    import torch
+
+    print(f"\nmodel {args.model}, {len(PROMPTS)} prompts, max_tokens {args.max_tokens}, "
+          f"{torch.get_num_threads()} torch threads, medians of {args.runs} runs")
     for label, values in rates.items():
         median = statistics.median(values)
         print(f"{label:<44} {median:8.1f} tok/s  {median / base:5.2f}x baseline")

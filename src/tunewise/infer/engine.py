@@ -183,7 +183,7 @@ class Engine:
             if adapter_dir is not None:
                 adapter = "adapter_" + hashlib.sha1(str(adapter_dir).encode()).hexdigest()[:16]
                 if adapter not in runner.adapters:
-                    self._make_room(1)
+                    self._make_room(1, keep=key)
                     try:
                         runner.add_adapter(adapter, str(adapter_dir))
                     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -193,6 +193,7 @@ class Engine:
                                             param="model") from exc
                 self._lru[("adapter", key, adapter)] = None
                 self._lru.move_to_end(("adapter", key, adapter))
+            runner.reserve(adapter)  # in flight from now on: _make_room will not unload it
         return runner, adapter
 
     def _load(self, base: str, key: str) -> ModelRunner:
@@ -205,12 +206,15 @@ class Engine:
                            context_length=context, max_batch_size=self.max_batch_size, stats=self._stats,
                            stats_lock=self._stats_lock)
 
-    def _make_room(self, needed: int) -> None:
-        """Unload least recently used idle entries until ``needed`` more fit (call with ``_lock`` held)."""
+    def _make_room(self, needed: int, keep: str | None = None) -> None:
+        """Unload least recently used idle entries until ``needed`` more fit (call with ``_lock`` held); the base
+        model ``keep`` stays (an adapter is being added to it)."""
         while len(self._lru) + needed > self.max_loaded_models:
             victim = None
             for entry in self._lru:
                 runner = self._runners[entry[1]]
+                if entry == ("base", keep):
+                    continue
                 if entry[0] == "adapter" and not runner.busy(entry[2]):
                     victim = entry
                     break

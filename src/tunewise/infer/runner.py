@@ -175,8 +175,36 @@ class ModelRunner:
             raise
         return [int(x) for x in ids]
 
+    def reserve(self, adapter: str | None) -> None:
+        """Count a request as in flight before it is queued, so the engine cannot unload its adapter meanwhile;
+        ``submit`` takes the reservation over (or ``release`` gives it back)."""
+        with self._cond:
+            self._inflight[adapter] += 1
+
+    def release(self, adapter: str | None) -> None:
+        with self._cond:
+            self._release_locked(adapter)
+
     def submit(self, request: GenerationRequest, adapter: str | None = None) -> Job:
-        """Queue a request; raises before queueing when it cannot run (too long, bad response_format)."""
+        """Queue a request reserved with ``reserve``; raises (and releases the reservation) when it cannot run
+        (too long, bad response_format)."""
+        try:
+            job = self._make_job(request, adapter)
+        except BaseException:
+            self.release(adapter)
+            raise
+        with self._cond:
+            if self._closed:
+                self._release_locked(adapter)
+                raise Cancelled(f"The model {self.name} was unloaded while the request was queued.",
+                                hint="Retry the request.")
+            self._pending.append(job)
+            self._cond.notify()
+        with self._stats_lock:
+            self._stats.requests += 1
+        return job
+
+    def _make_job(self, request: GenerationRequest, adapter: str | None) -> Job:
         prompt_ids = self.render(request.messages)
         n_prompt = len(prompt_ids)
         if n_prompt >= self.context_length:
@@ -194,17 +222,7 @@ class ModelRunner:
                 param="messages")
         max_tokens = request.max_tokens or self.context_length - n_prompt
         compiled = self.grammars.compile(request.response_format)
-        job = Job(request, prompt_ids, max_tokens, adapter, compiled, self.stop_ids)
-        with self._cond:
-            if self._closed:
-                raise Cancelled(f"The model {self.name} was unloaded while the request was queued.",
-                                hint="Retry the request.")
-            self._pending.append(job)
-            self._inflight[adapter] += 1
-            self._cond.notify()
-        with self._stats_lock:
-            self._stats.requests += 1
-        return job
+        return Job(request, prompt_ids, max_tokens, adapter, compiled, self.stop_ids)
 
     def busy(self, adapter: str | None = None, *, any_adapter: bool = False) -> bool:
         with self._cond:
@@ -283,11 +301,14 @@ class ModelRunner:
                 self._end_job(job, signal=False)
         self._rows, self._cache, self._mask = [], None, None
 
+    def _release_locked(self, adapter: str | None) -> None:
+        self._inflight[adapter] -= 1
+        if self._inflight[adapter] <= 0:
+            del self._inflight[adapter]
+
     def _end_job(self, job: Job, signal: bool = True) -> None:
         """Account for a job that left the scheduler (call with ``_cond`` held)."""
-        self._inflight[job.adapter] -= 1
-        if self._inflight[job.adapter] <= 0:
-            del self._inflight[job.adapter]
+        self._release_locked(job.adapter)
         if signal:
             job.events.put(_DONE)
 
