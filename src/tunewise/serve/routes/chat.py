@@ -8,6 +8,7 @@ loop stays free. Streaming answers are Server-Sent Events of ``chat.completion.c
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,12 +19,15 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
 from tunewise import __version__
-from tunewise.errors import UsageError
+from tunewise.errors import TunewiseError, UsageError
 from tunewise.serve import naming
 from tunewise.serve.app import PrincipalDep, StateDep
+from tunewise.serve.errors import TYPES
+from tunewise.serve.errors import body as error_body
 from tunewise.serve.store import new_id
 
 router = APIRouter(tags=["chat"])
+log = logging.getLogger("tunewise.serve")
 
 
 class ChatRequest(BaseModel):
@@ -104,7 +108,6 @@ async def create_chat_completion(body: ChatRequest, request: Request, state: Sta
         yield from deltas
 
     async def events() -> AsyncIterator[str]:
-        texts: dict[int, str] = {}
         started: set[int] = set()
         try:
             async for delta in iterate_in_threadpool(rest()):
@@ -112,13 +115,20 @@ async def create_chat_completion(body: ChatRequest, request: Request, state: Sta
                     started.add(delta.index)
                     yield chunk([{"index": delta.index, "delta": {"role": "assistant", "content": ""},
                                   "logprobs": None, "finish_reason": None}])
-                texts[delta.index] = texts.get(delta.index, "") + delta.text
                 if delta.text:
                     yield chunk([{"index": delta.index, "delta": {"content": delta.text}, "logprobs": None,
                                   "finish_reason": None}])
                 if delta.finish_reason is not None:
                     yield chunk([{"index": delta.index, "delta": {}, "logprobs": None,
                                   "finish_reason": delta.finish_reason}])
+        except Exception as exc:
+            # The status line is already sent: report the failure in the stream, as OpenAI does (the SDK raises).
+            log.exception("chat completion stream failed")
+            status = exc.status if isinstance(exc, TunewiseError) else 500
+            yield "data: " + json.dumps(error_body(str(exc), type=TYPES.get(status, "server_error"),
+                                                   param=getattr(exc, "param", None),
+                                                   code=getattr(exc, "code", None))) + "\n\n"
+            return
         finally:
             deltas.close()  # a client that went away stops the decoding of its rows
         if include_usage:
