@@ -216,6 +216,18 @@ def test_cancel_running_job(client, data):
     assert "Fine-tuning job cancelled" in [e.message for e in all_events(client, job.id)]
 
 
+def test_failed_job_reports_error(client, data):
+    file = client.files.create(file=data.open("rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4o-mini")
+    client.files.delete(file.id)  # gone before the worker could read it
+    failed = wait_for(client, job.id)
+    assert failed.status == "failed" and failed.fine_tuned_model is None and failed.finished_at
+    assert failed.error.code == "invalid_file" and failed.error.param == "training_file"
+    assert file.id in failed.error.message
+    last = client.fine_tuning.jobs.list_events(job.id, limit=1).data[0]
+    assert last.level == "error" and last.message == failed.error.message
+
+
 def test_pause_and_resume(client, data, tmp_path):
     valid = write_receipts(tmp_path / "valid.jsonl")
     train_file = client.files.create(file=data.open("rb"), purpose="fine-tune")
