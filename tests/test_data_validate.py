@@ -552,9 +552,15 @@ def test_parallel_workers_give_the_same_report(tmp_path):
     assert validate(path, workers=3).to_dict() == one.to_dict()
 
 
-def test_parallel_workers_stop_on_a_non_jsonl_file(tmp_path):
+def test_parallel_workers_stop_on_a_non_jsonl_file(tmp_path, monkeypatch):
+    import importlib
+
+    validate_module = importlib.import_module("tunewise.data.validate")  # the module, not the function
     path = tmp_path / "d.json"
     path.write_text(json.dumps(base(200), indent=2))
+    assert validate(path, workers=2).codes() == ["not_jsonl"]
+    # where forking is unsafe (other threads running) the workers are fresh interpreters: same result
+    monkeypatch.setattr(validate_module, "_start_method", lambda: "spawn")
     assert validate(path, workers=2).codes() == ["not_jsonl"]
 
 
