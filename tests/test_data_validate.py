@@ -529,6 +529,16 @@ def test_local_model_counts_with_its_template_and_warns_truncation(tmp_path):
     assert report.stats.billed_tokens_per_epoch == sum(min(t, 2048) for t in report.stats.example_tokens)
 
 
+def test_local_model_directory_counts_with_its_tokenizer(tmp_path):
+    from tunewise import models
+
+    directory = models.local_dir(models.TINY_MODEL)
+    path = write(tmp_path / "d.jsonl", base(100))
+    by_dir = validate(path, model=str(directory))
+    assert by_dir.stats.encoding == f"hf:{directory}" and by_dir.stats.context_limit == 2048
+    assert by_dir.stats.example_tokens == validate(path, model=models.TINY_MODEL).stats.example_tokens
+
+
 def test_every_finding_reported_with_known_code(tmp_path):
     rows = base(100) + ["{bad", {"messages": []}, {"messages": [{"role": "x"}]}]
     report = validate(write(tmp_path / "d.jsonl", rows))

@@ -42,13 +42,13 @@ def validate(file: str, model: str | None, as_json: bool, fix_out: str | None, p
 
     Exit 0 when clean (warnings allowed), 1 when there are errors, 2 on a usage error.
     """
-    from tunewise.catalog import load_catalog
     from tunewise.data import repair
     from tunewise.data import validate as run_validate
+    from tunewise.data.validate import model_info
     from tunewise.errors import NotFound
 
     try:
-        load_catalog(prices).get(model or "gpt-4o-mini")
+        model_info(model, prices)
     except NotFound as exc:  # a model name the user mistyped is a usage error (exit 2)
         raise UsageError(exc.message, hint=exc.hint, param="model") from None
     fixed: list[int] | None = None

@@ -33,7 +33,7 @@ _ROLE_MISTAKES = {"developer": "system", "human": "user", "bot": "assistant", "m
                   "ai": "assistant", "gpt": "assistant"}
 
 
-@dataclass
+@dataclass(slots=True)
 class ExampleInfo:
     """What the file-level checks and the token statistics need from one example."""
 

@@ -457,6 +457,22 @@ def default_workers(path: str | os.PathLike, info: ModelInfo) -> int:
     return max(1, min(cores, MAX_WORKERS, size // per_worker))
 
 
+def model_info(model: str | None, prices: str | os.PathLike | None = None) -> ModelInfo:
+    """The catalog's entry for ``model``; a local Hugging Face model directory (a fine-tuned output, say)
+    counts as a local model with its own tokenizer and context length."""
+    catalog = load_catalog(prices)
+    name = model or DEFAULT_MODEL
+    info = catalog.find(name)
+    if info is None and os.path.isdir(os.path.expanduser(name)):
+        from tunewise.models import resolve
+
+        spec = resolve(name)
+        return ModelInfo(name=spec.name, provider="local", encoding=f"hf:{spec.name}",
+                         context_limit=spec.context_length, training=0.0, input=0.0, output=0.0, ft_input=0.0,
+                         ft_output=0.0, ft_cached_input=0.0)
+    return info if info is not None else catalog.get(name)
+
+
 def validate(path: str | os.PathLike, model: str | None = None, prices: str | os.PathLike | None = None, *,
              workers: int | None = None) -> Report:
     """Validate a chat fine-tuning JSONL file for ``model`` (default gpt-4o-mini): every finding, and the
@@ -465,7 +481,7 @@ def validate(path: str | os.PathLike, model: str | None = None, prices: str | os
     ``workers``: processes that read parts of the file in parallel (default: see ``default_workers``;
     1 for small files and local models). The report is the same whatever the number.
     """
-    info = load_catalog(prices).get(model or DEFAULT_MODEL)
+    info = model_info(model, prices)
     path = str(path)
     open_checked(path).close()  # a missing file is one clear error, whatever the workers
     n = default_workers(path, info) if workers is None else max(1, workers)
