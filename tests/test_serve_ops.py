@@ -178,9 +178,22 @@ def test_crash_mid_job_resumes_after_restart(tmp_path):
 
         # The worker alone dies mid-job: the server starts a new one, which resumes the job.
         job = client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4o-mini",
-                                             hyperparameters={"n_epochs": 2, "batch_size": 1})
-        wait_for_step(client, job.id, 14)
+                                             hyperparameters={"n_epochs": 2, "batch_size": 2})
+        wait_for_step(client, job.id, 7)  # past the epoch-end save at step 6
         os.kill(int((server.data_dir / "worker.pid").read_text()), signal.SIGKILL)
         final = wait_for(client, job.id)
         assert final.status == "succeeded", final.error
         assert "Fine-tuning job resumed from its last saved state" in [e.message for e in all_events(client, job.id)]
+
+
+def test_serve_refuses_a_taken_port(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "tunewise", "serve", "--port", str(port), "--data-dir",
+                               str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and f"127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "tunewise.db").exists()  # no key made, no worker started

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -11,11 +12,24 @@ from pathlib import Path
 
 import click
 
+from tunewise.errors import UsageError
 from tunewise.serve.settings import Settings
 
 
 def _settings(**overrides) -> Settings:
     return Settings.from_env(**overrides)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail with one clear line, before a key or a worker is made, when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UsageError(f"Cannot listen on {host}:{port}: {exc.strerror}.",
+                             hint="Stop what uses it or pick another port with --port.") from exc
 
 
 @click.command()
@@ -45,6 +59,7 @@ def serve(host, port, data_dir, worker_only, no_worker, parent_pid) -> None:
     from tunewise.serve.app import create_app
     from tunewise.serve.store import Store
 
+    _check_port(settings.host, settings.port)
     store = Store(settings.data_dir)
     shown_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     base_url = f"http://{shown_host}:{settings.port}/v1"
