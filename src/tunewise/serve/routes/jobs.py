@@ -138,6 +138,9 @@ def create_job(body: CreateJob, state: StateDep, principal: PrincipalDep) -> dic
     if body.model.startswith("ft:"):
         raise Unsupported("Fine-tuning a fine-tuned model further is not supported yet.",
                           hint="Start from a base model and train on the combined data.", param="model")
+    if body.suffix is not None and not all(c.isalnum() or c in "-_." for c in body.suffix):
+        raise UsageError(f"Invalid suffix {body.suffix!r}: use letters, digits, '-', '_' and '.' (it becomes part "
+                         "of the model name, whose parts ':' separates).", param="suffix")
     local = naming.base_local_model(settings, body.model)
     _check_file(state, project, body.training_file, "training_file")
     if body.validation_file:
