@@ -612,3 +612,38 @@ def test_lone_surrogate_escape_is_read_and_counted(tmp_path):
     assert codes_at(report, 1) == []
     assert report.stats.example_tokens[0] == tokens.count_messages(row["messages"])
     assert [n for n, _ in iter_examples(tmp_path / "d.jsonl")][:2] == [1, 2]
+
+
+def test_arbitrary_json_shapes_never_crash(tmp_path):
+    """Random values in every slot: each becomes findings with known codes, never an exception."""
+    import random
+
+    rng = random.Random(7)
+    values = [None, True, 0, 1, 2, -1, 1.5, "", " ", "x", "user", "assistant", "tool", "system", "function",
+              [], ["user"], [{}], {}, {"a": 1}, [{"type": "text"}], [{"type": ["text"]}], {"name": ["f"]}]
+
+    def anything(depth=0):
+        if depth < 2 and rng.random() < 0.3:
+            keys = ["role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call", "type",
+                    "id", "function", "arguments", "text", "image_url", "url"]
+            return {rng.choice(keys): anything(depth + 1) for _ in range(rng.randint(0, 4))}
+        if depth < 2 and rng.random() < 0.2:
+            return [anything(depth + 1) for _ in range(rng.randint(0, 3))]
+        return rng.choice(values)
+
+    rows = []
+    for _ in range(300):
+        msgs = [{k: anything() for k in rng.sample(["role", "content", "name", "weight", "tool_calls",
+                                                     "tool_call_id", "function_call", "refusal"],
+                                                    rng.randint(0, 4))} for _ in range(rng.randint(0, 4))]
+        for m in msgs:
+            if rng.random() < 0.7:
+                m["role"] = rng.choice(["system", "user", "assistant", "tool", "function", anything()])
+        example = {"messages": msgs}
+        for key in ("tools", "parallel_tool_calls", "functions"):
+            if rng.random() < 0.2:
+                example[key] = anything()
+        rows.append(example)
+    report = validate(write(tmp_path / "d.jsonl", rows))
+    assert report.stats.n_examples == 300 and len(report.errors) > 100
+    assert {f.code for f in report.findings} <= set(CODES)

@@ -70,7 +70,7 @@ def _check_parts(parts: list, role: str, where: str, emit: Emit) -> list[str]:
                  'Use {"type": "text", "text": "..."}.')
             continue
         ptype = part.get("type")
-        if ptype not in allowed:
+        if not isinstance(ptype, str) or ptype not in allowed:
             emit("invalid_content", f"{where}: content part {j} has type {ptype!r}; a {role} message accepts "
                  + " or ".join(sorted(allowed)) + ".", 'Use {"type": "text", "text": "..."}.')
         elif ptype == "text":
@@ -175,7 +175,8 @@ def check_example(example: dict, emit: Emit) -> ExampleInfo:
         emit("deprecated_functions", "top-level `functions` is deprecated.",
              'Use "tools": [{"type": "function", "function": {...}}] instead.')
         if tool_names is None and isinstance(example["functions"], list):
-            tool_names = {f.get("name") for f in example["functions"] if isinstance(f, dict)}
+            tool_names = {f["name"] for f in example["functions"] if isinstance(f, dict)
+                          and isinstance(f.get("name"), str)}
     parallel = example.get("parallel_tool_calls", True)
     if not isinstance(parallel, bool):
         emit("invalid_parallel_tool_calls", f"parallel_tool_calls must be true or false, not {parallel!r}.",
@@ -204,7 +205,8 @@ def check_example(example: dict, emit: Emit) -> ExampleInfo:
         if type(msg) is dict and len(msg) == 2:
             role = msg.get("role")
             content = msg.get("content")
-            if role in _PLAIN_ROLES and type(content) is str and content and not content.isspace():
+            if type(role) is str and role in _PLAIN_ROLES and type(content) is str and content \
+                    and not content.isspace():
                 info.n_messages += 1
                 info.messages.append(msg)
                 texts.append(role)
@@ -230,7 +232,7 @@ def check_example(example: dict, emit: Emit) -> ExampleInfo:
         if role is None:
             emit("missing_role", f"{where} has no `role`.", "Add \"role\": one of " + ", ".join(ROLES) + ".")
             continue
-        if role not in ROLE_KEYS:
+        if not isinstance(role, str) or role not in ROLE_KEYS:
             suggestion = _ROLE_MISTAKES.get(role) if isinstance(role, str) else None
             hint = (f"did you mean '{suggestion}'?" if suggestion
                     else did_you_mean(role, ROLES) if isinstance(role, str) else "") or ""

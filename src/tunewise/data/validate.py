@@ -1,8 +1,10 @@
 """``validate``: every finding in a chat fine-tuning JSONL file, and its token statistics, in one streamed pass.
 
-Token counts are exact and batched: the strings of a few thousand examples are counted together by quicktok
-(in parallel, no Python lists of ids), and a string seen before (a shared system prompt, the role names) is
-counted once. Local models count each example through their own chat template instead.
+Each line is parsed once (jiter; the stdlib only explains the lines that fail), checked against the rules,
+and its strings counted exactly by quicktok; a string seen before (a shared system prompt, the role names)
+is counted once. Local models count each example through their own chat template instead. The data-set
+checks (duplicates, system prompts, answer formats, sizes) run at the end on what the pass collected.
+Big files can be split at line ends across worker processes; their results merge into the same report.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ def _lines_text(lines: list[int], limit: int = 10) -> str:
 
 
 class _Validator:
+    """The state of one pass over (a part of) a file: findings so far, and what the data-set checks and the
+    statistics need. ``read`` fills it, ``merge`` appends the next part's, ``finish`` makes the report."""
+
     def __init__(self, path: str, info: ModelInfo) -> None:
         self.path = path
         self.model = info
@@ -288,7 +293,10 @@ class _Validator:
         for i, msg in enumerate(info.messages):
             if msg["role"] == "assistant" and msg.get("weight", 1) == 1:
                 if self.hf:
-                    return self.enc.count_chat(info.messages[:i]) if i else 0
+                    try:
+                        return self.enc.count_chat(info.messages[:i]) if i else 0
+                    except Exception:  # a template that rejects a partial conversation: assume it fits
+                        return 0
                 return pos + TOKENS_PER_MESSAGE + self.enc.count("assistant")
             pos += TOKENS_PER_MESSAGE + sum(map(self.enc.count, message_texts(msg))) + ("name" in msg)
         return None
