@@ -141,7 +141,7 @@ def test_blank_lines_are_a_warning_naming_them(tmp_path):
     ('{"messages": [{"role": "user", "content": "hi}]}', "never closed"),
     ('{"messages": []} {"messages": []}', "more text after"),
     ('{"messages": [{"role": "user", "content": "a\tb"}]}', "control character"),
-    ('{"messages": NaN', "expected"),
+    ('{"messages": NaN', "ends before the JSON does"),
 ])
 def test_invalid_json_gives_line_column_and_plain_reason(tmp_path, raw, words):
     report = with_line(tmp_path, raw, at=7)
@@ -164,6 +164,15 @@ def test_pretty_printed_object_is_one_error(tmp_path):
     report = validate(path)
     assert report.codes() == ["not_jsonl"]
     assert "object" in report.findings[0].message
+
+
+def test_first_example_cut_short_is_invalid_json_not_pretty_printed(tmp_path):
+    rows = base(100)
+    rows[0] = json.dumps(rows[0])[:-2]  # the closing "]}" is missing
+    report = validate(write(tmp_path / "d.jsonl", rows))
+    f = only(report, "invalid_json")
+    assert f.line == 1 and "ends before the JSON does" in f.message
+    assert report.stats.n_examples == 99
 
 
 def test_one_line_array_is_not_jsonl(tmp_path):

@@ -129,6 +129,8 @@ _PLAIN = (
 
 
 def plain_reason(exc: json.JSONDecodeError) -> str:
+    if exc.pos >= len(exc.doc.rstrip()):
+        return "the line ends before the JSON does (an example cut short, or spread over several lines?)"
     for prefix, words in _PLAIN:
         if exc.msg.startswith(prefix):
             return words

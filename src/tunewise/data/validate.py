@@ -193,10 +193,10 @@ class _Validator:
         self.too_long += other.too_long
 
     def bad_json(self, number: int, text: str, exc: json.JSONDecodeError, first: bool):
-        stripped = text.rstrip()
-        if first and stripped.lstrip()[:1] in "[{" and exc.pos >= len(stripped):
-            # The JSON goes on past the end of the first line: a pretty-printed array or object.
-            is_array = stripped.lstrip().startswith("[")
+        if first and "".join(text.split()) in ("[", "{", "[{"):
+            # A first line that only opens an array or object: a pretty-printed JSON document. (A long
+            # first line that is cut short is just a broken example, reported as invalid JSON below.)
+            is_array = text.lstrip().startswith("[")
             self.add("not_jsonl", number, "the file is a pretty-printed JSON " + ("array" if is_array else "object")
                      + " spread over several lines, not JSONL (one example object per line).",
                      TO_JSONL_ARRAY[0].upper() + TO_JSONL_ARRAY[1:] if is_array
