@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,17 @@ def go(driver, hash_: str, ready_id: str) -> None:
     wait(driver, lambda d: d.find_elements(By.ID, ready_id), message=f"#{ready_id} on {hash_}")
 
 
+@contextmanager
+def evidence(driver, server, name: str):
+    """On a failed assertion: a screenshot, and the page's text and the server's log in the message."""
+    try:
+        yield
+    except AssertionError as exc:
+        shot(driver, f"FAILED-{name}")
+        view = driver.execute_script("return document.body.innerText")
+        raise AssertionError(f"{exc}\n--- page:\n{view[:1500]}\n--- server log:\n{server.output()[-3000:]}") from None
+
+
 def sign_in(driver, key: str) -> None:
     wait(driver, lambda d: d.find_element(By.ID, "login").is_displayed(), message="the sign-in form")
     box = driver.find_element(By.ID, "api-key")
@@ -173,60 +185,62 @@ def test_upload_shows_the_broken_line_and_stores_only_the_good_file(page, files)
 
 
 def test_new_job_shows_the_estimate_then_the_chart_updates_pause_resume_and_cancel(page, server, files):
-    ids = [f.id for f in server.client().files.list(purpose="fine-tune").data]
-    if not ids:
-        ids = [server.client().files.create(file=(files / "good.jsonl").open("rb"), purpose="fine-tune").id]
-    go(page, f"#/new?file={ids[0]}", "new-model")
-    model = page.find_element(By.ID, "new-model")
-    model.clear()
-    model.send_keys("tunewise-tiny")
-    page.find_element(By.ID, "new-epochs").send_keys("8")  # long enough to pause, resume and cancel it
-    page.find_element(By.ID, "new-suffix").send_keys("dash")
-    epochs = "//div[@id='new-estimate']//dt[text()='Epochs']/following-sibling::dd[1]"
-    wait(page, lambda d: d.find_element(By.XPATH, epochs).text == "8", timeout=90,
-         message="the estimate for 8 epochs")
-    assert page.find_element(By.ID, "new-estimate-cost").text.startswith("$0.00")
-    shot(page, "new-job")
-    page.find_element(By.ID, "new-submit").click()
-    wait(page, lambda d: "#/jobs/ftjob-" in d.current_url, message="the job page")
-    job_id = page.current_url.split("#/jobs/")[1]
+    with evidence(page, server, "job"):
+        ids = [f.id for f in server.client().files.list(purpose="fine-tune").data]
+        if not ids:
+            ids = [server.client().files.create(file=(files / "good.jsonl").open("rb"), purpose="fine-tune").id]
+        go(page, f"#/new?file={ids[0]}", "new-model")
+        model = page.find_element(By.ID, "new-model")
+        model.clear()
+        model.send_keys("tunewise-tiny")
+        page.find_element(By.ID, "new-epochs").send_keys("8")  # long enough to pause, resume and cancel it
+        page.find_element(By.ID, "new-suffix").send_keys("dash")
+        epochs = "//div[@id='new-estimate']//dt[text()='Epochs']/following-sibling::dd[1]"
+        wait(page, lambda d: d.find_element(By.XPATH, epochs).text == "8", timeout=90,
+             message="the estimate for 8 epochs")
+        assert page.find_element(By.ID, "new-estimate-cost").text.startswith("$0.00")
+        shot(page, "new-job")
+        page.find_element(By.ID, "new-submit").click()
+        wait(page, lambda d: "#/jobs/ftjob-" in d.current_url, message="the job page")
+        job_id = page.current_url.split("#/jobs/")[1]
 
-    # The chart grows while the job runs: two different point counts seen with the status running.
-    counts = set()
+        # The chart grows while the job runs: two different point counts seen with the status running.
+        counts = set()
 
-    def growing(d):
-        status = d.find_element(By.ID, "job-status").get_attribute("data-status")
-        assert status in ("validating_files", "queued", "running"), f"job ended early: {status}"
-        if status == "running" and chart_points(d, "chart-train-loss"):
-            counts.add(chart_points(d, "chart-train-loss"))
-        return len(counts) >= 2
-    wait(page, growing, timeout=120, message="the training-loss chart to update")
-    assert "step" in page.find_element(By.ID, "job-progress").text
-    shot(page, "job-running")
+        def growing(d):
+            status = d.find_element(By.ID, "job-status").get_attribute("data-status")
+            # (None: the page has not drawn the job yet)
+            assert status in (None, "validating_files", "queued", "running"), f"job ended early: {status}"
+            if status == "running" and chart_points(d, "chart-train-loss"):
+                counts.add(chart_points(d, "chart-train-loss"))
+            return len(counts) >= 2
+        wait(page, growing, timeout=120, message="the training-loss chart to update")
+        assert "step" in page.find_element(By.ID, "job-progress").text
+        shot(page, "job-running")
 
-    # Pause and resume through the buttons; the buttons follow the status.
-    page.find_element(By.ID, "job-pause").click()
-    wait(page, lambda d: d.find_element(By.ID, "job-status").get_attribute("data-status") == "paused",
-         timeout=60, message="the paused status")
-    assert page.find_element(By.ID, "job-resume").is_enabled()
-    assert not page.find_element(By.ID, "job-pause").is_enabled()
-    shot(page, "job-paused")
-    page.find_element(By.ID, "job-resume").click()
-    wait(page, lambda d: d.find_element(By.ID, "job-status").get_attribute("data-status") in ("queued", "running"),
-         timeout=60, message="the job to run again")
-    assert not page.find_element(By.ID, "job-resume").is_enabled()
+        # Pause and resume through the buttons; the buttons follow the status.
+        page.find_element(By.ID, "job-pause").click()
+        wait(page, lambda d: d.find_element(By.ID, "job-status").get_attribute("data-status") == "paused",
+             timeout=60, message="the paused status")
+        assert page.find_element(By.ID, "job-resume").is_enabled()
+        assert not page.find_element(By.ID, "job-pause").is_enabled()
+        shot(page, "job-paused")
+        page.find_element(By.ID, "job-resume").click()
+        wait(page, lambda d: d.find_element(By.ID, "job-status").get_attribute("data-status") in ("queued", "running"),
+             timeout=60, message="the job to run again")
+        assert not page.find_element(By.ID, "job-resume").is_enabled()
 
-    page.find_element(By.ID, "job-cancel").click()
-    wait(page, lambda d: d.find_element(By.ID, "job-status").get_attribute("data-status") == "cancelled",
-         timeout=60, message="the cancelled status")
-    assert not page.find_element(By.ID, "job-cancel").is_enabled()
-    assert server.client().fine_tuning.jobs.retrieve(job_id).status == "cancelled"
-    shot(page, "job-cancelled")
+        page.find_element(By.ID, "job-cancel").click()
+        wait(page, lambda d: d.find_element(By.ID, "job-status").get_attribute("data-status") == "cancelled",
+             timeout=60, message="the cancelled status")
+        assert not page.find_element(By.ID, "job-cancel").is_enabled()
+        assert server.client().fine_tuning.jobs.retrieve(job_id).status == "cancelled"
+        shot(page, "job-cancelled")
 
-    go(page, "#/jobs", "jobs-list")
-    row = wait(page, lambda d: d.find_element(By.CSS_SELECTOR, f'#jobs-table tr[data-job-id="{job_id}"]'))
-    assert "cancelled" in row.text
-    shot(page, "jobs")
+        go(page, "#/jobs", "jobs-list")
+        row = wait(page, lambda d: d.find_element(By.CSS_SELECTOR, f'#jobs-table tr[data-job-id="{job_id}"]'))
+        assert "cancelled" in row.text
+        shot(page, "jobs")
 
 
 def test_calculator_shows_the_library_s_numbers(page):
@@ -316,7 +330,7 @@ def test_finished_job_charts_checkpoints_and_side_by_side_chat(page, server, fil
 def test_a_refused_key_brings_back_the_sign_in_form(page):
     # Last: it signs the page out. A key the server no longer accepts brings the sign-in form back.
     page.execute_script("sessionStorage.setItem('tunewise.apiKey', 'sk-tw-revoked')")
-    go(page, "#/jobs", "login")
+    page.refresh()
     wait(page, lambda d: d.find_element(By.ID, "login").is_displayed(), message="the sign-in form")
     assert "refused" in page.find_element(By.ID, "login-error").text
     assert page.execute_script("return sessionStorage.getItem('tunewise.apiKey')") is None

@@ -128,6 +128,8 @@ window.addEventListener("DOMContentLoaded", async () => {
     key.clear();
     showLogin();
   });
-  if (key.get() && (await signIn(key.get()))) route();
-  else if (!key.get()) showLogin();
+  // A key already in this tab (a reload) is checked first; a refused one leaves the form with the reason.
+  const stored = key.get();
+  if (!stored) showLogin();
+  else if (await signIn(stored)) route();
 });
