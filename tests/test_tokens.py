@@ -129,6 +129,9 @@ def test_local_model_counts_with_its_own_tokenizer():
     tok = models.load_tokenizer(models.TINY_MODEL)
     text = "Coffee - $4.50, Bagel - $3.00"
     assert tokens.count_text(text, models.TINY_MODEL) == len(tok.encode(text, add_special_tokens=False))
+    directory = models.local_dir(models.TINY_MODEL)
+    assert tokens.encoding_name_for_model(str(directory)) == f"hf:{directory}"
+    assert tokens.count_text(text, str(directory)) == tokens.count_text(text, models.TINY_MODEL)
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     rendered = tok.apply_chat_template(messages, tokenize=False)
     assert tokens.count_messages(messages, models.TINY_MODEL) == len(tok.encode(rendered, add_special_tokens=False))

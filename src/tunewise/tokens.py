@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -181,12 +182,15 @@ def get_encoding(name: str) -> QuicktokEncoding | HFEncoding:
 
 
 def encoding_name_for_model(model: str, prices: str | None = None) -> str:
-    """The encoding a model counts with: the catalog's entry first, then model-name prefixes."""
+    """The encoding a model counts with: the catalog's entry first (``ft:`` ids through their base), a
+    local model directory's own tokenizer, then model-name prefixes."""
     from tunewise.catalog import base_model_name, load_catalog
 
     info = load_catalog(prices).find(model)
     if info is not None:
         return info.encoding
+    if os.path.isdir(os.path.expanduser(model)):  # a local Hugging Face model directory (a fine-tuned output)
+        return f"hf:{model}"
     base = base_model_name(model).lower()
     for prefix, enc in sorted(_PREFIXES, key=lambda kv: -len(kv[0])):
         if base.startswith(prefix):
