@@ -184,6 +184,21 @@ def test_upload_shows_the_broken_line_and_stores_only_the_good_file(page, files)
     shot(page, "files")
 
 
+def test_delete_a_file_takes_two_clicks(page, server, files):
+    spare = server.client().files.create(file=(files / "good.jsonl").open("rb"), purpose="fine-tune")
+    go(page, "#/jobs", "jobs-list")  # leave and come back: the list is read when the page opens
+    go(page, "#/files", "files-table")
+    button = wait(page, lambda d: d.find_element(
+        By.CSS_SELECTOR, f'#files-table tr[data-file-id="{spare.id}"] button[data-action="delete"]'))
+    button.click()
+    assert "again" in button.text  # armed, nothing deleted yet
+    assert spare.id in [f.id for f in server.client().files.list().data]
+    button.click()
+    wait(page, lambda d: not d.find_elements(By.CSS_SELECTOR, f'#files-table tr[data-file-id="{spare.id}"]'),
+         message="the deleted file to leave the list")
+    assert spare.id not in [f.id for f in server.client().files.list().data]
+
+
 def test_new_job_shows_the_estimate_then_the_chart_updates_pause_resume_and_cancel(page, server, files):
     with evidence(page, server, "job"):
         ids = [f.id for f in server.client().files.list(purpose="fine-tune").data]
@@ -325,6 +340,14 @@ def test_finished_job_charts_checkpoints_and_side_by_side_chat(page, server, fil
         assert not page.find_elements(By.CSS_SELECTOR, f"#{out} .error"), page.find_element(By.ID, out).text
         assert "completion tokens" in page.find_element(By.ID, out).text
     shot(page, "models-chat")
+
+    delete = page.find_element(By.CSS_SELECTOR, f'#models-table tr[data-model="{done.fine_tuned_model}"] '
+                                                'button[data-action="delete"]')
+    delete.click()
+    delete.click()
+    wait(page, lambda d: not d.find_elements(By.CSS_SELECTOR, f'#models-table tr[data-model="{done.fine_tuned_model}"]'),
+         message="the deleted model to leave the list")
+    assert done.fine_tuned_model not in [m.id for m in client.models.list().data]
 
 
 def test_a_refused_key_brings_back_the_sign_in_form(page):
