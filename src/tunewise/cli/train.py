@@ -33,8 +33,10 @@ def _auto_or(kind):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
               help="auto: bfloat16 on CUDA, float32 on CPU.")
+@click.option("--num-threads", type=click.IntRange(min=1),
+              help="CPU threads for PyTorch (default: PyTorch's choice; 1 is faster on a busy shared machine).")
 def train(training_file, validation_file, model, method, n_epochs, batch_size, learning_rate_multiplier, seed,
-          suffix, output_dir, device, dtype):
+          suffix, output_dir, device, dtype, num_threads):
     """Fine-tune MODEL on TRAINING_FILE (OpenAI chat JSONL); Ctrl-C saves the state, run again to resume."""
     import signal
     import sys
@@ -47,7 +49,8 @@ def train(training_file, validation_file, model, method, n_epochs, batch_size, l
 
     config = TrainConfig(training_file=training_file, validation_file=validation_file, model=model, method=method,
                          n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=learning_rate_multiplier,
-                         seed=seed, suffix=suffix, output_dir=output_dir, device=device, dtype=dtype)
+                         seed=seed, suffix=suffix, output_dir=output_dir, device=device, dtype=dtype,
+                         num_threads=num_threads)
     bar = None
     stop = threading.Event()
 

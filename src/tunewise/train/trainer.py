@@ -199,12 +199,12 @@ def _autocast(device: str, dtype):
 
 
 def _lr_at(step: int, total: int, base: float, warmup_ratio: float) -> float:
-    """Linear warm-up over the first steps, then linear decay towards 0 (a pure function of the step, so a resumed
-    run needs no scheduler state)."""
+    """Linear warm-up from 0 over the first steps, then linear decay towards 0: the schedule of transformers'
+    ``get_linear_schedule_with_warmup``, as a pure function of the step so a resumed run needs no scheduler state."""
     warmup = math.ceil(total * warmup_ratio)
     if step < warmup:
-        return base * (step + 1) / (warmup + 1)
-    return base * (total - step) / (total - warmup)
+        return base * step / warmup
+    return base * max(0.0, (total - step) / max(1, total - warmup))
 
 
 # ---------------------------------------------------------------------------------------------------- files

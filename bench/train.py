@@ -1,0 +1,238 @@
+"""tunewise's trainer against TRL's SFTTrainer: same model, data, LoRA config, batch size, epochs, learning rate.
+
+    .venv/bin/python bench/train.py                    # 3 runs of each, medians; then the receipts timing
+    .venv/bin/python bench/train.py --runs 1 --examples 10 --batch-size 5 --receipts-steps 2   # a quick look
+
+Each run trains in a fresh subprocess (so peak RSS is that trainer's own), alternating tunewise and TRL so that
+load from other processes on the machine hits both alike. Both use the default model (SmolLM2-135M-Instruct) in
+float32 on CPU, LoRA r=16, alpha=32, dropout 0 on every linear layer, AdamW, linear schedule with 3% warm-up,
+gradient clipping at 1.0, and the same number of threads. TRL is given the data in its conversational
+prompt-completion form with ``completion_only_loss=True`` (its loss on the assistant answer only) and gradient
+checkpointing off (TRL's default is on; off is the faster setting and matches tunewise, which does not
+checkpoint). Throughput is the examples' tokens (prompt and answer, no padding) divided by the training loop's
+wall time, the same count for both. Eval loss is the mean token loss on the held-out answers of
+``examples/receipts/test.jsonl``, computed for both final models by the same function.
+
+Then it times fine-tuning the default model on the receipts example (200 examples, 3 epochs, auto batch size):
+it trains a few steps and extrapolates by tokens, and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RECEIPTS = REPO / "examples" / "receipts"
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
+
+
+def receipts_files() -> tuple[Path, Path]:
+    """The receipts example's train and test files, generated into a temporary directory if not committed."""
+    train, test = RECEIPTS / "train.jsonl", RECEIPTS / "test.jsonl"
+    if not train.is_file() or not test.is_file():
+        out = Path(tempfile.mkdtemp(prefix="receipts-"))
+        subprocess.run([sys.executable, str(RECEIPTS / "generate.py"), "--out", str(out)], check=True)
+        train, test = out / "train.jsonl", out / "test.jsonl"
+    return train, test
+
+
+def subset(path: Path, n: int, out: Path) -> Path:
+    lines = [x for x in path.read_text().splitlines() if x.strip()][:n]
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def rendered(path: Path, param: str = "training_file"):
+    from tunewise import models
+    from tunewise.train import Renderer, render_file
+
+    tokenizer = models.load_tokenizer(models.DEFAULT_MODEL)
+    renderer = Renderer(tokenizer)
+    return tokenizer, render_file(path, renderer, 8192, param, models.DEFAULT_MODEL)
+
+
+def eval_loss(model, test: Path) -> float:
+    from tunewise.train import evaluate
+
+    tokenizer, examples = rendered(test, "validation_file")
+    loss, _ = evaluate(model, examples, max_tokens=4096, pad_id=tokenizer.pad_token_id, device="cpu")
+    return loss
+
+
+# ------------------------------------------------------------------------------------------------- workers
+
+
+def worker_tunewise(args) -> dict:
+    import torch
+    from peft import PeftModel
+
+    from tunewise import models
+    from tunewise.train import TrainConfig, train
+
+    out = Path(tempfile.mkdtemp(prefix="bench-tunewise-"))
+    events = []
+    result = train(TrainConfig(
+        training_file=args.train, model=models.DEFAULT_MODEL, method="lora", n_epochs=args.epochs,
+        batch_size=args.batch_size, seed=args.seed, output_dir=out, lora_r=LORA["r"], lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"], num_threads=args.threads, dtype=args.dtype,
+        save_state_every_steps=10**6, keep_checkpoints=1), on_event=events.append)
+    loop_s = [e for e in events if e.type == "metrics"][-1].data["elapsed_s"]  # the step loop, before saving
+    rss = peak_rss_mb()
+    model = PeftModel.from_pretrained(models.load_model(models.DEFAULT_MODEL, dtype=torch.float32),
+                                      result.model_dir)
+    return {"tokens": result.trained_tokens, "seconds": loop_s, "peak_rss_mb": rss,
+            "eval_loss": eval_loss(model, args.test), "padding_waste": result.padding_waste}
+
+
+def worker_trl(args) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from tunewise import models
+
+    torch.set_num_threads(args.threads)
+    tokenizer, examples = rendered(args.train)
+    rows = []
+    for line in args.train.read_text().splitlines():
+        if line.strip():
+            messages = [{"role": m["role"], "content": m["content"]} for m in json.loads(line)["messages"]]
+            rows.append({"prompt": messages[:-1], "completion": messages[-1:]})
+    model = models.load_model(models.DEFAULT_MODEL, dtype=torch.float32, device="cpu")
+    out = tempfile.mkdtemp(prefix="bench-trl-")
+    learning_rate = models.REGISTRY[models.DEFAULT_MODEL].learning_rate
+    config = SFTConfig(
+        output_dir=out, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
+        num_train_epochs=args.epochs, learning_rate=learning_rate, lr_scheduler_type="linear", warmup_steps=0.03,
+        weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", seed=args.seed, completion_only_loss=True,
+        packing=False, gradient_checkpointing=False, use_cpu=True, bf16=False, report_to="none",
+        save_strategy="no", logging_steps=1, disable_tqdm=True, max_length=None, dataset_num_proc=None)
+    peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                             target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer, peft_config=peft_config)
+    start = time.monotonic()
+    trainer.train()
+    seconds = time.monotonic() - start
+    rss = peak_rss_mb()
+    tokens = sum(len(e.input_ids) for e in examples) * args.epochs
+    return {"tokens": tokens, "seconds": seconds, "peak_rss_mb": rss, "eval_loss": eval_loss(trainer.model, args.test)}
+
+
+def worker_receipts(args) -> dict:
+    """Train the receipts example with auto hyperparameters for a few steps; extrapolate the whole run by tokens."""
+    from tunewise import models
+    from tunewise.errors import Cancelled
+    from tunewise.train import TrainConfig, train
+
+    _, examples = rendered(args.train)
+    events = []
+    config = TrainConfig(training_file=args.train, model=models.DEFAULT_MODEL, n_epochs=3, seed=args.seed,
+                         output_dir=tempfile.mkdtemp(prefix="bench-receipts-"), num_threads=args.threads,
+                         dtype=args.dtype, save_state_every_steps=10**6)
+    try:
+        train(config, on_event=events.append,
+              stop=lambda: sum(e.type == "metrics" for e in events) >= args.receipts_steps)
+    except Cancelled:
+        pass
+    last = [e for e in events if e.type == "metrics"][-1].data
+    total_tokens = sum(len(e.input_ids) for e in examples) * 3
+    return {"steps_measured": last["step"], "total_steps": last["total_steps"], "tokens": last["trained_tokens"],
+            "seconds": last["elapsed_s"], "total_tokens": total_tokens,
+            "extrapolated_s": last["elapsed_s"] / last["trained_tokens"] * total_tokens}
+
+
+# ------------------------------------------------------------------------------------------------- driver
+
+
+def run_worker(kind: str, args, train: Path, dtype: str = "float32") -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, "--train", str(train), "--test", str(args.test),
+           "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+           "--seed", str(args.seed), "--dtype", dtype, "--receipts-steps", str(args.receipts_steps)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"{kind} worker failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=16, help="training examples for the comparison")
+    parser.add_argument("--eval-examples", type=int, default=16, help="held-out examples for the eval loss")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for both trainers (1: the fastest on a shared, busy 2-core machine)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--bf16", action="store_true", help="also time tunewise with --dtype bfloat16")
+    parser.add_argument("--receipts-steps", type=int, default=6, help="steps measured for the receipts timing")
+    parser.add_argument("--skip-receipts", action="store_true")
+    parser.add_argument("--worker", choices=["tunewise", "trl", "receipts"], help=argparse.SUPPRESS)
+    parser.add_argument("--train", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--test", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = {"tunewise": worker_tunewise, "trl": worker_trl, "receipts": worker_receipts}[args.worker](args)
+        print(json.dumps(result))
+        return
+
+    full_train, full_test = receipts_files()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    train = subset(full_train, args.examples, tmp / "train.jsonl")
+    args.test = subset(full_test, args.eval_examples, tmp / "test.jsonl")
+    print(f"SmolLM2-135M-Instruct, LoRA r={LORA['r']}, {args.examples} receipts examples x {args.epochs} epoch(s), "
+          f"batch {args.batch_size}, float32, {args.threads} thread(s); {args.runs} run(s) each, medians", flush=True)
+    results: dict[str, list[dict]] = {"tunewise": [], "trl": []}
+    if args.bf16:
+        results["tunewise bf16"] = []
+    for run in range(args.runs):
+        order = ["tunewise", "trl"] if run % 2 == 0 else ["trl", "tunewise"]
+        for kind in order + (["tunewise bf16"] if args.bf16 else []):
+            r = run_worker(kind.split()[0], args, train, "bfloat16" if "bf16" in kind else "float32")
+            r["tokens_per_s"] = r["tokens"] / r["seconds"]
+            results[kind].append(r)
+            print(f"  run {run + 1} {kind:14s} {r['tokens_per_s']:7.1f} tokens/s  peak RSS {r['peak_rss_mb']:6.0f} MB"
+                  f"  eval loss {r['eval_loss']:.4f}", flush=True)
+
+    def med(kind, key):
+        return statistics.median(r[key] for r in results[kind])
+
+    print(f"\n{'trainer':16s} {'tokens/s':>9s} {'peak RSS MB':>12s} {'eval loss':>10s}")
+    for kind in results:
+        print(f"{kind:16s} {med(kind, 'tokens_per_s'):9.1f} {med(kind, 'peak_rss_mb'):12.0f} "
+              f"{med(kind, 'eval_loss'):10.4f}")
+    speed = med("tunewise", "tokens_per_s") / med("trl", "tokens_per_s")
+    memory = med("tunewise", "peak_rss_mb") / med("trl", "peak_rss_mb")
+    loss = med("tunewise", "eval_loss") / med("trl", "eval_loss") - 1
+    print(f"\nratio tunewise/TRL: throughput {speed:.2f}x (goal >= 1.5x), peak RSS {memory:.2f}x (goal <= 1.0), "
+          f"eval loss {loss:+.1%} (goal within 2%); padding waste {med('tunewise', 'padding_waste'):.1%}")
+    if args.bf16:
+        print(f"tunewise bfloat16 / float32 throughput: "
+              f"{med('tunewise bf16', 'tokens_per_s') / med('tunewise', 'tokens_per_s'):.2f}x")
+
+    if not args.skip_receipts:
+        r = run_worker("receipts", args, full_train)
+        print(f"\nreceipts example, 200 examples x 3 epochs (batch size auto = 1, {r['total_steps']} steps): "
+              f"EXTRAPOLATED from {r['steps_measured']} measured steps ({r['tokens']} tokens in {r['seconds']:.0f} s): "
+              f"about {r['extrapolated_s'] / 60:.0f} min for {r['total_tokens']} tokens")
+
+
+if __name__ == "__main__":
+    main()
