@@ -251,6 +251,12 @@ def test_new_job_shows_the_estimate_then_the_chart_updates_pause_resume_and_canc
         assert not page.find_element(By.ID, "job-cancel").is_enabled()
         assert server.client().fine_tuning.jobs.retrieve(job_id).status == "cancelled"
         shot(page, "job-cancelled")
+        events = page.find_element(By.ID, "job-events")
+        assert "cancelled" in events.text.lower()
+        assert "training loss=" not in events.text  # step messages are in the charts...
+        page.find_element(By.ID, "job-show-steps").click()
+        wait(page, lambda d: "training loss=" in d.find_element(By.ID, "job-events").text,
+             message="the step messages")  # ...and in the list on request
 
         go(page, "#/jobs", "jobs-list")
         row = wait(page, lambda d: d.find_element(By.CSS_SELECTOR, f'#jobs-table tr[data-job-id="{job_id}"]'))

@@ -2,7 +2,9 @@
 
 Every endpoint takes the same ``Authorization: Bearer`` key as ``/v1`` and sees only what that key's project sees
 through ``/v1`` (another project's file answers 404 here too). None of them changes anything: they run the
-library (validator, cost, catalog) over data the key can already read, or over a body it sends.
+library (validator, cost, catalog) over data the key can already read, or over a body it sends. Evaluation
+reports are the one thing shared by every project of a server: they are files its operator put in
+``DATA_DIR/reports/``, not objects of a project.
 
 ==============================================  =====================================================================
 ``GET  /v1/dashboard/whoami``                   the key's project and key id (the page shows whose data it is)

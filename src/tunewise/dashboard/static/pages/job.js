@@ -23,6 +23,8 @@ export async function render(ctx, id) {
     events: h("ol", { id: "job-events", class: "events" }),
     checkpoints: h("div", { id: "job-checkpoints" }),
     buttons: h("div", { class: "row" }),
+    // Step messages ("Step 12/36: training loss=...") are what the charts show; hidden unless asked for.
+    showSteps: h("input", { type: "checkbox", id: "job-show-steps" }),
   };
   const actions = {};
   for (const [name, label, cls] of [["cancel", "Cancel", "danger"], ["pause", "Pause", ""], ["resume", "Resume", ""]]) {
@@ -51,7 +53,9 @@ export async function render(ctx, id) {
     h("section", { class: "grid2" },
       h("div", { class: "card" }, el.accChart),
       h("div", { class: "card" }, h("h2", {}, "Checkpoints"), el.checkpoints)),
-    h("section", { class: "card" }, h("h2", {}, "Events"), el.events));
+    h("section", { class: "card" }, h("div", { class: "row spread" }, h("h2", {}, "Events"),
+      h("label", {}, el.showSteps, " show step messages")), el.events));
+  el.showSteps.addEventListener("change", () => drawEvents(el.events, events, el.showSteps.checked));
 
   const known = new Set();
   let events = []; // newest first, like the API
@@ -84,7 +88,7 @@ export async function render(ctx, id) {
     if (!ctx.alive) return job;
     drawJob(el, actions, job);
     if (added || !el.trainChart.firstChild) drawMetrics(el, events);
-    if (added) drawEvents(el.events, events);
+    if (added) drawEvents(el.events, events, el.showSteps.checked);
     drawCheckpoints(el.checkpoints, ckpts.data);
     return job;
   }
@@ -168,8 +172,8 @@ function drawMetrics(el, events) {
   }
 }
 
-function drawEvents(ol, events) {
-  const shown = events.filter((e) => e.type !== "metrics").slice(0, SHOWN_EVENTS);
+function drawEvents(ol, events, withSteps) {
+  const shown = events.filter((e) => withSteps || e.type !== "metrics").slice(0, SHOWN_EVENTS);
   clear(ol, shown.map((e) => h("li", { class: `event level-${e.level}` },
     h("time", {}, fmt.time(e.created_at)), " ", e.message)));
 }
