@@ -313,6 +313,21 @@ def test_models_page_lists_the_served_models(page):
     shot(page, "models")
 
 
+def test_chart_ticks_and_number_formats(page):
+    # The page's own helpers, run in the browser as the page runs them.
+    got = page.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        Promise.all([import('/dashboard/chart.js'), import('/dashboard/dom.js')]).then(([chart, dom]) => done({
+          steps: chart.ticks(1, 36, 6, true), losses: chart.ticks(9.9, 10.8, 5),
+          usd: [dom.fmt.usd(31.5), dom.fmt.usd(0.000315), dom.fmt.usd(0), dom.fmt.usd(-7.5)],
+          num: [dom.fmt.num(1500), dom.fmt.num(0.5), dom.fmt.num(1000.2), dom.fmt.num(9.909274)],
+        }));""")
+    assert got["steps"] == [10, 20, 30]  # whole steps only
+    assert got["losses"] == [10, 10.2, 10.4, 10.6, 10.8]
+    assert got["usd"] == ["$31.50", "$0.000315", "$0.00", "-$7.50"]
+    assert got["num"] == ["1,500", "0.5", "1000", "9.909"]
+
+
 @pytest.mark.slow
 def test_finished_job_charts_checkpoints_and_side_by_side_chat(page, server, files):
     client = server.client()
