@@ -280,6 +280,9 @@ def test_error_classes(server, client, guide_job):
                                        hyperparameters={"n_epochs": 26})
     assert err.value.param == "hyperparameters.n_epochs"
     with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(training_file=guide_job.training_file, model="gpt-4o-mini", suffix="a:b")
+    assert err.value.param == "suffix"
+    with pytest.raises(openai.BadRequestError) as err:
         client.fine_tuning.jobs.create(training_file="file-missing", model="gpt-4o-mini")
     assert err.value.param == "training_file"
     with pytest.raises(openai.BadRequestError) as err:
