@@ -87,20 +87,19 @@ class Worker:
             thread.start()
 
     # -- validation ---------------------------------------------------------------------------------------
-    def _file_path(self, file_id: str | None) -> Path | None:
+    def _file_path(self, file_id: str | None, param: str = "training_file") -> Path | None:
         if not file_id:
             return None
         row = self.store.one("SELECT path FROM files WHERE id = ? AND deleted_at IS NULL", file_id)
         if row is None or not Path(row["path"]).is_file():
-            raise _JobError("invalid_file", f"File {file_id} was deleted before the job could use it.",
-                            "training_file")
+            raise _JobError("invalid_file", f"File {file_id} was deleted before the job could use it.", param)
         return Path(row["path"])
 
     def validate(self, job: dict[str, Any]) -> None:
         job_id = job["id"]
         try:
             for param in ("training_file", "validation_file"):
-                path = self._file_path(job[param])
+                path = self._file_path(job[param], param)
                 if path is None:
                     continue
                 report = _validate_file(path, job["model"])
@@ -193,7 +192,7 @@ class Worker:
         hyper = json.loads(job["hyperparameters"])
         return TrainConfig(
             training_file=self._file_path(job["training_file"]),
-            validation_file=self._file_path(job["validation_file"]),
+            validation_file=self._file_path(job["validation_file"], "validation_file"),
             model=job["local_model"], method="lora",
             n_epochs=hyper.get("n_epochs", "auto"), batch_size=hyper.get("batch_size", "auto"),
             learning_rate_multiplier=hyper.get("learning_rate_multiplier", "auto"),
