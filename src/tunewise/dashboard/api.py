@@ -40,11 +40,12 @@ router = APIRouter(prefix="/v1/dashboard", tags=["dashboard"])
 MAX_LINE_EXCERPT = 400  # characters of a line quoted beside its finding (a line can be megabytes)
 MAX_QUOTED_LINES = 200  # lines quoted per report; the findings themselves are all returned
 REPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # one directory name, never a path
+REPORT_FILES = ("report.html", "report.md", "metrics.json", "decision.json")
+MAX_REPORT_BYTES = 32 * 1024 * 1024  # a report.html embeds its plots; larger than this is not one of ours
+
 # Validation and estimates tokenize whole files: CPU-bound work that gains nothing from running side by side,
 # and the first call loads a tokenizer (transformers' lazy imports are not safe to race from two threads).
 _HEAVY = threading.Lock()
-REPORT_FILES = ("report.html", "report.md", "metrics.json", "decision.json")
-MAX_REPORT_BYTES = 32 * 1024 * 1024  # a report.html embeds its plots; larger than this is not one of ours
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
