@@ -292,7 +292,8 @@ def check_example(example: dict, emit: Emit) -> ExampleInfo:
             if "weight" in msg and (type(weight) is not int or weight not in (0, 1)):
                 emit("invalid_weight", f"{where}.weight is {weight!r}; it must be 0 or 1.",
                      "1 trains on this message, 0 keeps it as context only.")
-            elif weight == 1:
+                weight = 1  # read as meant to be trained, so the checks below do not pile on
+            if weight == 1:
                 n_trainable += 1
                 if isinstance(content, str):
                     info.answers.append(content)

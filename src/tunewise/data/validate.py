@@ -380,7 +380,8 @@ class _Validator:
             return
         lines = self.answer_format[minority]
         if minority == "text":
-            message = (f"{counts['json']} of {total} examples answer in JSON but {len(lines)} do not "
+            message = (f"{counts['json']} of {total} examples answer in JSON but {len(lines)} "
+                       f"{'does' if len(lines) == 1 else 'do'} not "
                        f"(invalid or plain-text answers): lines {_lines_text(lines)}.")
             hint = "Make every answer valid JSON in the same shape; the model learns the format from all of them."
         else:
