@@ -1,0 +1,176 @@
+"""The main job end to end, on the embedded default model (SmolLM2-135M-Instruct), on this machine.
+
+    make demo                       # or: .venv/bin/python examples/demo.py [--out out/demo] [--limit N]
+
+Stages, each timed: generate the receipts example -> validate it -> estimate what training would cost on
+OpenAI -> start the local service -> fine-tune the default model on the train split with the guide's own
+snippet through the official ``openai`` SDK -> evaluate the base model with the guide's prompt (long prompt,
+few-shot, structured outputs) against the fine-tuned model with the short prompt on the held-out split ->
+decide, and write the report. Nothing leaves 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import runpy
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# The guide's snippet asks for gpt-4o-mini; the local service trains its stand-in, the default model.
+GUIDE_MODEL = "gpt-4o-mini-2024-07-18"
+GUIDE_HYPERPARAMETERS = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 2}
+CALLS_PER_MONTH = 1_000_000
+
+
+class Stages:
+    """Times each stage and prints it as it ends."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        print(f"\n== {name}", flush=True)
+        start = time.perf_counter()
+        yield
+        self.times[name] = time.perf_counter() - start
+        print(f"   ({self.times[name]:.1f} s)", flush=True)
+
+
+def _pct(summary: dict | None) -> str:
+    return "-" if not summary else f"{100 * summary['value']:.0f}%"
+
+
+def run(out: Path, limit: int | None = None, local_model: str | None = None) -> dict:
+    """Run every stage into ``out``; returns the stage times, the job, and the decision."""
+    from openai import OpenAI
+
+    from tunewise import cost, models
+    from tunewise.data import validate
+    from tunewise.eval.candidates import load_candidates
+    from tunewise.eval.decide import decide
+    from tunewise.eval.report import write_report
+    from tunewise.eval.runner import run_eval
+    from tunewise.serve.testing import running_server
+
+    local_model = local_model or models.DEFAULT_MODEL
+    out.mkdir(parents=True, exist_ok=True)
+    stages = Stages()
+    data = out / "receipts"
+
+    with stages.stage("1. example data: the guide's receipts task (fixed seed)"):
+        runpy.run_path(str(HERE / "receipts" / "generate.py"), run_name="tunewise_demo")["main"](
+            ["--out", str(data)])
+
+    with stages.stage("2. validate"):
+        for split in ("train", "test"):
+            report = validate(data / f"{split}.jsonl", model=GUIDE_MODEL)
+            s = report.stats
+            print(f"   {split}.jsonl: {s.n_examples} examples, {len(report.errors)} errors, "
+                  f"{len(report.warnings)} warnings, {s.total_tokens_per_example.mean:.0f} tokens per example")
+            report.raise_for_errors()
+
+    with stages.stage(f"3. estimate: what fine-tuning {GUIDE_MODEL} on OpenAI would cost"):
+        est = cost.estimate_training(data / "train.jsonl", GUIDE_MODEL, epochs=GUIDE_HYPERPARAMETERS["n_epochs"])
+        print(f"   {est.billed_tokens_per_epoch:,} tokens x {est.n_epochs} epochs = {est.billed_tokens:,} "
+              f"billed tokens, ${est.cost_usd:.4f} on OpenAI; free on the local service")
+
+    with running_server(data_dir=out / "server", local_model=local_model, startup_timeout=180) as server:
+        print(f"\n   tunewise serve on {server.base_url} (data in {server.data_dir})")
+        client = OpenAI(base_url=server.base_url, api_key=server.api_key)
+
+        with stages.stage(f"4. fine-tune: the guide's snippet, {GUIDE_MODEL} -> local {local_model}"):
+            with open(data / "train.jsonl", "rb") as f:
+                file = client.files.create(file=f, purpose="fine-tune")
+            job = client.fine_tuning.jobs.create(training_file=file.id, model=GUIDE_MODEL,
+                                                 hyperparameters=GUIDE_HYPERPARAMETERS)
+            print(f"   Job ID: {job.id}")
+            job = _follow(client, job.id)
+            if job.status != "succeeded":
+                raise SystemExit(f"fine-tuning {job.status}: {job.error}")
+            print(f"   fine-tuned model: {job.fine_tuned_model} ({job.trained_tokens:,} trained tokens)")
+            metrics_csv = out / "metrics.csv"
+            metrics_csv.write_bytes(client.files.content(job.result_files[0]).content)
+
+        with stages.stage("5. evaluate on the held-out split"):
+            os.environ["TUNEWISE_FT_MODEL"] = job.fine_tuned_model
+            schema = json.loads((data / "schema.json").read_text())
+            candidates = load_candidates(_candidates_file(out, data, local_model), schema=schema)
+            for c in candidates:
+                c.base_url, c.api_key = server.base_url, server.api_key
+            evaluation = run_eval(data / "test.jsonl", candidates, schema=schema, out_dir=out / "eval",
+                                  limit=limit, cache=out / "eval-cache.sqlite", progress=True)
+            for name, m in evaluation.metrics["candidates"].items():
+                print(f"   {name:18s} valid JSON {_pct(m.get('valid_json'))}, schema "
+                      f"{_pct(m.get('schema_adherence'))}, exact match {_pct(m.get('exact_match'))}")
+
+    with stages.stage("6. decide"):
+        decision = decide(out / "eval", calls_per_month=CALLS_PER_MONTH,
+                          training_file=data / "train.jsonl", model=GUIDE_MODEL,
+                          epochs=GUIDE_HYPERPARAMETERS["n_epochs"], metrics_csv=metrics_csv)
+        paths = write_report(decision, out / "report")
+        print(f"   verdict: {decision.verdict}: {decision.headline}")
+        for reason in decision.reasons:
+            print(f"   - {reason}")
+        print(f"   report: {paths['html']}")
+
+    total = sum(stages.times.values())
+    print("\nstage times:")
+    for name, seconds in stages.times.items():
+        print(f"   {seconds:7.1f} s  {name}")
+    print(f"   {total:7.1f} s  total")
+    summary = {"stages": stages.times, "total_s": total, "job": job.model_dump(),
+               "metrics": evaluation.metrics["candidates"], "verdict": decision.verdict,
+               "report": str(paths["html"])}
+    (out / "demo.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _candidates_file(out: Path, data: Path, local_model: str) -> Path:
+    """The example candidates file, pointed at this run's data and model."""
+    text = (HERE / "candidates.yaml").read_text()
+    text = text.replace("receipts/", f"{data}/").replace("smollm2-135m-instruct", local_model)
+    path = out / "candidates.yaml"
+    path.write_text(text)
+    return path
+
+
+def _follow(client, job_id: str, poll_s: float = 2.0):
+    """Poll the job, printing each new step's loss, until it ends."""
+    seen = 0
+    while True:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        events = list(client.fine_tuning.jobs.list_events(job_id, limit=100))
+        for event in reversed(events):
+            step = (event.data or {}).get("step") if event.type == "metrics" else None
+            if step and step > seen:
+                seen = step
+                d = event.data
+                valid = d.get("valid_loss")
+                extra = f", valid loss {valid:.3f}" if valid is not None else ""
+                print(f"   step {step}/{d.get('total_steps', '?')}: train loss {d['train_loss']:.3f}{extra}",
+                      flush=True)
+        if job.status in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(poll_s)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory (default out/demo)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N test examples")
+    parser.add_argument("--model", default=None, help="local model to fine-tune (default: the registry default)")
+    args = parser.parse_args(argv)
+    try:
+        run(args.out, limit=args.limit, local_model=args.model)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
