@@ -655,3 +655,17 @@ def test_arbitrary_json_shapes_never_crash(tmp_path):
     report = validate(write(tmp_path / "d.jsonl", rows))
     assert report.stats.n_examples == 300 and len(report.errors) > 100
     assert {f.code for f in report.findings} <= set(CODES)
+
+
+@pytest.mark.parametrize("values", [[7], [3, 1], [5, 1, 4, 2, 3], list(range(101)), [0, 0, 10, 1000, 3, 3, 9]])
+def test_summary_percentiles_match_numpy(values):
+    import numpy as np
+
+    from tunewise.data import Summary
+
+    s = Summary.of(values)
+    arr = np.asarray(values, dtype=float)
+    assert (s.min, s.max) == (min(values), max(values))
+    assert s.mean == pytest.approx(arr.mean())
+    for got, q in ((s.p10, 10), (s.median, 50), (s.p90, 90)):
+        assert got == pytest.approx(np.percentile(arr, q))

@@ -98,14 +98,20 @@ class Summary:
 
     @classmethod
     def of(cls, values: list[int] | list[float]) -> Summary:
+        """Percentiles by linear interpolation between the closest ranks (numpy's default), without
+        importing numpy: ``tunewise validate`` starts faster."""
         if not values:
             return cls(0, 0, 0.0, 0.0, 0.0, 0.0)
-        import numpy as np
+        ordered = sorted(values)
 
-        arr = np.asarray(values, dtype=np.float64)
-        p10, median, p90 = np.percentile(arr, [10, 50, 90])
-        return cls(min=int(arr.min()), max=int(arr.max()), mean=float(arr.mean()), median=float(median),
-                   p10=float(p10), p90=float(p90))
+        def percentile(q: float) -> float:
+            h = (len(ordered) - 1) * q
+            lo = int(h)
+            hi = min(lo + 1, len(ordered) - 1)
+            return float(ordered[lo] + (h - lo) * (ordered[hi] - ordered[lo]))
+
+        return cls(min=ordered[0], max=ordered[-1], mean=sum(ordered) / len(ordered), median=percentile(0.5),
+                   p10=percentile(0.1), p90=percentile(0.9))
 
     def to_dict(self) -> dict:
         return asdict(self)
