@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import random
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -125,8 +125,12 @@ def _error_text(exc: Exception) -> str:
     return f"{type(exc).__name__}: {message}"[:500]
 
 
-def call_candidate(client, candidate: Candidate, messages: list[dict]) -> dict[str, Any]:
-    """One chat completion with our backoff around the SDK's retries; returns the answer, usage and latency."""
+def call_candidate(client, candidate: Candidate, messages: list[dict],
+                   stop: threading.Event | None = None) -> dict[str, Any]:
+    """One chat completion with our backoff around the SDK's retries; returns the answer, usage and latency.
+
+    ``stop``, once set, ends the retrying (the run is being abandoned).
+    """
     attempt = 0
     while True:
         start = time.perf_counter()
@@ -134,7 +138,7 @@ def call_candidate(client, candidate: Candidate, messages: list[dict]) -> dict[s
             response = client.chat.completions.create(model=candidate.model, messages=messages,
                                                       **candidate.params())
         except Exception as exc:
-            if _transient(exc) and attempt < BACKOFF_RETRIES:
+            if _transient(exc) and attempt < BACKOFF_RETRIES and not (stop and stop.is_set()):
                 # Full jitter: concurrent workers that failed together should not retry together.
                 time.sleep(random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** attempt)))
                 attempt += 1
@@ -278,6 +282,7 @@ def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schem
         store = CompletionCache(None if cache is True else cache)
     requests = [0]
     count_lock = threading.Lock()
+    stopping = threading.Event()
 
     def job(candidate: Candidate, index: int, example: Example) -> dict:
         ep = endpoints[candidate.name]
@@ -290,7 +295,7 @@ def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schem
             try:
                 with count_lock:
                     requests[0] += 1
-                response = call_candidate(clients[(ep.base_url, ep.api_key)], candidate, messages)
+                response = call_candidate(clients[(ep.base_url, ep.api_key)], candidate, messages, stopping)
             except openai.OpenAIError as exc:
                 fatal = _fatal(exc, candidate, ep.base_url)
                 if fatal is not None:
@@ -321,17 +326,42 @@ def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schem
     results: list[dict] = []
     bar = tqdm(total=len(examples) * len(candidates), desc="eval", unit="call", disable=not progress,
                dynamic_ncols=True)
-    pool = ThreadPoolExecutor(max_workers=concurrency)
+    # Daemon worker threads over a task queue rather than a ThreadPoolExecutor: an executor's threads are
+    # joined at interpreter exit, so after a fatal error or Ctrl-C the process would wait for every request
+    # in flight (minutes each on a busy CPU server); daemon threads are simply dropped.
+    tasks: queue.SimpleQueue = queue.SimpleQueue()
+    for c in candidates:
+        for i, ex in enumerate(examples):
+            tasks.put((c, i, ex))
+    done: queue.SimpleQueue = queue.SimpleQueue()
+
+    def worker() -> None:
+        while not stopping.is_set():
+            try:
+                item = tasks.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((True, job(*item)))
+            except BaseException as exc:  # handed to the main thread, which decides
+                done.put((False, exc))
+
+    total = len(examples) * len(candidates)
+    for k in range(min(concurrency, total)):
+        threading.Thread(target=worker, name=f"tunewise-eval-{k}", daemon=True).start()
     try:
-        pending = {pool.submit(job, c, i, ex) for c in candidates for i, ex in enumerate(examples)}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for f in done:
-                results.append(f.result())  # re-raises a fatal error (bad key, unknown model)
-                bar.update(1)
+        for _ in range(total):
+            ok, value = done.get()
+            if not ok:
+                raise value  # a fatal error (bad key, unknown model) or a bug
+            results.append(value)
+            bar.update(1)
+    except BaseException:
+        stopping.set()  # workers take no new task and stop retrying
+        for client in clients.values():
+            client.close()
+        raise
     finally:
-        # On a fatal error or Ctrl-C, queued requests are dropped; only those in flight finish.
-        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         hits = store.hits if store is not None else 0
         if store is not None:
