@@ -135,6 +135,25 @@ def test_candidate_flag_keeps_ft_names(tmp_path):
     assert parse_candidate_flag("b=ft:x:y::z").model == "ft:x:y::z"
 
 
+def test_flag_candidates(tmp_path):
+    from tunewise.cli.eval import _candidates
+
+    (tmp_path / "long.txt").write_text("long prompt")
+    (tmp_path / "short.txt").write_text("short")
+    cands = _candidates(None, ("m", "ft:m:p::x"), (str(tmp_path / "long.txt"), str(tmp_path / "short.txt")),
+                        ("third=gpt-4o",), SCHEMA, 64, True)
+    assert [c.name for c in cands] == ["m+long", "ft-m-p--x+short", "third"]
+    assert [c.system_prompt for c in cands] == ["long prompt", "short", None]
+    assert cands[0].role == "structured" and cands[1].role == "fine-tuned" and cands[2].max_tokens == 64
+    same_model = _candidates(None, ("m", "m"), (str(tmp_path / "long.txt"), str(tmp_path / "short.txt")),
+                             (), None, None, False)
+    assert [c.name for c in same_model] == ["m+long", "m+short"]
+    with pytest.raises(UsageError, match="2 --model but 3 --system-prompt"):
+        _candidates(None, ("a", "b"), (str(tmp_path / "long.txt"),) * 3, (), None, None, False)
+    with pytest.raises(UsageError, match="No candidates"):
+        _candidates(None, (), (), (), None, None, False)
+
+
 def test_pricing():
     base = pricing_for(Candidate(name="b", model="gpt-4o-mini"))
     assert (base.input, base.output, base.recount_model) == (0.15, 0.60, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import click
@@ -44,6 +45,9 @@ def _candidates(candidates_file, models, prompts, specs, schema, max_tokens, str
         if prompts:
             prompt = prompts[0] if len(prompts) == 1 else prompts[i]
             raw["system_prompt_file"] = str(Path(prompt).resolve())
+            # The same model with two prompts needs two names: model+prompt-file-stem.
+            stem = re.sub(r"[^A-Za-z0-9_.\-+]", "-", Path(prompt).stem)
+            raw["name"] = f"{model.replace(':', '-')}+{stem}"
         if max_tokens:
             raw["max_tokens"] = max_tokens
         if structured:

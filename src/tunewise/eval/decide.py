@@ -343,9 +343,9 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
     elif F and P and (out(fa) == "better" or (out(ff) == "better" and out(fa) != "worse")):
         if S and out(sa) != "better" and out(sf) != "better" and out(spa) != "worse":
             verdict = STRUCTURED
+            gaps = [f"{label} {_diff(c)}" for label, c in (("format", sf), ("accuracy", sa)) if c is not None]
             reasons.append(f"Structured outputs ({S}) match the fine-tuned model ({F}) on format and accuracy "
-                           "without any training: "
-                           + (_diff(sf) if sf else "") + ("; accuracy " + _diff(sa) if sa else "") + ".")
+                           f"without any training ({F} minus {S}: " + "; ".join(gaps) + ").")
             if spf is not None and out(spf) == "better":
                 reasons.append(fmt_reason(S, P, spf))
         else:
