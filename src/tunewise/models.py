@@ -69,6 +69,17 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 _lock = threading.Lock()
+# transformers resolves ``from transformers import X`` lazily, and two threads doing it at once can fail with
+# "cannot import name 'AutoTokenizer'" (seen under concurrent server requests): import under one lock.
+_import_lock = threading.RLock()
+
+
+def _hf(*names: str):
+    """The named transformers attributes, imported thread-safely."""
+    with _import_lock:
+        import transformers
+
+        return tuple(getattr(transformers, name) for name in names)
 
 
 def cache_dir() -> Path:
@@ -184,7 +195,7 @@ def _gguf_path(where: str) -> Path:
 
 
 def _convert_gguf(where: str, target: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    AutoModelForCausalLM, AutoTokenizer = _hf("AutoModelForCausalLM", "AutoTokenizer")
 
     path = _gguf_path(where)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -206,7 +217,7 @@ def _convert_gguf(where: str, target: Path) -> None:
 
 def _build_tiny(base_dir: Path, target: Path) -> None:
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    AutoTokenizer, LlamaConfig, LlamaForCausalLM = _hf("AutoTokenizer", "LlamaConfig", "LlamaForCausalLM")
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     config = LlamaConfig(
@@ -250,7 +261,7 @@ def _from_hub(repo_id: str) -> Path:
 
 def load_tokenizer(name_or_path: str | os.PathLike):
     """The model's own tokenizer (with its chat template); a pad token is set if the model has none."""
-    from transformers import AutoTokenizer
+    (AutoTokenizer,) = _hf("AutoTokenizer")
 
     tokenizer = AutoTokenizer.from_pretrained(local_dir(name_or_path))
     if tokenizer.pad_token_id is None:
@@ -267,7 +278,8 @@ def load_tokenizer(name_or_path: str | os.PathLike):
 def load_model(name_or_path: str | os.PathLike, *, dtype=None, device: str | None = None):
     """The causal LM in ``dtype`` (default float32 on CPU, bfloat16 on CUDA) on ``device``."""
     import torch
-    from transformers import AutoModelForCausalLM
+
+    (AutoModelForCausalLM,) = _hf("AutoModelForCausalLM")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the library never prints; "Loading weights" bars went to stderr
