@@ -80,16 +80,16 @@ def bench_engine(engine, model_name: str, max_tokens: int, concurrency: int) -> 
     return time.perf_counter() - start, sum(results)
 
 
-def bench_http(model_name: str, max_tokens: int, runs: int) -> list[float] | None:
+def bench_http(model_name: str, max_tokens: int, runs: int, threads: int | None) -> list[float] | None:
     """The same 8 concurrent requests through the real server and the openai SDK, or None without a server."""
     try:
         import tunewise.serve.app as app_module  # noqa: F401
     except ImportError:
         return None
-    return _run_http(model_name, max_tokens, runs)
+    return _run_http(model_name, max_tokens, runs, threads)
 
 
-def _run_http(model_name: str, max_tokens: int, runs: int) -> list[float] | None:
+def _run_http(model_name: str, max_tokens: int, runs: int, threads: int | None) -> list[float] | None:
     import os
     import socket
     import subprocess
@@ -102,6 +102,8 @@ def _run_http(model_name: str, max_tokens: int, runs: int) -> list[float] | None
         port = s.getsockname()[1]
     home = tempfile.mkdtemp(prefix="tunewise-bench-")
     env = dict(os.environ, TUNEWISE_HOME=home, PYTHONUNBUFFERED="1")
+    if threads:  # the server process gets the same torch thread count as the in-process measurements
+        env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.Popen([sys.executable, "-m", "tunewise", "serve", "--host", "127.0.0.1", "--port", str(port),
                              "--data-dir", home], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -174,7 +176,7 @@ def main() -> None:
                       flush=True)
         stats = engine.stats()
     if not args.no_http:
-        http = bench_http(args.model, args.max_tokens, args.runs)
+        http = bench_http(args.model, args.max_tokens, args.runs, args.threads)
         if http is not None:
             rates["http server (openai SDK), concurrency 8"] = http
         else:

@@ -248,6 +248,24 @@ def test_lru_unloads_idle_models_and_reloads_them(adapters):
         assert again == first
 
 
+def test_adapter_on_a_one_model_budget_keeps_its_base(adapters):
+    with Engine(max_batch_size=2, max_loaded_models=1) as engine:
+        base = engine.generate(ask(temperature=0, max_tokens=6)).choices[0].text
+        tuned = engine.generate(ask(temperature=0, max_tokens=6, model=str(adapters[0]))).choices[0].text
+        assert tuned != base
+        assert engine.generate(ask(temperature=0, max_tokens=6)).choices[0].text == base
+
+
+def test_adapter_without_a_base_model_is_a_clear_error(engine, adapters, tmp_path):
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    config = json.loads((adapters[0] / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = None
+    (lonely / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelNotFound, match="base model"):
+        engine.generate(ask(model=str(lonely)))
+
+
 @pytest.mark.parametrize(
     ("request_kw", "error", "param"),
     [
