@@ -114,9 +114,9 @@ def _fatal(exc: Exception, candidate: Candidate, base_url: str) -> TunewiseError
                           hint="Check the candidate's api_key_env, OPENAI_API_KEY, or restart `tunewise serve` "
                           "to refresh credentials.json.")
     if isinstance(exc, openai.NotFoundError):
-        return NotFound(f"Candidate '{candidate.name}': {base_url} does not know model '{candidate.model}'.",
-                        hint="List the endpoint's models (`tunewise models` or client.models.list()) and fix "
-                        "the candidate's model.", param="model")
+        return NotFound(f"Candidate '{candidate.name}': {base_url} answered 404 for model '{candidate.model}'.",
+                        hint="List the endpoint's models (client.models.list()) and fix the candidate's model; "
+                        "if the model is right, check that base_url ends in /v1.", param="model")
     return None
 
 
