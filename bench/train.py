@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/train.py                    # 3 runs of each, medians; then the receipts timing
     .venv/bin/python bench/train.py --runs 1 --examples 10 --batch-size 5 --receipts-steps 2   # a quick look
+    # Loss equivalence without data-order effects: every step sees the whole set.
+    .venv/bin/python bench/train.py --runs 1 --examples 24 --batch-size 24 --micro-batch 4 --epochs 3 --skip-receipts
 
 Each run trains in a fresh subprocess (so peak RSS is that trainer's own), alternating tunewise and TRL so that
 load from other processes on the machine hits both alike. Both use the default model (SmolLM2-135M-Instruct) in
@@ -68,7 +70,7 @@ def eval_loss(model, test: Path) -> float:
     from tunewise.train import evaluate
 
     tokenizer, examples = rendered(test, "validation_file")
-    loss, _ = evaluate(model, examples, max_tokens=4096, pad_id=tokenizer.pad_token_id, device="cpu")
+    loss, _ = evaluate(model, examples, max_tokens=1024, pad_id=tokenizer.pad_token_id, device="cpu")
     return loss
 
 
@@ -115,8 +117,11 @@ def worker_trl(args) -> dict:
     model = models.load_model(models.DEFAULT_MODEL, dtype=torch.float32, device="cpu")
     out = tempfile.mkdtemp(prefix="bench-trl-")
     learning_rate = models.REGISTRY[models.DEFAULT_MODEL].learning_rate
+    # A large batch goes through TRL as micro-batches with gradient accumulation (transformers normalises the loss
+    # by the tokens of the whole accumulated batch, as tunewise does), so memory stays comparable.
+    micro = args.micro_batch if args.micro_batch and args.batch_size % args.micro_batch == 0 else args.batch_size
     config = SFTConfig(
-        output_dir=out, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
+        output_dir=out, per_device_train_batch_size=micro, gradient_accumulation_steps=args.batch_size // micro,
         num_train_epochs=args.epochs, learning_rate=learning_rate, lr_scheduler_type="linear", warmup_steps=0.03,
         weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", seed=args.seed, completion_only_loss=True,
         packing=False, gradient_checkpointing=False, use_cpu=True, bf16=False, report_to="none",
@@ -162,7 +167,8 @@ def worker_receipts(args) -> dict:
 def run_worker(kind: str, args, train: Path, dtype: str = "float32") -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--train", str(train), "--test", str(args.test),
            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-           "--seed", str(args.seed), "--dtype", dtype, "--receipts-steps", str(args.receipts_steps)]
+           "--seed", str(args.seed), "--dtype", dtype, "--receipts-steps", str(args.receipts_steps),
+           "--micro-batch", str(args.micro_batch)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -183,6 +189,8 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="also time tunewise with --dtype bfloat16")
     parser.add_argument("--receipts-steps", type=int, default=6, help="steps measured for the receipts timing")
     parser.add_argument("--skip-receipts", action="store_true")
+    parser.add_argument("--micro-batch", type=int, default=0,
+                        help="TRL's per-device batch, the rest by gradient accumulation (0: the whole batch)")
     parser.add_argument("--worker", choices=["tunewise", "trl", "receipts"], help=argparse.SUPPRESS)
     parser.add_argument("--train", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--test", type=Path, help=argparse.SUPPRESS)

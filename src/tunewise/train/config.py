@@ -69,9 +69,10 @@ class TrainConfig:
     """Fraction of the steps over which the learning rate rises linearly from 0; it then decays linearly to 0."""
     max_grad_norm: float = 1.0
     """Gradient clipping (global L2 norm); 0 disables it."""
-    max_tokens_per_microbatch: int = 4096
+    max_tokens_per_microbatch: int = 1024
     """Token budget (rows x padded length) of one forward pass; a batch larger than this is split into micro-batches
-    whose gradients are accumulated, so memory stays bounded whatever the batch size."""
+    whose gradients are accumulated, so memory stays bounded whatever the batch size. Activations are most of the
+    memory (SmolLM2-135M, LoRA, float32: roughly 2 GB per 1,000 tokens), so the default keeps a pass near that."""
     eval_every_steps: int | None = None
     """Compute the validation loss every N steps as well as at each epoch end; ``None``: only at epoch ends."""
     save_state_every_steps: int = 20

@@ -385,6 +385,9 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None)
             return TrainResult.from_dict(json.loads((out / "result.json").read_text()))
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "config.json", resolved)
+    # Temporary directories of a process killed mid-write: never complete, never read.
+    for tmp in [*out.glob(".state-*"), *out.glob(".final-*"), *out.glob("checkpoints/.step-*")]:
+        shutil.rmtree(tmp, ignore_errors=True)
 
     import torch
 
