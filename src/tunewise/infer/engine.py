@@ -86,13 +86,16 @@ class Engine:
     """Batched chat generation over any number of models, loaded on first use and kept in an LRU."""
 
     def __init__(self, max_batch_size: int = 8, device: str | None = None, dtype=None,
-                 max_loaded_models: int = 4) -> None:
+                 max_loaded_models: int = 4, num_threads: int | None = None) -> None:
         """
         max_batch_size: most sequences (choices) one forward pass serves; more requests wait for a free row.
         device: torch device for the models (default: CUDA when available, else CPU).
         dtype: torch dtype for the models (default: float32 on CPU, bfloat16 on CUDA).
         max_loaded_models: base models and LoRA adapters kept loaded at once; the least recently used idle one
             is unloaded to make room (one in use is never unloaded, so the limit can be passed while all are busy).
+        num_threads: torch intra-op threads, set process-wide (``torch.set_num_threads``); None leaves torch's
+            choice. On a small CPU shared with other busy processes, 1 can be several times faster than more:
+            threads that wait on each other at every small matrix product lose their turn to other processes.
         """
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise UsageError(f"max_batch_size must be a positive integer, not {max_batch_size!r}.",
@@ -100,6 +103,13 @@ class Engine:
         if not isinstance(max_loaded_models, int) or max_loaded_models < 1:
             raise UsageError(f"max_loaded_models must be a positive integer, not {max_loaded_models!r}.",
                              param="max_loaded_models")
+        if num_threads is not None:
+            if not isinstance(num_threads, int) or num_threads < 1:
+                raise UsageError(f"num_threads must be a positive integer, not {num_threads!r}.",
+                                 param="num_threads")
+            import torch
+
+            torch.set_num_threads(num_threads)
         self.max_batch_size = max_batch_size
         self.device = device
         self.dtype = dtype
