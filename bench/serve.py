@@ -139,7 +139,11 @@ def _run_http(model_name: str, max_tokens: int, runs: int, threads: int | None) 
         return rates[1:]
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # still finishing generations nobody waits for
+            proc.kill()
+            proc.wait()
 
 
 def main() -> None:
