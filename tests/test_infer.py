@@ -308,3 +308,10 @@ def test_default_model_answers_and_batches_exactly():
         assert solo[0].choices[0].finish_reason == "stop"
         streams = [engine.stream(ask(p, model=models.DEFAULT_MODEL, temperature=0, max_tokens=24)) for p in prompts]
         assert ["".join(d.text for d in s) for s in streams] == [r.choices[0].text for r in solo]
+
+
+@pytest.mark.parametrize("kw", [{"max_batch_size": 0}, {"max_loaded_models": 0}, {"num_threads": 0}])
+def test_engine_settings_are_checked(kw):
+    with pytest.raises(UsageError) as info:
+        Engine(**kw)
+    assert info.value.param == next(iter(kw))
