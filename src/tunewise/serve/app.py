@@ -37,7 +37,8 @@ class State:
             if self._engine is None:
                 from tunewise.infer import Engine
 
-                self._engine = Engine(max_batch_size=self.settings.engine_max_batch_size)
+                self._engine = Engine(max_batch_size=self.settings.engine_max_batch_size,
+                                      num_threads=self.settings.engine_threads())
             return self._engine
 
     def close(self) -> None:

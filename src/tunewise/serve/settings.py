@@ -72,6 +72,10 @@ class Settings:
     """Largest ``max_tokens`` a chat completion may ask for; also the length of an answer that gives none."""
     engine_max_batch_size: int = 8
     """How many chat completions the generation engine decodes together."""
+    engine_num_threads: int = 0
+    """Torch threads for generation in the server process; 0 means half the CPU cores, at least 1. On a small
+    CPU every thread torch spins on is taken from the event loop and the training worker: with 2 threads on a
+    2-core machine, 8 concurrent completions ran about 10x slower than with 1 (``bench/serve.py``)."""
     worker: bool = True
     """Whether ``tunewise serve`` starts the job worker process (off when a ``--worker-only`` process runs)."""
     worker_poll_s: float = 0.5
@@ -92,6 +96,12 @@ class Settings:
         settings = cls(**values)
         settings.data_dir = Path(settings.data_dir).expanduser()
         return settings
+
+    def engine_threads(self) -> int:
+        """``engine_num_threads`` resolved (0: half the cores, at least 1)."""
+        if self.engine_num_threads > 0:
+            return self.engine_num_threads
+        return max(1, (os.cpu_count() or 2) // 2)
 
     def alias_table(self) -> dict[str, str]:
         """OpenAI name -> local model, the defaults first, then ``aliases``."""
