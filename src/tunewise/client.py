@@ -10,7 +10,6 @@ The library never prints: ``watch_job`` yields ``Progress`` snapshots and the CL
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,6 @@ from tunewise.errors import Conflict, DataError, NotFound, TunewiseError, UsageE
 
 OPENAI_HOST = "api.openai.com"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-CREDENTIALS_FILE = "credentials.json"
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 DEFAULT_TIMEOUT_S = 60.0
 """Per-request timeout; uploads of large files are streamed and may take longer on slow links."""
@@ -52,27 +50,6 @@ class Target:
         return (urlparse(self.base_url).hostname or "") == OPENAI_HOST
 
 
-def credentials_path() -> Path:
-    return paths.home() / CREDENTIALS_FILE
-
-
-def _read_credentials() -> dict | None:
-    path = credentials_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path} is unreadable ({exc}).",
-                         hint="Delete it and start `tunewise serve` again, or set OPENAI_BASE_URL and "
-                              "OPENAI_API_KEY.") from None
-    if not isinstance(data, dict) or not data.get("base_url") or not data.get("api_key"):
-        raise UsageError(f"{path} lacks base_url or api_key.",
-                         hint="Start `tunewise serve` again to rewrite it, or set OPENAI_BASE_URL and "
-                              "OPENAI_API_KEY.")
-    return data
-
-
 def resolve_target(base_url: str | None = None, api_key: str | None = None) -> Target:
     """Which service to talk to, and with which key (arguments, then environment, then credentials file)."""
     env_url = os.environ.get("OPENAI_BASE_URL") or None
@@ -81,11 +58,11 @@ def resolve_target(base_url: str | None = None, api_key: str | None = None) -> T
     if url is None and env_url:
         url, source = env_url, "environment"
     if url is None:
-        creds = _read_credentials()
+        creds = paths.read_credentials()
         if creds is not None:
             # The credentials file pairs the local server with its own key: a global OPENAI_API_KEY is
             # meant for OpenAI, so it does not override this one.
-            url, source = creds["base_url"], str(credentials_path())
+            url, source = creds["base_url"], str(paths.credentials_file())
             key = key or creds["api_key"]
         elif key or env_key:
             url, source = OPENAI_BASE_URL, "environment"
@@ -94,7 +71,7 @@ def resolve_target(base_url: str | None = None, api_key: str | None = None) -> T
                              hint="Start one with `tunewise serve`, or set OPENAI_BASE_URL and OPENAI_API_KEY.")
     key = key or env_key
     if key is None:
-        creds = _read_credentials()
+        creds = paths.read_credentials()
         if creds is not None and creds["base_url"].rstrip("/") == url.rstrip("/"):
             key = creds["api_key"]
     if key is None:
@@ -123,7 +100,7 @@ def sdk_errors(target: Target):
         text = f"{target.base_url} answered {status}: {message}"
         if status == 401:
             raise UsageError(text, hint="Check OPENAI_API_KEY (or the key in "
-                                        f"{credentials_path()}).", code=code, param=param) from None
+                                        f"{paths.credentials_file()}).", code=code, param=param) from None
         if status == 404:
             raise NotFound(text, code=code, param=param) from None
         if status == 409:

@@ -248,16 +248,6 @@ class Endpoint:
     """Where the endpoint came from (``candidate``, ``environment``, ``credentials.json``, ``openai``)."""
 
 
-def local_credentials() -> dict | None:
-    """The local server's ``{"base_url", "api_key"}`` from ``$TUNEWISE_HOME/credentials.json``, if present."""
-    path = paths.home() / "credentials.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) and data.get("base_url") else None
-
-
 def resolve_endpoint(candidate: Candidate) -> Endpoint:
     """Where to send a candidate's requests, and with which key."""
     key = candidate.api_key
@@ -272,7 +262,7 @@ def resolve_endpoint(candidate: Candidate) -> Endpoint:
     if os.environ.get("OPENAI_BASE_URL"):
         return Endpoint(os.environ["OPENAI_BASE_URL"], key or os.environ.get("OPENAI_API_KEY") or "none",
                         "environment")
-    creds = local_credentials()
+    creds = paths.read_credentials()
     if creds is not None:
         return Endpoint(creds["base_url"], key or creds.get("api_key") or "none", "credentials.json")
     if key or os.environ.get("OPENAI_API_KEY"):

@@ -72,13 +72,9 @@ def authenticate(store: Store, authorization: str | None) -> Principal:
     return Principal(key_id=row["id"], project=row["project"])
 
 
-def credentials_path() -> Path:
-    return paths.home() / "credentials.json"
-
-
 def save_credentials(base_url: str, api_key: str) -> Path:
     """Write ``{"base_url", "api_key"}`` for the local CLI, readable by the owner only (0600)."""
-    path = credentials_path()
+    path = paths.credentials_file()
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -86,12 +82,3 @@ def save_credentials(base_url: str, api_key: str) -> Path:
     os.chmod(tmp, 0o600)
     tmp.replace(path)
     return path
-
-
-def load_credentials() -> dict[str, str] | None:
-    """The saved local credentials, or None."""
-    try:
-        data = json.loads(credentials_path().read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and "api_key" in data else None
