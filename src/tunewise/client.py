@@ -10,6 +10,7 @@ The library never prints: ``watch_job`` yields ``Progress`` snapshots and the CL
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -124,6 +125,23 @@ def _plain(obj: Any) -> Any:
     if hasattr(obj, "model_dump"):
         return obj.model_dump(mode="json", exclude_none=False)
     return obj
+
+
+def _read_schema(schema: dict | str | os.PathLike) -> dict:
+    """A JSON Schema given as a dict or a path to a JSON file (the service checks that it is a valid schema)."""
+    if isinstance(schema, dict):
+        return schema
+    path = Path(schema)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"Cannot read the eval schema {path}: {exc.strerror or exc}.") from None
+    except ValueError as exc:
+        raise UsageError(f"The eval schema {path} is not JSON: {exc}.",
+                         hint="Give a JSON Schema file, e.g. {\"type\": \"object\", ...}.") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"The eval schema {path} must hold a JSON object (a JSON Schema).")
+    return value
 
 
 @dataclass
@@ -244,9 +262,9 @@ class Client:
         plan.estimate = estimate
         return plan
 
-    def _file_id(self, file_or_id: str) -> str:
+    def _file_id(self, file_or_id: str, purpose: str = "fine-tune") -> str:
         if Path(file_or_id).is_file():
-            return self.upload_file(file_or_id)["id"]
+            return self.upload_file(file_or_id, purpose=purpose)["id"]
         if str(file_or_id).startswith("file-"):
             return file_or_id
         raise UsageError(f"{file_or_id} is neither a local file nor a file id (file-...).")
@@ -254,8 +272,15 @@ class Client:
     def create_job(self, training_file: str, model: str, *, validation_file: str | None = None,
                    n_epochs: int | str | None = None, batch_size: int | str | None = None,
                    learning_rate_multiplier: float | str | None = None, suffix: str | None = None,
-                   seed: int | None = None, metadata: dict[str, str] | None = None) -> dict:
-        """Upload local files (ids are used as they are) and create a supervised fine-tuning job."""
+                   seed: int | None = None, metadata: dict[str, str] | None = None,
+                   eval_file: str | None = None, eval_schema: dict | str | os.PathLike | None = None,
+                   eval_limit: int | None = None, eval_max_tokens: int | None = None) -> dict:
+        """Upload local files (ids are used as they are) and create a supervised fine-tuning job.
+
+        ``eval_file`` (a local chat JSONL file or a file id), ``eval_schema`` (a JSON Schema dict or a path to
+        one), ``eval_limit`` and ``eval_max_tokens`` ask ``tunewise serve`` to score each checkpoint on that
+        held-out set (its ``eval`` extension; OpenAI rejects or ignores it).
+        """
         hyper = {k: v for k, v in (("n_epochs", n_epochs), ("batch_size", batch_size),
                                    ("learning_rate_multiplier", learning_rate_multiplier)) if v is not None}
         kwargs: dict[str, Any] = {"model": model, "training_file": self._file_id(training_file)}
@@ -266,6 +291,19 @@ class Client:
         for key, value in (("suffix", suffix), ("seed", seed), ("metadata", metadata)):
             if value is not None:
                 kwargs[key] = value
+        if eval_file:
+            # Uploaded as `evals`: fine-tune uploads must hold 10+ examples, a held-out set may be smaller.
+            spec: dict[str, Any] = {"file": self._file_id(eval_file, purpose="evals")}
+            if eval_schema is not None:
+                spec["schema"] = _read_schema(eval_schema)
+            for key, value in (("limit", eval_limit), ("max_tokens", eval_max_tokens)):
+                if value is not None:
+                    spec[key] = value
+            # Not an OpenAI parameter: the SDK sends it unchanged in the request body.
+            kwargs["extra_body"] = {"eval": spec}
+        elif eval_schema is not None or eval_limit is not None or eval_max_tokens is not None:
+            raise UsageError("An eval schema, limit or max tokens needs an eval file.",
+                             hint="Add --eval-file with held-out chat examples.")
         return _plain(self._call(self.sdk.fine_tuning.jobs.create, **kwargs))
 
     def list_jobs(self, limit: int | None = None) -> list[dict]:

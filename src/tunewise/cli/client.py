@@ -141,6 +141,10 @@ def _job_rows(job: dict) -> list[tuple[str, str]]:
         rows.append(("estimated finish", _when(job["estimated_finish"])))
     if job.get("result_files"):
         rows.append(("result files", ", ".join(job["result_files"])))
+    spec = job.get("eval") or {}  # tunewise serve's extension: checkpoints scored on a held-out set
+    if spec.get("file"):
+        rows.append(("eval set", f"{spec['file']} (up to {spec.get('limit')} examples"
+                     + (", with a schema)" if spec.get("schema") else ")")))
     error = job.get("error") or {}
     if error.get("message"):
         rows.append(("error", f"{error.get('code') or ''}: {error['message']}".lstrip(": ")))
@@ -157,12 +161,22 @@ def _job_rows(job: dict) -> list[tuple[str, str]]:
 @click.option("--suffix", default=None, help="Up to 64 characters added to the fine-tuned model's name.")
 @click.option("--seed", type=int, default=None, help="Seed for a reproducible job.")
 @click.option("--prices", type=click.Path(dir_okay=False), default=None, help="Prices file for the estimate.")
+@click.option("--eval-file", default=None,
+              help="Held-out chat JSONL (local path or file id) to score each checkpoint on (tunewise serve only).")
+@click.option("--eval-schema", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSON Schema file the answers should follow (adds schema adherence to the scores).")
+@click.option("--eval-limit", type=click.IntRange(1, 200), default=None,
+              help="Examples scored per checkpoint (default 20).")
+@click.option("--eval-max-tokens", type=click.IntRange(1, 4096), default=None,
+              help="Longest answer generated per example (default 256).")
 @click.option("--watch", is_flag=True, help="Follow the job until it ends.")
 @json_option
 @click.pass_context
 def jobs_create(ctx: click.Context, file_or_id: str, model: str, validation_file: str | None,
                 n_epochs: str | None, batch_size: str | None, learning_rate_multiplier: str | None,
-                suffix: str | None, seed: int | None, prices: str | None, watch: bool, as_json: bool) -> None:
+                suffix: str | None, seed: int | None, prices: str | None, eval_file: str | None,
+                eval_schema: str | None, eval_limit: int | None, eval_max_tokens: int | None, watch: bool,
+                as_json: bool) -> None:
     """Validate FILE_OR_ID, show the cost estimate, upload it and create a fine-tuning job."""
     client = _client(ctx)
     epochs = _epochs(n_epochs) if n_epochs is not None else None
@@ -186,7 +200,8 @@ def jobs_create(ctx: click.Context, file_or_id: str, model: str, validation_file
     job = client.create_job(file_or_id, model, validation_file=validation_file, n_epochs=_hyper(n_epochs),
                             batch_size=_hyper(batch_size),
                             learning_rate_multiplier=_hyper(learning_rate_multiplier, float),
-                            suffix=suffix, seed=seed)
+                            suffix=suffix, seed=seed, eval_file=eval_file, eval_schema=eval_schema,
+                            eval_limit=eval_limit, eval_max_tokens=eval_max_tokens)
     if as_json:
         _dump(job)
     else:
@@ -273,9 +288,21 @@ def jobs_checkpoints(ctx: click.Context, job_id: str, as_json: bool) -> None:
         value = (c.get("metrics") or {}).get(key)
         return "-" if value is None else f"{value:.4f}"
 
-    table(("step", "model", "train loss", "valid loss"),
-          [(str(c.get("step_number")), str(c.get("fine_tuned_model_checkpoint")), loss(c, "train_loss"),
-            loss(c, "valid_loss")) for c in items], left=(1,))
+    def rate(c: dict, key: str) -> str:
+        value = (c.get("metrics") or {}).get(key)
+        return "-" if value is None else f"{value:.0%}"
+
+    headers = ["step", "model", "train loss", "valid loss"]
+    rows = [[str(c.get("step_number")), str(c.get("fine_tuned_model_checkpoint")), loss(c, "train_loss"),
+             loss(c, "valid_loss")] for c in items]
+    # Scores on the job's eval set (tunewise serve's `eval` extension), when the checkpoints have them.
+    if any("eval_n" in (c.get("metrics") or {}) for c in items):
+        headers += ["eval n", "valid JSON", "schema", "exact match"]
+        for row, c in zip(rows, items, strict=True):
+            n = (c.get("metrics") or {}).get("eval_n")
+            row += ["-" if n is None else str(int(n)), rate(c, "eval_valid_json"),
+                    rate(c, "eval_schema_adherence"), rate(c, "eval_exact_match")]
+    table(tuple(headers), [tuple(r) for r in rows], left=(1,))
 
 
 def _state_command(name: str, doc: str):

@@ -108,6 +108,11 @@ MIGRATIONS: list[tuple[str, str]] = [
             deleted_at INTEGER
         );
     """),
+    ("0005_job_eval", """
+        -- The job's eval set, a tunewise extension: JSON {file, schema, limit, max_tokens} or NULL. Each checkpoint
+        -- is scored on it and the scores join the checkpoint's metrics.
+        ALTER TABLE jobs ADD COLUMN eval TEXT;
+    """),
 ]
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -248,7 +253,7 @@ class Store:
         The conditional form is how the API and the worker avoid overwriting each other: a job the API
         has just cancelled is never marked succeeded by a worker that finished a moment later.
         """
-        values = {k: (json.dumps(v) if k in ("hyperparameters", "error", "result_files", "metadata", "method")
+        values = {k: (json.dumps(v) if k in ("hyperparameters", "error", "result_files", "metadata", "method", "eval")
                       and v is not None else v) for k, v in values.items()}
         sql = "UPDATE jobs SET " + ", ".join(f"{k} = ?" for k in values) + " WHERE id = ?"
         args: list[Any] = [*values.values(), job_id]

@@ -6,6 +6,10 @@ a thread of this process through ``tunewise.train.train``, whose ``stop`` callab
 the API's cancel and pause change that status, and a shutdown (SIGTERM, or the parent server dying) stops
 the trainer, which saves a resumable state. On start, every job still marked ``running`` is an orphan of a
 worker that died, and is resumed from that saved state (the trainer resumes when given the same output dir).
+
+A job with an eval set (the ``eval`` extension of job creation) has each checkpoint scored as it is saved, in
+the job's thread (training waits: both would share the same few cores anyway, and the checkpoint cannot be
+pruned while it is read). One generation engine serves every job of the process; it is created on first use.
 """
 
 from __future__ import annotations
@@ -37,6 +41,22 @@ class Worker:
         self.store = Store(settings.data_dir)
         self.shutdown = threading.Event()
         self.active: dict[str, threading.Thread] = {}
+        self._engine: Any = None
+        self._engine_lock = threading.Lock()
+        # The latest step's metrics event data per job: the scoring event of that step repeats it (see _score).
+        self._last_metrics: dict[str, dict[str, Any]] = {}
+
+    def engine(self):
+        """The process's generation engine for scoring checkpoints, created on first use (loading torch and a
+        model costs seconds, and most jobs have no eval set). Two models stay loaded: the base model and the
+        newest checkpoint's adapter; older checkpoints are not scored again."""
+        with self._engine_lock:
+            if self._engine is None:
+                from tunewise.infer import Engine
+
+                self._engine = Engine(max_batch_size=8, num_threads=self.settings.engine_threads(),
+                                      max_loaded_models=2)
+            return self._engine
 
     # -- main loop ----------------------------------------------------------------------------------------
     def run(self, parent_pid: int | None = None) -> None:
@@ -63,6 +83,8 @@ class Worker:
             self.shutdown.set()
             for thread in list(self.active.values()):
                 thread.join(timeout=120)
+            if self._engine is not None:
+                self._engine.close()
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
 
@@ -114,6 +136,8 @@ class Worker:
                         where = f"line {f.line}: " if f.line else ""
                         self.store.add_event(job_id, f"{param.replace('_', ' ').capitalize()} warning: "
                                              f"{where}{f.message}", level="warn")
+            if job.get("eval"):
+                self._check_eval(job_id, json.loads(job["eval"]))
             hyper = json.loads(job["hyperparameters"])
             n = _count_examples(self._file_path(job["training_file"]))
             hyper = _resolve_auto(hyper, n)
@@ -129,6 +153,19 @@ class Worker:
         if self.store.set_job(job_id, only_if_status=("validating_files",), status="queued",
                               hyperparameters=hyper, method=method):
             self.store.add_event(job_id, "Files validated, moving job to queued state")
+
+    def _check_eval(self, job_id: str, spec: dict[str, Any]) -> None:
+        """Read the eval set once up front, so a bad one is reported before training rather than at each
+        checkpoint. It never fails the job: the eval set informs, training is what was asked for."""
+        from tunewise.eval.runner import load_examples
+
+        try:
+            n = len(load_examples(self._file_path(spec["file"], "eval.file"), spec.get("limit")))
+        except (_JobError, TunewiseError) as exc:
+            self.store.add_event(job_id, f"Eval file warning: {exc}; checkpoints will not be scored unless it "
+                                 "is fixed", level="warn")
+            return
+        self.store.add_event(job_id, f"Eval file validated: {n} examples will be scored at each checkpoint")
 
     def fail(self, job_id: str, code: str, message: str, param: str | None,
              only_if: tuple[str, ...] = ("validating_files", "queued", "running")) -> None:
@@ -162,11 +199,27 @@ class Worker:
                 last_check[1] = store.job_status(job_id) != "running"
             return last_check[1]
 
+        eval_spec = json.loads(job["eval"]) if job.get("eval") else None
+
+        def stopped() -> bool:
+            """Fresh from the database: scoring takes long enough that a cancel or pause must not wait."""
+            return self.shutdown.is_set() or store.job_status(job_id) != "running"
+
         def on_event(event: Any) -> None:
             try:
                 self._record(job_id, ft_name, event)
             except Exception:  # a bad event must not kill the training
                 log.exception("recording an event of %s", job_id)
+            if event.type == "checkpoint" and eval_spec:
+                data = event.data or {}
+                self._score(job_id, int(data["step"]), str(data.get("path", "")), eval_spec, stopped)
+
+        if eval_spec and resuming:
+            # A checkpoint saved just before a pause, cancel or crash was not scored: score it now.
+            for row in store.all("SELECT step, path, metrics FROM checkpoints WHERE job_id = ? ORDER BY step",
+                                 job_id):
+                if "eval_n" not in json.loads(row["metrics"]) and Path(row["path"]).is_dir():
+                    self._score(job_id, row["step"], row["path"], eval_spec, stopped)
 
         try:
             result = _train(self._train_config(job), on_event, stop)
@@ -184,6 +237,8 @@ class Worker:
             log.error("job %s failed:\n%s", job_id, traceback.format_exc())
             self.fail(job_id, "internal_error", f"Fine-tuning failed: {type(exc).__name__}: {exc}", None)
             return
+        finally:
+            self._last_metrics.pop(job_id, None)
         self.finish(job, ft_name, result)
 
     def _train_config(self, job: dict[str, Any]):
@@ -205,7 +260,9 @@ class Worker:
             message = f"Step {step}/{total}: training loss={_fmt(data.get('train_loss'))}"
             if data.get("valid_loss") is not None:
                 message += f", validation loss={_fmt(data.get('valid_loss'))}"
-            store.add_event(job_id, message, type="metrics", data={k: v for k, v in data.items() if v is not None})
+            data = {k: v for k, v in data.items() if v is not None}
+            store.add_event(job_id, message, type="metrics", data=data)
+            self._last_metrics[job_id] = data
             values: dict[str, Any] = {}
             if data.get("trained_tokens") is not None:
                 values["trained_tokens"] = int(data["trained_tokens"])
@@ -216,15 +273,54 @@ class Worker:
         elif event.type == "checkpoint":
             step = int(data["step"])
             metrics = _checkpoint_metrics(step, data.get("metrics") or {})
+            # A resumed job may save a step again: its new training metrics win, its eval scores stay.
             store.db.execute(
                 "INSERT INTO checkpoints (id, job_id, step, model, path, metrics, created_at) VALUES (?,?,?,?,?,?,?) "
-                "ON CONFLICT (job_id, step) DO UPDATE SET path = excluded.path, metrics = excluded.metrics",
+                "ON CONFLICT (job_id, step) DO UPDATE SET path = excluded.path, "
+                "metrics = json_patch(checkpoints.metrics, excluded.metrics)",
                 (new_id("ftckpt-"), job_id, step, naming.checkpoint_name(ft_name, step), str(data.get("path", "")),
                  json.dumps(metrics), now()))
             store.add_event(job_id, f"Checkpoint created at step {step}")
         else:
             level = {"warning": "warn"}.get(event.level, event.level)
             store.add_event(job_id, event.message, level=level if level in ("info", "warn", "error") else "info")
+
+    def _score(self, job_id: str, step: int, path: str, spec: dict[str, Any], stopped: Any) -> None:
+        """Score one checkpoint on the job's eval set: its metrics gain ``eval_*``, the job a ``metrics`` event.
+
+        Never raises: a scoring failure is a warning event, the training goes on.
+        """
+        from tunewise.eval.checkpoint import DEFAULT_MAX_TOKENS, score_checkpoint
+
+        store = self.store
+        if stopped():  # cancelled, paused or shutting down: stop now, not after a minute of generation
+            return
+        try:
+            scores = score_checkpoint(path, self._file_path(spec["file"], "eval.file"), schema=spec.get("schema"),
+                                      limit=spec.get("limit"), engine=self.engine(),
+                                      max_tokens=spec.get("max_tokens") or DEFAULT_MAX_TOKENS)
+        except _JobError as exc:
+            store.add_event(job_id, f"Checkpoint at step {step} was not scored: {exc.message}", level="warn")
+            return
+        except Exception as exc:
+            log.warning("scoring step %s of %s:\n%s", step, job_id, traceback.format_exc())
+            store.add_event(job_id, f"Checkpoint at step {step} was not scored: {type(exc).__name__}: {exc}",
+                            level="warn")
+            return
+        values = {f"eval_{k}": float(scores[k]) for k in ("valid_json", "schema_adherence", "exact_match")
+                  if isinstance(scores.get(k), int | float)}
+        values["eval_n"] = int(scores["n"])
+        store.db.execute("UPDATE checkpoints SET metrics = json_patch(metrics, ?) WHERE job_id = ? AND step = ?",
+                         (json.dumps(values), job_id, step))
+        parts = [f"{label} {values[key]:.0%}" for key, label in (
+            ("eval_valid_json", "valid JSON"), ("eval_schema_adherence", "schema adherence"),
+            ("eval_exact_match", "exact match")) if key in values]
+        # Clients keep one metrics event per step, the newest (the dashboard's charts, `jobs watch`): this one
+        # repeats the step's training metrics so that keeping it loses nothing.
+        last = self._last_metrics.get(job_id) or {}
+        data = {**(last if last.get("step") == step else {}), "step": step, **values}
+        store.add_event(job_id, f"Checkpoint at step {step} scored on the eval set ({values['eval_n']} examples): "
+                        + ", ".join(parts), type="metrics", data=data)
 
     def finish(self, job: dict[str, Any], ft_name: str, result: Any) -> None:
         job_id, store = job["id"], self.store
@@ -245,6 +341,7 @@ class Worker:
                        "VALUES (?,?,?,?,?,?,?,?)", (file_id, job["project"], "step_metrics.csv",
                                                     "fine-tune-results", len(data), hashlib.sha256(data).hexdigest(),
                                                     str(target), now()))
+            # A checkpoint already recorded keeps its metrics (its eval scores among them): only its path updates.
             for c in result.checkpoints:
                 step = int(c["step"])
                 db.execute(

@@ -41,12 +41,23 @@ class CreateJob(BaseModel):
     seed: Annotated[int | None, Field(ge=0, le=2147483647)] = None
     metadata: dict[str, str] | None = None
     integrations: list[dict[str, Any]] | None = None
+    eval: Any = None
+    """tunewise extension (the SDK sends it with ``extra_body``): score each checkpoint on a held-out set,
+    ``{"file": "file-...", "schema": {...}, "limit": 20, "max_tokens": 256}``; checked by ``_eval_config``."""
+
+
+EVAL_LIMIT_RANGE = (1, 200)
+"""Examples scored per checkpoint: each costs a generation, and training waits while a checkpoint is scored."""
+EVAL_MAX_TOKENS_RANGE = (1, 4096)
+"""Longest answer generated per example (a rambling checkpoint is cut there and scores as invalid)."""
+EVAL_FILE_PURPOSES = ("evals", "fine-tune")
+"""An eval set is uploaded as ``evals`` (a small one is fine) or is a ``fine-tune`` file held out of training."""
 
 
 def job_object(row: dict[str, Any]) -> dict[str, Any]:
     hyper = json.loads(row["hyperparameters"])
     method = json.loads(row["method"])
-    return {
+    obj = {
         "object": "fine_tuning.job",
         "id": row["id"],
         "model": row["model"],
@@ -68,6 +79,11 @@ def job_object(row: dict[str, Any]) -> dict[str, Any]:
         "method": method,
         "metadata": json.loads(row["metadata"]) if row["metadata"] else None,
     }
+    # The eval set is a tunewise extension: an extra field, only on jobs that have one, so a job without it is
+    # exactly OpenAI's object.
+    if row.get("eval"):
+        obj["eval"] = json.loads(row["eval"])
+    return obj
 
 
 def get_job(state: State, project: str, job_id: str) -> dict[str, Any]:
@@ -120,15 +136,64 @@ def _hyperparameters(body: CreateJob) -> dict[str, Any]:
             "n_epochs": out["n_epochs"]}
 
 
-def _check_file(state: State, project: str, file_id: str, param: str) -> None:
+def _check_file(state: State, project: str, file_id: str, param: str,
+                purposes: tuple[str, ...] = ("fine-tune",)) -> None:
     row = state.store.one("SELECT purpose FROM files WHERE id = ? AND project = ? AND deleted_at IS NULL",
                           file_id, project)
     if row is None:
         raise UsageError(f"File '{file_id}' not found.", param=param, code="invalid_file",
-                         hint="Upload it first with client.files.create(file=..., purpose='fine-tune').")
-    if row["purpose"] != "fine-tune":
-        raise UsageError(f"File '{file_id}' has purpose '{row['purpose']}', not 'fine-tune'.", param=param,
-                         code="invalid_file")
+                         hint=f"Upload it first with client.files.create(file=..., purpose='{purposes[0]}').")
+    if row["purpose"] not in purposes:
+        raise UsageError(f"File '{file_id}' has purpose '{row['purpose']}', not "
+                         f"{' or '.join(repr(p) for p in purposes)}.", param=param, code="invalid_file")
+
+
+def _eval_int(spec: dict[str, Any], name: str, default: int, limits: tuple[int, int]) -> int:
+    value = spec.get(name, default)
+    if value is None:
+        return default
+    low, high = limits
+    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer() \
+            or not low <= value <= high:
+        raise UsageError(f"Invalid eval.{name} {value!r}: expected an integer from {low} to {high}.",
+                         param=f"eval.{name}")
+    return int(value)
+
+
+def _eval_config(state: State, project: str, spec: Any) -> dict[str, Any] | None:
+    """The job's ``eval`` extension checked and completed with its defaults (None when not asked for)."""
+    from tunewise.eval.checkpoint import DEFAULT_LIMIT, DEFAULT_MAX_TOKENS
+
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise UsageError("eval must be an object: {\"file\": \"file-...\", \"schema\": {...}, \"limit\": 20}.",
+                         param="eval")
+    unknown = sorted(set(spec) - {"file", "schema", "limit", "max_tokens"})
+    if unknown:
+        raise UsageError(f"Unknown eval field {unknown[0]!r}.", param=f"eval.{unknown[0]}",
+                         hint="eval takes file, schema, limit and max_tokens.")
+    file_id = spec.get("file")
+    if not isinstance(file_id, str) or not file_id:
+        raise UsageError("eval.file is required: the id of an uploaded chat JSONL file whose last assistant "
+                         "message in each line is the expected answer.", param="eval.file")
+    _check_file(state, project, file_id, "eval.file", EVAL_FILE_PURPOSES)
+    schema = spec.get("schema")
+    if schema is not None:
+        import jsonschema
+
+        if not isinstance(schema, dict):
+            raise UsageError("eval.schema must be a JSON Schema object.", param="eval.schema")
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            where = "/".join(str(p) for p in exc.path)
+            raise UsageError(f"eval.schema is not a valid JSON Schema: {exc.message}"
+                             + (f" (at {where})" if where else "") + ".", param="eval.schema",
+                             hint="Fix the schema (see json-schema.org) or leave it out.") from None
+    return {"file": file_id, "schema": schema,
+            "limit": _eval_int(spec, "limit", DEFAULT_LIMIT, EVAL_LIMIT_RANGE),
+            "max_tokens": _eval_int(spec, "max_tokens", DEFAULT_MAX_TOKENS, EVAL_MAX_TOKENS_RANGE)}
 
 
 @router.post("/fine_tuning/jobs")
@@ -145,6 +210,7 @@ def create_job(body: CreateJob, state: StateDep, principal: PrincipalDep) -> dic
     _check_file(state, project, body.training_file, "training_file")
     if body.validation_file:
         _check_file(state, project, body.validation_file, "validation_file")
+    eval_spec = _eval_config(state, project, body.eval)
     if body.metadata and len(body.metadata) > 16:
         raise UsageError("metadata may have at most 16 keys.", param="metadata")
     job_id = new_id("ftjob-")
@@ -159,10 +225,12 @@ def create_job(body: CreateJob, state: StateDep, principal: PrincipalDep) -> dic
                            hint="Wait for a job to finish or cancel one.", code="rate_limit_exceeded")
         db.execute(
             "INSERT INTO jobs (id, project, model, local_model, training_file, validation_file, hyperparameters, "
-            "method, suffix, seed, metadata, status, output_dir, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "method, suffix, seed, metadata, status, output_dir, created_at, eval) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (job_id, project, body.model, local, body.training_file, body.validation_file, json.dumps(hyper),
              json.dumps(method), body.suffix, seed, json.dumps(body.metadata) if body.metadata else None,
-             "validating_files", str(store.jobs_dir / job_id), now()))
+             "validating_files", str(store.jobs_dir / job_id), now(),
+             json.dumps(eval_spec) if eval_spec else None))
     store.add_event(job_id, f"Created fine-tuning job: {job_id}")
     if local != body.model:
         store.add_event(job_id, f"Model '{body.model}' is served locally by '{local}': the fine-tuning trains "
@@ -170,6 +238,9 @@ def create_job(body: CreateJob, state: StateDep, principal: PrincipalDep) -> dic
     store.add_event(job_id, f"Validating training file: {body.training_file}")
     if body.validation_file:
         store.add_event(job_id, f"Validating validation file: {body.validation_file}")
+    if eval_spec:
+        store.add_event(job_id, f"Each checkpoint will be scored on {eval_spec['file']} (up to "
+                        f"{eval_spec['limit']} examples" + (", with a schema" if eval_spec["schema"] else "") + ")")
     return job_object(store.job(job_id))
 
 
