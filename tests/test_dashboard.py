@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tunewise import cost
-from tunewise.serve.testing import running_server
+from tunewise.serve.testing import running_server, write_receipts
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts" / "dashboard"
@@ -49,7 +49,7 @@ BROKEN = "\n".join(GOOD.splitlines()[:2] + [BROKEN_LINE] + GOOD.splitlines()[3:]
 
 @pytest.fixture(scope="module")
 def server():
-    with running_server() as s:
+    with running_server(env={"TUNEWISE_WORKER_POLL_S": "0.05"}) as s:
         yield s
 
 
@@ -201,18 +201,19 @@ def test_delete_a_file_takes_two_clicks(page, server, files):
 
 def test_new_job_shows_the_estimate_then_the_chart_updates_pause_resume_and_cancel(page, server, files):
     with evidence(page, server, "job"):
-        ids = [f.id for f in server.client().files.list(purpose="fine-tune").data]
-        if not ids:
-            ids = [server.client().files.create(file=(files / "good.jsonl").open("rb"), purpose="fine-tune").id]
-        go(page, f"#/new?file={ids[0]}", "new-model")
+        # 60 examples x 25 epochs: a job long enough to pause, resume and cancel even on an idle machine.
+        longer = files / "longer.jsonl"
+        write_receipts(longer, [(f"Item {i}", 1.0 + i / 4) for i in range(60)])
+        file_id = server.client().files.create(file=longer.open("rb"), purpose="fine-tune").id
+        go(page, f"#/new?file={file_id}", "new-model")
         model = page.find_element(By.ID, "new-model")
         model.clear()
         model.send_keys("tunewise-tiny")
-        page.find_element(By.ID, "new-epochs").send_keys("8")  # long enough to pause, resume and cancel it
+        page.find_element(By.ID, "new-epochs").send_keys("25")
         page.find_element(By.ID, "new-suffix").send_keys("dash")
         epochs = "//div[@id='new-estimate']//dt[text()='Epochs']/following-sibling::dd[1]"
-        wait(page, lambda d: d.find_element(By.XPATH, epochs).text == "8", timeout=90,
-             message="the estimate for 8 epochs")
+        wait(page, lambda d: d.find_element(By.XPATH, epochs).text == "25", timeout=90,
+             message="the estimate for 25 epochs")
         assert page.find_element(By.ID, "new-estimate-cost").text.startswith("$0.00")
         shot(page, "new-job")
         page.find_element(By.ID, "new-submit").click()
