@@ -12,6 +12,7 @@ import pytest
 from tunewise.cli import main
 from tunewise.serve import store as store_module
 from tunewise.serve.routes.jobs import job_object
+from tunewise.serve.settings import Settings
 from tunewise.serve.store import MIGRATIONS, Store
 from tunewise.serve.testing import (
     ITEMS,
@@ -21,6 +22,7 @@ from tunewise.serve.testing import (
     wait_for,
     write_receipts,
 )
+from tunewise.serve.worker import Worker
 
 SPEC = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "openai-openapi.yaml"
 RECEIPT_SCHEMA = {
@@ -149,7 +151,7 @@ def test_an_eval_file_of_another_project_is_unknown(server, files):
     assert info.value.body["param"] == "eval.file"
 
 
-def test_an_unusable_eval_set_warns_and_the_job_still_succeeds(server, files):
+def test_an_unusable_eval_set_warns_the_job_succeeds_and_scoring_obeys_the_stop_flag(server, files):
     client = server.client()
     held_out = client.files.create(file=files["eval"].open("rb"), purpose="evals").id
     job = client.fine_tuning.jobs.create(
@@ -160,8 +162,28 @@ def test_an_unusable_eval_set_warns_and_the_job_still_succeeds(server, files):
     assert job.status == "succeeded", job.error
     warnings = [e.message for e in all_events(client, job.id) if e.level == "warn"]
     assert any("was deleted" in m for m in warnings), warnings
-    for c in client.fine_tuning.jobs.checkpoints.list(job.id).data:
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert checkpoints
+    for c in checkpoints:
         assert "eval_n" not in c.to_dict()["metrics"]
+
+    # The worker's scoring step on its own (as for a checkpoint left unscored by a pause): it checks the job's
+    # stop flag first, then writes the scores into the checkpoint's metrics and adds the event.
+    worker = Worker(Settings.from_env({}, data_dir=server.data_dir))
+    try:
+        row = worker.store.one("SELECT step, path FROM checkpoints WHERE job_id = ?", job.id)
+        spec = {"file": files["ids"]["eval"], "schema": RECEIPT_SCHEMA, "limit": 2, "max_tokens": 4}
+        n_events = len(all_events(client, job.id))
+        worker._score(job.id, row["step"], row["path"], spec, stopped=lambda: True)
+        assert len(all_events(client, job.id)) == n_events
+        worker._score(job.id, row["step"], row["path"], spec, stopped=lambda: False)
+        metrics = {c.step_number: c.to_dict()["metrics"] for c in client.fine_tuning.jobs.checkpoints.list(job.id)}
+        assert metrics[row["step"]]["eval_n"] == 2 and 0 <= metrics[row["step"]]["eval_exact_match"] <= 1
+        assert all_events(client, job.id)[-1].message.startswith(f"Checkpoint at step {row['step']} scored")
+    finally:
+        if worker._engine is not None:
+            worker._engine.close()
+        worker.store.close()
 
 
 def _cli(capsys, *args: str) -> tuple[int, str, str]:

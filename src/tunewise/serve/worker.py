@@ -162,8 +162,8 @@ class Worker:
         try:
             n = len(load_examples(self._file_path(spec["file"], "eval.file"), spec.get("limit")))
         except (_JobError, TunewiseError) as exc:
-            self.store.add_event(job_id, f"Eval file warning: {exc}; checkpoints will not be scored unless it "
-                                 "is fixed", level="warn")
+            self.store.add_event(job_id, f"Eval file warning: {str(exc).rstrip('.')}; the checkpoints will not "
+                                 "be scored", level="warn")
             return
         self.store.add_event(job_id, f"Eval file validated: {n} examples will be scored at each checkpoint")
 
