@@ -23,15 +23,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1, help="how many full demo runs (default 1: each takes minutes)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs to train (default: the demo's)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N test examples")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N test examples (default: the demo's; 0: all)")
     args = parser.parse_args()
     demo = runpy.run_path(str(DEMO), run_name="tunewise_bench")
     epochs = args.epochs or demo["DEMO_EPOCHS"]
+    limit = demo["DEMO_LIMIT"] if args.limit is None else (args.limit or None)  # 0: every test example
     runs = []
     for i in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="tunewise-demo-bench-") as tmp:
             print(f"--- run {i + 1}/{args.runs}", flush=True)
-            runs.append(demo["run"](Path(tmp) / "demo", limit=args.limit, epochs=epochs))
+            runs.append(demo["run"](Path(tmp) / "demo", limit=limit, epochs=epochs))
     print(f"\nstage medians over {len(runs)} run(s), {epochs} epoch(s):")
     for name in runs[0]["stages"]:
         print(f"   {statistics.median(r['stages'][name] for r in runs):7.1f} s  {name}")

@@ -27,6 +27,9 @@ GUIDE_HYPERPARAMETERS = {"n_epochs": 3, "batch_size": 4, "learning_rate_multipli
 # One epoch keeps the demo near 10 minutes on 2 CPU cores (each epoch of the 200 examples is ~4 minutes of
 # training there); `--epochs 3` runs the guide's value.
 DEMO_EPOCHS = 1
+# 20 of the 50 held-out examples through 4 candidates keeps evaluation to a few minutes there; `--limit 0`
+# evaluates them all.
+DEMO_LIMIT = 20
 CALLS_PER_MONTH = 1_000_000
 
 
@@ -49,7 +52,7 @@ def _pct(summary: dict | None) -> str:
     return "-" if not summary else f"{100 * summary['value']:.0f}%"
 
 
-def run(out: Path, limit: int | None = None, local_model: str | None = None, epochs: int = DEMO_EPOCHS) -> dict:
+def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = None, epochs: int = DEMO_EPOCHS) -> dict:
     """Run every stage into ``out``; returns the stage times, the job, and the decision."""
     from openai import OpenAI
 
@@ -169,13 +172,14 @@ def _follow(client, job_id: str, poll_s: float = 2.0):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory (default out/demo)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N test examples")
+    parser.add_argument("--limit", type=int, default=DEMO_LIMIT,
+                        help=f"evaluate the first N test examples (default {DEMO_LIMIT}; 0: all 50)")
     parser.add_argument("--model", default=None, help="local model to fine-tune (default: the registry default)")
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS,
                         help=f"epochs to train locally (default {DEMO_EPOCHS}; the guide's snippet says 3)")
     args = parser.parse_args(argv)
     try:
-        run(args.out, limit=args.limit, local_model=args.model, epochs=args.epochs)
+        run(args.out, limit=args.limit or None, local_model=args.model, epochs=args.epochs)
     except KeyboardInterrupt:
         sys.exit(130)
 
