@@ -123,7 +123,7 @@ def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = Non
                           training_file=data / "train.jsonl", model=GUIDE_MODEL,
                           epochs=GUIDE_HYPERPARAMETERS["n_epochs"], metrics_csv=metrics_csv)
         paths = write_report(decision, out / "report")
-        print(f"   verdict: {decision.verdict}: {decision.headline}")
+        print(f"   {decision.headline}")
         for reason in decision.reasons:
             print(f"   - {reason}")
         print(f"   report: {paths['html']}")
