@@ -24,35 +24,14 @@ from tunewise.errors import Cancelled, DataError, UsageError
 from tunewise.infer.grammar import Grammars, new_matcher
 from tunewise.infer.types import EngineStats, GenerationRequest, StreamDelta
 
+# The trainer's own normalisation: a fine-tuned model must see at inference the prompt it was trained on.
+from tunewise.train.render import normalize_messages
+
 # Tokens that end an assistant turn in common chat templates; whichever the vocabulary has are stop tokens,
 # besides the model's own eos ids.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
 _DONE = object()  # sentinel on a job's event queue: every choice has finished
-
-
-def _text(content: Any) -> str:
-    """OpenAI allows content as a string or a list of parts; the chat templates here want a string."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return str(content)
-
-
-def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages as the chat template receives them, exactly as the trainer renders them (role, text content and
-    the tool fields when present), so a fine-tuned model sees at inference the prompt it was trained on."""
-    out = []
-    for m in messages:
-        msg: dict[str, Any] = {"role": m["role"], "content": _text(m.get("content"))}
-        for key in ("name", "tool_calls", "tool_call_id"):
-            if m.get(key) is not None:
-                msg[key] = m[key]
-        out.append(msg)
-    return out
 
 
 def _draw(probs, generator) -> int:
