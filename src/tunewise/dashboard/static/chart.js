@@ -26,10 +26,18 @@ export function ticks(lo, hi, count = 5, integer = false) {
   return out;
 }
 
-function label(v) {
+// A tick's label, with as many decimals as the tick step needs (10.785, 10.79, 10.795 stay apart).
+function label(v, step = 0) {
   const a = Math.abs(v);
   if (a !== 0 && (a >= 1e5 || a < 1e-3)) return v.toExponential(1);
-  return String(Number(v.toPrecision(4)));
+  if (!(step > 0)) return String(Number(v.toPrecision(4)));
+  let d = 0;
+  while (d < 8 && Math.abs(Math.round(step * 10 ** d) - step * 10 ** d) > 1e-6) d++;
+  return v.toFixed(d);
+}
+
+function stepOf(values) {
+  return values.length > 1 ? values[1] - values[0] : 0;
 }
 
 /**
@@ -63,13 +71,15 @@ export function lineChart(container, { title, series, xLabel = "", yLabel = "", 
   const py = (y) => H - PAD.bottom - ((y - y0) / (y1 - y0)) * (H - PAD.top - PAD.bottom);
 
   const axes = s("g", { class: "chart-axes" });
-  for (const t of ticks(y0, y1)) {
+  const yTicks = ticks(y0, y1);
+  for (const t of yTicks) {
     axes.append(s("line", { x1: PAD.left, x2: W - PAD.right, y1: py(t), y2: py(t), class: "grid" }));
-    axes.append(s("text", { x: PAD.left - 6, y: py(t) + 4, "text-anchor": "end" }, label(t)));
+    axes.append(s("text", { x: PAD.left - 6, y: py(t) + 4, "text-anchor": "end" }, label(t, stepOf(yTicks))));
   }
-  for (const t of ticks(x0, x1, 6, integerX)) {
+  const xTicks = ticks(x0, x1, 6, integerX);
+  for (const t of xTicks) {
     axes.append(s("line", { x1: px(t), x2: px(t), y1: H - PAD.bottom, y2: H - PAD.bottom + 4, class: "tick" }));
-    axes.append(s("text", { x: px(t), y: H - PAD.bottom + 16, "text-anchor": "middle" }, label(t)));
+    axes.append(s("text", { x: px(t), y: H - PAD.bottom + 16, "text-anchor": "middle" }, label(t, stepOf(xTicks))));
   }
   axes.append(s("line", { x1: PAD.left, x2: W - PAD.right, y1: H - PAD.bottom, y2: H - PAD.bottom, class: "axis" }));
   axes.append(s("line", { x1: PAD.left, x2: PAD.left, y1: PAD.top, y2: H - PAD.bottom, class: "axis" }));
