@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tunewise import cost
-from tunewise.serve.testing import running_server, write_receipts
+from tunewise.serve.testing import running_server, wait_for, write_receipts
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts" / "dashboard"
@@ -380,3 +380,25 @@ def test_a_refused_key_brings_back_the_sign_in_form(page):
     assert "refused" in page.find_element(By.ID, "login-error").text
     assert page.execute_script("return sessionStorage.getItem('tunewise.apiKey')") is None
     assert not page.find_element(By.ID, "nav").is_displayed()
+
+
+def test_a_job_with_an_eval_set_shows_each_checkpoints_scores(page, server, files):
+    with evidence(page, server, "job-eval"):
+        client = server.client()
+        train = client.files.create(file=(files / "good.jsonl").open("rb"), purpose="fine-tune").id
+        held_out = client.files.create(file=(files / "good.jsonl").open("rb"), purpose="evals").id
+        job = client.fine_tuning.jobs.create(
+            model="tunewise-tiny", training_file=train,
+            hyperparameters={"n_epochs": 1, "batch_size": 4},
+            extra_body={"eval": {"file": held_out, "limit": 2, "max_tokens": 8}})
+        wait_for(client, job.id, timeout=120)
+        go(page, f"#/jobs/{job.id}", "job-checkpoints")
+        wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#checkpoints-table .eval-valid-json"),
+             timeout=60, message="the eval columns of the checkpoints")
+        heads = [th.text for th in page.find_elements(By.CSS_SELECTOR, "#checkpoints-table th")]
+        assert {"Valid JSON", "Schema", "Exact match"} <= set(heads)
+        cell = page.find_element(By.CSS_SELECTOR, "#checkpoints-table .eval-valid-json").text
+        assert cell.endswith("%"), cell
+        # The scoring event shows although step messages are hidden.
+        assert "scored on the eval set" in page.find_element(By.ID, "job-events").text
+        shot(page, "job-eval")

@@ -173,19 +173,35 @@ function drawMetrics(el, events) {
 }
 
 function drawEvents(ol, events, withSteps) {
-  const shown = events.filter((e) => withSteps || e.type !== "metrics").slice(0, SHOWN_EVENTS);
+  // Step messages are in the charts; a checkpoint's eval-set score (data.eval_n) is news, so it always shows.
+  const shown = events.filter((e) => withSteps || e.type !== "metrics" || (e.data && e.data.eval_n != null))
+    .slice(0, SHOWN_EVENTS);
   clear(ol, shown.map((e) => h("li", { class: `event level-${e.level}` },
     h("time", {}, fmt.time(e.created_at)), " ", e.message)));
 }
 
+const pct = (v) => (typeof v === "number" ? `${Math.round(v * 100)}%` : "—");
+
 function drawCheckpoints(el, ckpts) {
   if (!ckpts.length) return clear(el, h("p", { class: "muted" }, "No checkpoints yet."));
-  clear(el, table(["Step", "Checkpoint model", "Train loss", "Valid loss", ""],
-    ckpts.map((c) => h("tr", { "data-step": c.step_number },
-      h("td", { class: "num" }, c.step_number),
-      h("td", {}, h("code", {}, c.fine_tuned_model_checkpoint)),
-      h("td", { class: "num" }, fmt.num(c.metrics && c.metrics.train_loss)),
-      h("td", { class: "num" }, fmt.num(c.metrics && c.metrics.valid_loss)),
-      h("td", {}, h("a", { class: "button small", href: `#/models?model=${encodeURIComponent(c.fine_tuned_model_checkpoint)}` }, "Try")))),
+  // Jobs created with an eval set score each checkpoint on it: show those scores beside the losses.
+  const scored = ckpts.some((c) => c.metrics && c.metrics.eval_n != null);
+  const head = ["Step", "Checkpoint model", "Train loss", "Valid loss"]
+    .concat(scored ? ["Valid JSON", "Schema", "Exact match"] : [], [""]);
+  clear(el, table(head,
+    ckpts.map((c) => {
+      const m = c.metrics || {};
+      const evalCells = scored ? [
+        h("td", { class: "num eval-valid-json" }, pct(m.eval_valid_json)),
+        h("td", { class: "num eval-schema" }, pct(m.eval_schema_adherence)),
+        h("td", { class: "num eval-exact" }, pct(m.eval_exact_match))] : [];
+      return h("tr", { "data-step": c.step_number },
+        h("td", { class: "num" }, c.step_number),
+        h("td", {}, h("code", {}, c.fine_tuned_model_checkpoint)),
+        h("td", { class: "num" }, fmt.num(m.train_loss)),
+        h("td", { class: "num" }, fmt.num(m.valid_loss)),
+        ...evalCells,
+        h("td", {}, h("a", { class: "button small", href: `#/models?model=${encodeURIComponent(c.fine_tuned_model_checkpoint)}` }, "Try")));
+    }),
     { id: "checkpoints-table" }));
 }
