@@ -174,8 +174,8 @@ class Report:
         errors = self.errors
         if not errors:
             return self
-        shown = "; ".join(f"line {e.line}: {e.code}: {e.message}" if e.line is not None
-                          else f"{e.code}: {e.message}" for e in errors[:3])
+        shown = "; ".join(f"line {e.line}: {e.code}: {e.message.rstrip('.')}" if e.line is not None
+                          else f"{e.code}: {e.message.rstrip('.')}" for e in errors[:3])
         more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
         raise DataError(f"{self.path} has {len(errors)} error(s): {shown}{more}.",
                         hint=f"Run `tunewise validate {self.path}` for every finding and its fix.",
