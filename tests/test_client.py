@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import run_cli as run
 from tunewise import cost, paths
-from tunewise.cli import main
 from tunewise.client import Client, resolve_target
 from tunewise.errors import NotFound, UsageError
 
@@ -36,14 +36,6 @@ def env(server, monkeypatch):
     return server
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(err: str) -> str:

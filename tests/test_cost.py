@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import run_cli as run
 from tunewise import cost
-from tunewise.cli import main
 from tunewise.errors import DataError, UsageError
 from tunewise.tokens import reference_encoding
 
@@ -23,15 +23,6 @@ def _no_env_prices(monkeypatch):
     monkeypatch.delenv("TUNEWISE_PRICES", raising=False)
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    """The real CLI entry point, in-process: exit code, stdout, stderr."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def reference_chat_tokens(messages: list[dict]) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tunewise.cli import main
+from helpers import run_cli as _cli
 from tunewise.serve import store as store_module
 from tunewise.serve.routes.jobs import job_object
 from tunewise.serve.settings import Settings
@@ -186,14 +186,6 @@ def test_an_unusable_eval_set_warns_the_job_succeeds_and_scoring_obeys_the_stop_
         worker.store.close()
 
 
-def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_creates_a_job_with_an_eval_set_and_shows_the_scores(server, files, scored_job, tmp_path,
