@@ -372,16 +372,6 @@ def test_finished_job_charts_checkpoints_and_side_by_side_chat(page, server, fil
     assert done.fine_tuned_model not in [m.id for m in client.models.list().data]
 
 
-def test_a_refused_key_brings_back_the_sign_in_form(page):
-    # Last: it signs the page out. A key the server no longer accepts brings the sign-in form back.
-    page.execute_script("sessionStorage.setItem('tunewise.apiKey', 'sk-tw-revoked')")
-    page.refresh()
-    wait(page, lambda d: d.find_element(By.ID, "login").is_displayed(), message="the sign-in form")
-    assert "refused" in page.find_element(By.ID, "login-error").text
-    assert page.execute_script("return sessionStorage.getItem('tunewise.apiKey')") is None
-    assert not page.find_element(By.ID, "nav").is_displayed()
-
-
 def test_a_job_with_an_eval_set_shows_each_checkpoints_scores(page, server, files):
     with evidence(page, server, "job-eval"):
         client = server.client()
@@ -402,3 +392,13 @@ def test_a_job_with_an_eval_set_shows_each_checkpoints_scores(page, server, file
         # The scoring event shows although step messages are hidden.
         assert "scored on the eval set" in page.find_element(By.ID, "job-events").text
         shot(page, "job-eval")
+
+
+def test_a_refused_key_brings_back_the_sign_in_form(page):
+    # Last: it signs the page out. A key the server no longer accepts brings the sign-in form back.
+    page.execute_script("sessionStorage.setItem('tunewise.apiKey', 'sk-tw-revoked')")
+    page.refresh()
+    wait(page, lambda d: d.find_element(By.ID, "login").is_displayed(), message="the sign-in form")
+    assert "refused" in page.find_element(By.ID, "login-error").text
+    assert page.execute_script("return sessionStorage.getItem('tunewise.apiKey')") is None
+    assert not page.find_element(By.ID, "nav").is_displayed()
