@@ -45,3 +45,23 @@ def test_tiny_model_has_real_tokenizer_and_template():
     # A local directory loads as any HF model does.
     spec = models.resolve(models.local_dir(models.TINY_MODEL))
     assert spec.source.startswith("dir:")
+
+
+def test_a_fresh_cache_builds_the_tiny_model_once_across_processes(tmp_path):
+    # On a new machine the tiny model (which needs the default model's tokenizer, so converts it first) may be
+    # asked for by several processes at once: a server, its worker, a test. Each must get the same complete
+    # directory, none may deadlock or see a half-written one.
+    import os
+    import subprocess
+    import sys
+
+    code = "from tunewise import models; print(models.local_dir(models.TINY_MODEL))"
+    env = {**os.environ, "TUNEWISE_MODEL_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    paths = {out.strip().splitlines()[-1] for out, _ in outs}
+    assert paths == {str(tmp_path / models.TINY_MODEL)}
+    assert (tmp_path / models.DEFAULT_MODEL / "model.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith(".")]  # no temp dirs left

@@ -11,12 +11,14 @@ GGUF weights are dequantized to float once and cached as a safetensors model dir
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +70,10 @@ REGISTRY: dict[str, ModelSpec] = {
     ]
 }
 
-_lock = threading.Lock()
+# Converting or building a cached model happens once per machine: a re-entrant lock for the threads of this
+# process (building the tiny model converts the default model first), and a lock file per model for other
+# processes (a server, its worker and a test may all ask for the same model on a fresh machine).
+_lock = threading.RLock()
 # transformers resolves ``from transformers import X`` lazily, and two threads doing it at once can fail with
 # "cannot import name 'AutoTokenizer'" (seen under concurrent server requests): import under one lock.
 _import_lock = threading.RLock()
@@ -147,7 +152,7 @@ def local_dir(name_or_path: str | os.PathLike) -> Path:
     target = cache_dir() / spec.name
     if _is_model_dir(target):
         return target
-    with _lock:
+    with _lock, _cache_lock(spec.name):
         if _is_model_dir(target):
             return target
         if kind == "gguf":
@@ -164,15 +169,27 @@ def local_dir(name_or_path: str | os.PathLike) -> Path:
     return target
 
 
+@contextmanager
+def _cache_lock(name: str):
+    """An exclusive lock on ``.<name>.lock`` in the cache, held across processes while the model is made."""
+    with open(cache_dir() / f".{name}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _atomic_save(target: Path, save) -> None:
     """Write a model directory into a temporary sibling, then rename it, so a crash leaves no half model."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         save(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        if not _is_model_dir(target):  # a complete one is never replaced: a reader may be loading it
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
