@@ -152,7 +152,7 @@ def local_dir(name_or_path: str | os.PathLike) -> Path:
     target = cache_dir() / spec.name
     if _is_model_dir(target):
         return target
-    with _lock, _cache_lock(spec.name):
+    with _lock, _cache_lock(spec.name), _no_progress_bars():
         if _is_model_dir(target):
             return target
         if kind == "gguf":
@@ -167,6 +167,20 @@ def local_dir(name_or_path: str | os.PathLike) -> Path:
         else:  # pragma: no cover - registry entries are ours
             raise ModelNotFound(f"Registry entry {spec.name} has an unknown source {spec.source!r}.")
     return target
+
+
+@contextmanager
+def _no_progress_bars():
+    """The library never prints: transformers draws tqdm bars while it converts a GGUF file and saves shards."""
+    old = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old
 
 
 @contextmanager
