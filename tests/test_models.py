@@ -55,12 +55,15 @@ def test_a_fresh_cache_builds_the_tiny_model_once_across_processes(tmp_path):
     import subprocess
     import sys
 
-    code = "from tunewise import models; print(models.local_dir(models.TINY_MODEL))"
+    # tqdm imported first, as in any program that already drew a bar: building must still print nothing.
+    code = ("import tqdm.auto, transformers.modeling_gguf_pytorch_utils\n"
+            "from tunewise import models; print(models.local_dir(models.TINY_MODEL))")
     env = {**os.environ, "TUNEWISE_MODEL_CACHE": str(tmp_path)}
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    assert [err for _, err in outs] == ["", ""]  # the library never prints: no progress bars either
     paths = {out.strip().splitlines()[-1] for out, _ in outs}
     assert paths == {str(tmp_path / models.TINY_MODEL)}
     assert (tmp_path / models.DEFAULT_MODEL / "model.safetensors").is_file()

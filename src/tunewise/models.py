@@ -171,16 +171,23 @@ def local_dir(name_or_path: str | os.PathLike) -> Path:
 
 @contextmanager
 def _no_progress_bars():
-    """The library never prints: transformers draws tqdm bars while it converts a GGUF file and saves shards."""
-    old = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+    """The library never prints: transformers draws tqdm bars while it converts a GGUF file (a module-level
+    ``tqdm``) and while it loads and saves weights (its own switchable bars)."""
+    from functools import partial
+
+    with _import_lock:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+        from transformers.utils import logging as hf_logging
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = partial(original, disable=True)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old
+        gguf_utils.tqdm = original
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
 
 
 @contextmanager
