@@ -7,17 +7,12 @@ saved as ``OUTPUT/config.json`` and beside every checkpoint, so each output desc
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from tunewise.errors import UsageError
 
-# OpenAI's n_epochs "auto": start at 3, then adjust so the examples seen fall within these bounds.
-DEFAULT_EPOCHS = 3
-MIN_EXAMPLES_SEEN = 100
-MAX_EXAMPLES_SEEN = 25_000
 MAX_EPOCHS = 25
 # batch_size "auto": about 0.2% of the examples, clamped to this range (OpenAI's documented maximum is 256).
 AUTO_BATCH_FRACTION = 0.002
@@ -120,13 +115,11 @@ def _check_auto_int(name: str, value: Any, low: int, high: int) -> None:
 
 
 def auto_n_epochs(n_examples: int) -> int:
-    """OpenAI's rule: 3 epochs, adjusted so that 100..25,000 examples are seen, within 1..25."""
-    epochs = DEFAULT_EPOCHS
-    if n_examples * epochs < MIN_EXAMPLES_SEEN:
-        epochs = math.ceil(MIN_EXAMPLES_SEEN / n_examples)
-    elif n_examples * epochs > MAX_EXAMPLES_SEEN:
-        epochs = MAX_EXAMPLES_SEEN // n_examples
-    return max(1, min(MAX_EPOCHS, epochs))
+    """OpenAI's rule: 3 epochs, adjusted so that 100..25,000 examples are seen, within 1..25. One rule for
+    the trainer and for the cost estimate, so a job trains the epochs it was priced for."""
+    from tunewise.cost import auto_epochs
+
+    return auto_epochs(n_examples)
 
 
 def auto_batch_size(n_examples: int) -> int:
