@@ -34,6 +34,13 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<
 _DONE = object()  # sentinel on a job's event queue: every choice has finished
 
 
+def _select_rows(cache, index, start: int = 0) -> None:
+    """Keep the KV cache rows in ``index`` (in that order, repeats allowed) and the positions from ``start`` on."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
+        layer.values = layer.values.index_select(0, index)[:, :, start:, :]
+
+
 def _draw(probs, generator) -> int:
     """One index drawn with probability ``probs`` (unnormalised is fine), by inverting the CDF at one uniform draw:
     as exact as ``torch.multinomial`` and much cheaper over a 50k vocabulary."""
@@ -325,9 +332,7 @@ class ModelRunner:
         rows = [r for r, job in enumerate(jobs) for _ in range(job.n)]
         if len(rows) != len(jobs):
             index = torch.tensor(rows, device=self.device)
-            for layer in cache.layers:
-                layer.keys = layer.keys.index_select(0, index)
-                layer.values = layer.values.index_select(0, index)
+            _select_rows(cache, index)
             mask = mask[rows]
             logits = logits.index_select(0, index)
         seqs = [s for job in jobs for s in job.seqs]
@@ -339,10 +344,7 @@ class ModelRunner:
         keep = [i for i, a in enumerate(alive) if a]
         new_rows = [seqs[i] for i in keep]
         if len(keep) != len(seqs):
-            index = torch.tensor(keep, device=self.device)
-            for layer in cache.layers:
-                layer.keys = layer.keys.index_select(0, index)
-                layer.values = layer.values.index_select(0, index)
+            _select_rows(cache, torch.tensor(keep, device=self.device))
             mask = mask[keep]
         self._merge(cache, mask, new_rows)
 
@@ -395,9 +397,7 @@ class ModelRunner:
         # a long-gone prompt along.
         used = mask.sum(dim=0).nonzero()
         start = int(used[0]) if len(used) else 0
-        for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
-            layer.values = layer.values.index_select(0, index)[:, :, start:, :]
+        _select_rows(self._cache, index, start)
         self._mask = mask[:, start:]
 
     def _sample(self, seqs: list[Seq], logits) -> list[int]:
