@@ -65,6 +65,9 @@ def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = Non
     from tunewise.serve.testing import running_server
 
     local_model = local_model or models.DEFAULT_MODEL
+    # Every path handed between stages is absolute, so none is resolved twice (a relative --out against the
+    # candidates file's own directory, say).
+    out = Path(out).expanduser().resolve()
     hyperparameters = {**GUIDE_HYPERPARAMETERS, "n_epochs": epochs}
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages()
@@ -143,7 +146,7 @@ def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = Non
 def _candidates_file(out: Path, data: Path, local_model: str) -> Path:
     """The example candidates file, pointed at this run's data and model."""
     text = (HERE / "candidates.yaml").read_text()
-    text = text.replace("receipts/", f"{data}/").replace("smollm2-135m-instruct", local_model)
+    text = text.replace("receipts/", f"{data.resolve()}/").replace("smollm2-135m-instruct", local_model)
     path = out / "candidates.yaml"
     path.write_text(text)
     return path

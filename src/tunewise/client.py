@@ -41,9 +41,17 @@ class ServiceError(TunewiseError):
 @dataclass(frozen=True)
 class Target:
     base_url: str
-    api_key: str
+    api_key: str = field(repr=False)
     source: str
     """Where the settings came from: ``arguments``, ``environment``, ``credentials`` (the file's path)."""
+    note: str | None = None
+    """Something the user should be told about the choice (an environment key that was not used, ...)."""
+
+    @property
+    def is_local(self) -> bool:
+        """True when the service runs on this machine (a loopback address)."""
+        host = urlparse(self.base_url).hostname or ""
+        return host in ("localhost", "::1") or host.startswith("127.")
 
     @property
     def is_openai(self) -> bool:
@@ -56,6 +64,7 @@ def resolve_target(base_url: str | None = None, api_key: str | None = None) -> T
     env_url = os.environ.get("OPENAI_BASE_URL") or None
     env_key = os.environ.get("OPENAI_API_KEY") or None
     url, key, source = base_url, api_key, "arguments"
+    note = None
     if url is None and env_url:
         url, source = env_url, "environment"
     if url is None:
@@ -64,6 +73,10 @@ def resolve_target(base_url: str | None = None, api_key: str | None = None) -> T
             # The credentials file pairs the local server with its own key: a global OPENAI_API_KEY is
             # meant for OpenAI, so it does not override this one.
             url, source = creds["base_url"], str(paths.credentials_file())
+            if key is None and env_key and env_key != creds["api_key"]:
+                note = (f"using the local server {creds['base_url']} with its saved key; OPENAI_API_KEY is set "
+                        "but is not used without OPENAI_BASE_URL (pass --api-key, or set OPENAI_BASE_URL "
+                        "to the service that key belongs to)")
             key = key or creds["api_key"]
         elif key or env_key:
             url, source = OPENAI_BASE_URL, "environment"
@@ -79,7 +92,7 @@ def resolve_target(base_url: str | None = None, api_key: str | None = None) -> T
         raise UsageError(f"No API key for {url}.",
                          hint="Set OPENAI_API_KEY (a local server prints its key on first start; "
                               "`tunewise keys create` makes another).")
-    return Target(base_url=url.rstrip("/"), api_key=key, source=source)
+    return Target(base_url=url.rstrip("/"), api_key=key, source=source, note=note)
 
 
 def _error_text(exc: openai.APIStatusError) -> tuple[str, str | None, str | None]:
@@ -115,9 +128,10 @@ def sdk_errors(target: Target):
         raise ServiceError(f"{target.base_url} did not answer in time.",
                            hint="Check the server is running and not overloaded, then retry.") from None
     except openai.APIConnectionError as exc:
-        raise ServiceError(f"Cannot reach {target.base_url} ({exc.__cause__ or exc}).",
-                           hint="Start the server with `tunewise serve`, or point OPENAI_BASE_URL at a "
-                                "running one.") from None
+        hint = ("Start the local server with `tunewise serve`, or point OPENAI_BASE_URL at a running service."
+                if target.is_local else
+                "Check the address (OPENAI_BASE_URL or --base-url) and the network; the service may be down.")
+        raise ServiceError(f"Cannot reach {target.base_url} ({exc.__cause__ or exc}).", hint=hint) from None
 
 
 def _plain(obj: Any) -> Any:
@@ -142,6 +156,16 @@ def _read_schema(schema: dict | str | os.PathLike) -> dict:
     if not isinstance(value, dict):
         raise UsageError(f"The eval schema {path} must hold a JSON object (a JSON Schema).")
     return value
+
+
+def check_job_settings(hyperparameters: dict[str, Any], suffix: str | None = None) -> None:
+    """What the service would refuse in a job's settings, refused here first (before any upload)."""
+    from tunewise.hyperparameters import check_hyperparameter
+
+    for name, value in hyperparameters.items():
+        check_hyperparameter(name, value)
+    if suffix is not None and len(suffix) > 64:
+        raise UsageError(f"The suffix is {len(suffix)} characters; at most 64.", param="suffix")
 
 
 @dataclass
@@ -236,6 +260,7 @@ class Client:
         ``validation_file`` is validated too (it is not billed).
         """
         plan = JobPlan(training_file=training_file, model=model, target=self.target)
+        check_job_settings({"n_epochs": n_epochs} if n_epochs is not None else {})
         if not Path(training_file).is_file():
             if not str(training_file).startswith("file-"):
                 raise UsageError(f"{training_file} is neither a local file nor a file id (file-...).")
@@ -283,9 +308,33 @@ class Client:
         """
         hyper = {k: v for k, v in (("n_epochs", n_epochs), ("batch_size", batch_size),
                                    ("learning_rate_multiplier", learning_rate_multiplier)) if v is not None}
-        kwargs: dict[str, Any] = {"model": model, "training_file": self._file_id(training_file)}
+        check_job_settings(hyper, suffix)  # before anything is uploaded
+        if eval_file is None and (eval_schema is not None or eval_limit is not None or eval_max_tokens is not None):
+            raise UsageError("An eval schema, limit or max tokens needs an eval file.",
+                             hint="Add --eval-file with held-out chat examples.")
+        uploaded: list[str] = []  # deleted again if the job is refused: no orphan uploads
+        try:
+            return self._create_job(training_file, model, validation_file, hyper, suffix, seed, metadata,
+                                    eval_file, eval_schema, eval_limit, eval_max_tokens, uploaded)
+        except BaseException:
+            for file_id in uploaded:
+                try:
+                    self.sdk.files.delete(file_id)
+                except Exception:  # the refusal is what the caller needs to see
+                    pass
+            raise
+
+    def _create_job(self, training_file, model, validation_file, hyper, suffix, seed, metadata, eval_file,
+                    eval_schema, eval_limit, eval_max_tokens, uploaded: list[str]) -> dict:
+        def file_id(file_or_id: str, purpose: str = "fine-tune") -> str:
+            fid = self._file_id(file_or_id, purpose=purpose)
+            if fid != file_or_id:
+                uploaded.append(fid)
+            return fid
+
+        kwargs: dict[str, Any] = {"model": model, "training_file": file_id(training_file)}
         if validation_file:
-            kwargs["validation_file"] = self._file_id(validation_file)
+            kwargs["validation_file"] = file_id(validation_file)
         if hyper:
             kwargs["hyperparameters"] = hyper
         for key, value in (("suffix", suffix), ("seed", seed), ("metadata", metadata)):
@@ -293,7 +342,7 @@ class Client:
                 kwargs[key] = value
         if eval_file:
             # Uploaded as `evals`: fine-tune uploads must hold 10+ examples, a held-out set may be smaller.
-            spec: dict[str, Any] = {"file": self._file_id(eval_file, purpose="evals")}
+            spec: dict[str, Any] = {"file": file_id(eval_file, purpose="evals")}
             if eval_schema is not None:
                 spec["schema"] = _read_schema(eval_schema)
             for key, value in (("limit", eval_limit), ("max_tokens", eval_max_tokens)):
@@ -301,9 +350,6 @@ class Client:
                     spec[key] = value
             # Not an OpenAI parameter: the SDK sends it unchanged in the request body.
             kwargs["extra_body"] = {"eval": spec}
-        elif eval_schema is not None or eval_limit is not None or eval_max_tokens is not None:
-            raise UsageError("An eval schema, limit or max tokens needs an eval file.",
-                             hint="Add --eval-file with held-out chat examples.")
         return _plain(self._call(self.sdk.fine_tuning.jobs.create, **kwargs))
 
     def list_jobs(self, limit: int | None = None) -> list[dict]:

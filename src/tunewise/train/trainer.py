@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from tunewise import models
-from tunewise.errors import Cancelled, Conflict, DataError, NotFound, Unsupported, UsageError
+from tunewise.errors import (
+    Cancelled,
+    Conflict,
+    DataError,
+    LocalFileNotFound,
+    Unsupported,
+    UsageError,
+)
 from tunewise.train.batching import micro_batches, plan
 from tunewise.train.config import TrainConfig, TrainEvent, TrainResult, resolve_hyperparameters
 from tunewise.train.render import IGNORE, Rendered, Renderer, read_examples
@@ -126,11 +133,7 @@ def _load(config: TrainConfig, seed: int, device: str, dtype: str):
     model = models.load_model(config.model, dtype=load_dtype, device=device)
     model.config.use_cache = False
     if config.method == "lora":
-        import warnings
-
         from peft import LoraConfig, get_peft_model
-
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
         target = config.lora_target_modules
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
@@ -339,7 +342,7 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None)
     for param in ("training_file", "validation_file"):
         path = getattr(config, param)
         if path is not None and not Path(path).is_file():
-            raise NotFound(f"The {param.replace('_', ' ')} {path} does not exist.", hint="Check the path.",
+            raise LocalFileNotFound(f"The {param.replace('_', ' ')} {path} does not exist.", hint="Check the path.",
                            param=param)
     spec = models.resolve(config.model)
     device, dtype = _device_and_dtype(config)
@@ -435,8 +438,10 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None)
             if last_saved != i:
                 _save_state(out, model, optimizer, progress)
             emit(TrainEvent("message", f"Training stopped at step {i}/{total}; state saved", level="warn"))
-            raise Cancelled(f"Training stopped at step {i} of {total}.",
-                            hint=f"Train again with output_dir={out} to resume.")
+            stopped = Cancelled(f"Training stopped at step {i} of {total}; the state is saved in {out}.",
+                                hint=f"Train again with output_dir={out} to resume.")
+            stopped.output_dir = out
+            raise stopped
         epoch, indices = steps[i]
         batch = [train_set[j] for j in indices]
         n_labels = sum(e.n_labels for e in batch)
