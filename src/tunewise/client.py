@@ -30,6 +30,8 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 DEFAULT_TIMEOUT_S = 60.0
 """Per-request timeout; uploads of large files are streamed and may take longer on slow links."""
+LOCAL_CONNECT_RETRIES = 4
+"""Connection attempts retried against a server on this machine (0 + 0.5 + 1 + 2 s of back-off): it may be starting."""
 WATCH_INTERVAL_S = 2.0
 """How often ``watch_job`` polls the job and its events."""
 
@@ -208,15 +210,30 @@ class Progress:
         return self.status in TERMINAL_STATUSES
 
 
+def _retrying_http_client():
+    """The SDK's own HTTP client, with a transport that retries refused connections (the SDK's HTTP library is
+    httpx or its fork httpx2 depending on the SDK's version: the transport comes from the same one)."""
+    import importlib
+
+    root = next(c.__module__ for c in openai.DefaultHttpxClient.__mro__ if not c.__module__.startswith("openai"))
+    library = importlib.import_module(root.split(".")[0])
+    return openai.DefaultHttpxClient(transport=library.HTTPTransport(retries=LOCAL_CONNECT_RETRIES))
+
+
 class Client:
     """Files and fine-tuning jobs on one service (``tunewise serve`` or OpenAI), through the official SDK."""
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
                  timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.target = resolve_target(base_url, api_key)
-        # A local server either answers at once or is down: retrying only delays the clear error.
+        # A local server either answers or is down: its errors are not retried, they only delay the clear one.
+        # But one started a moment ago (`tunewise serve &` and the next command) may not listen yet, so a refused
+        # connection is tried again a few times over about 3.5 s (httpx retries connection failures only).
+        http_client = None
+        if self.target.is_local:
+            http_client = _retrying_http_client()
         self.sdk = openai.OpenAI(base_url=self.target.base_url, api_key=self.target.api_key, timeout=timeout,
-                                 max_retries=2 if self.target.is_openai else 0)
+                                 max_retries=2 if self.target.is_openai else 0, http_client=http_client)
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         with sdk_errors(self.target):
