@@ -192,9 +192,10 @@ def test_connection_options_before_or_after_the_subcommand(capsys, monkeypatch):
 
 
 def test_unreachable_remote_service_is_not_told_to_start_tunewise_serve():
-    from tunewise.client import sdk_errors
     import httpx
     import openai
+
+    from tunewise.client import sdk_errors
 
     for url, local in (("https://api.openai.com/v1", False), ("http://127.0.0.1:9/v1", True),
                        ("http://localhost:9/v1", True)):
