@@ -61,3 +61,10 @@ class Cancelled(TunewiseError):
     """Raised inside long work (training, evaluation) when a stop was requested."""
 
     status = 409
+
+
+class DistributedError(TunewiseError):
+    """A multi-process run lost one of its processes (killed, crashed, or stalled past the collective timeout)."""
+
+    status = 500
+    type = "server_error"

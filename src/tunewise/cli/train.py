@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import click
+
+from tunewise.errors import UsageError
 
 
 def _auto_or(kind):
@@ -38,8 +42,13 @@ def _auto_or(kind):
               help="auto: bfloat16 on CUDA, float32 on CPU.")
 @click.option("--num-threads", type=click.IntRange(min=1),
               help="CPU threads for PyTorch (default: PyTorch's choice; 1 is faster on a busy shared machine).")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes on this machine (DDP: gloo on CPU, nccl with one GPU each on CUDA).")
+@click.option("--collective-timeout", "collective_timeout_s", type=click.FloatRange(min=0, min_open=True),
+              default=300.0, show_default=True,
+              help="Seconds a multi-process run waits for a silent process before failing with its rank.")
 def train(training_file, validation_file, model, method, n_epochs, batch_size, learning_rate_multiplier, seed,
-          suffix, output_dir, device, dtype, num_threads):
+          suffix, output_dir, device, dtype, num_threads, nproc_per_node, collective_timeout_s):
     """Fine-tune MODEL on TRAINING_FILE (OpenAI chat JSONL); Ctrl-C saves the state, run again to resume."""
     import signal
     import sys
@@ -47,14 +56,34 @@ def train(training_file, validation_file, model, method, n_epochs, batch_size, l
 
     from tqdm import tqdm
 
-    from tunewise.errors import Cancelled
-    from tunewise.train import TrainConfig
+    from tunewise.errors import Cancelled, TunewiseError
+    from tunewise.train import TrainConfig, distributed
     from tunewise.train import train as run
 
     config = TrainConfig(training_file=training_file, validation_file=validation_file, model=model, method=method,
                          n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=learning_rate_multiplier,
                          seed=seed, suffix=suffix, output_dir=output_dir, device=device, dtype=dtype,
-                         num_threads=num_threads)
+                         num_threads=num_threads, collective_timeout_s=collective_timeout_s)
+    world = distributed.world_size_from_env()
+    if nproc_per_node > 1:
+        if world > 1:
+            raise UsageError(f"--nproc-per-node starts its own processes, but this one is already one of {world} "
+                             "(WORLD_SIZE is set by torchrun or accelerate launch).",
+                             hint="Leave --nproc-per-node out under a launcher; its own option sets the processes.",
+                             param="nproc_per_node")
+        _launch(config, nproc_per_node)
+        return
+    if world > 1 and distributed.rank_from_env() != 0:
+        # Another rank: rank 0 reports progress, errors and the result; this one only trains.
+        stop = threading.Event()
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        try:
+            run(config, stop=stop)
+        except TunewiseError as exc:
+            from tunewise.cli import exit_code
+
+            sys.exit(130 if isinstance(exc, Cancelled) and stop.is_set() else exit_code(exc))
+        return
     bar = None
     stop = threading.Event()
 
@@ -88,7 +117,13 @@ def train(training_file, validation_file, model, method, n_epochs, batch_size, l
         click.echo(f"stopped: {exc.message}", err=True)
         out = getattr(exc, "output_dir", None)
         if out is not None:
-            click.echo(f"resume with: {resume_command(sys.argv, out)}", err=True)
+            command = resume_command(sys.argv, out)
+            if os.environ.get(distributed.ENV_NPROC):
+                command += f" --nproc-per-node {os.environ[distributed.ENV_NPROC]}"
+            elif world > 1:
+                command = command.replace("tunewise train", "torchrun --nproc-per-node "
+                                          f"{os.environ.get('LOCAL_WORLD_SIZE', world)} -m tunewise.train", 1)
+            click.echo(f"resume with: {command}", err=True)
         sys.exit(130)
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -99,6 +134,44 @@ def train(training_file, validation_file, model, method, n_epochs, batch_size, l
     click.echo(f"final train_loss {m['train_loss']:.4f}"
                + (f", valid_loss {m['valid_loss']:.4f}" if m.get("valid_loss") is not None else "")
                + f"; {result.trained_tokens:,} trained tokens; metrics: {result.metrics_csv}")
+
+
+def _launch(config, nproc: int) -> None:
+    """``--nproc-per-node N``: check what can be checked here, then run N workers of this same command."""
+    import sys
+    from pathlib import Path
+
+    from tunewise.errors import LocalFileNotFound
+    from tunewise.train import distributed
+    from tunewise.train.trainer import _default_output_dir
+
+    config.validate()
+    for param in ("training_file", "validation_file"):
+        path = getattr(config, param)
+        if path is not None and not Path(path).is_file():
+            raise LocalFileNotFound(f"The {param.replace('_', ' ')} {path} does not exist.", hint="Check the path.",
+                                    param=param)
+    out = Path(config.output_dir) if config.output_dir else _default_output_dir(config)
+    out = out.expanduser().resolve()
+    args = [str(config.training_file)]
+    for flag, value in (("--validation-file", config.validation_file), ("--model", config.model),
+                        ("--method", config.method), ("--epochs", config.n_epochs),
+                        ("--batch-size", config.batch_size),
+                        ("--learning-rate-multiplier", config.learning_rate_multiplier), ("--seed", config.seed),
+                        ("--suffix", config.suffix), ("--output", out), ("--device", config.device),
+                        ("--dtype", config.dtype), ("--num-threads", config.num_threads),
+                        ("--collective-timeout", config.collective_timeout_s)):
+        if value is not None:
+            args += [flag, str(value)]
+    from tunewise.errors import DistributedError
+
+    try:
+        code = distributed.launch(args, nproc, str(out), config.collective_timeout_s)
+    except DistributedError:
+        click.echo("", err=True)  # rank 0's progress bar may have been cut mid-line
+        raise
+    if code:
+        sys.exit(code)
 
 
 def resume_command(argv: list[str], output_dir) -> str:

@@ -76,6 +76,10 @@ class TrainConfig:
     """Epoch-end checkpoints kept (the last N, like OpenAI)."""
     num_threads: int | None = None
     """CPU threads for PyTorch; ``None`` leaves PyTorch's default."""
+    collective_timeout_s: float = 300.0
+    """In a multi-process run (``torchrun``, ``--nproc-per-node``): seconds a collective operation (the gradient
+    all-reduce of a step, the sums of the metrics) waits for the other processes before the run fails with an error
+    naming the rank. It must exceed the longest gap between two steps (a checkpoint, an evaluation)."""
 
     def validate(self) -> None:
         """Raise ``UsageError`` for a value that cannot work, before anything is loaded."""
@@ -103,6 +107,10 @@ class TrainConfig:
                 raise UsageError(f"{name} must be a positive integer, not {value!r}.", param=name)
         if self.eval_every_steps is not None and self.eval_every_steps < 1:
             raise UsageError("eval_every_steps must be a positive integer or None.", param="eval_every_steps")
+        t = self.collective_timeout_s
+        if isinstance(t, bool) or not isinstance(t, int | float) or not t > 0:
+            raise UsageError(f"collective_timeout_s must be a positive number of seconds, not {t!r}.",
+                             param="collective_timeout_s")
         if not 0 <= self.warmup_ratio < 1 or not 0 <= self.lora_dropout < 1:
             raise UsageError("warmup_ratio and lora_dropout must be in [0, 1).")
 

@@ -35,6 +35,7 @@ from tunewise.errors import (
     Unsupported,
     UsageError,
 )
+from tunewise.train import distributed
 from tunewise.train.batching import micro_batches, plan
 from tunewise.train.config import TrainConfig, TrainEvent, TrainResult, resolve_hyperparameters
 from tunewise.train.render import IGNORE, Rendered, Renderer, read_examples
@@ -153,14 +154,17 @@ def _core_and_head(model):
     return None, None
 
 
-def _sums(model, core, head, mb, device):
-    """Summed token loss, correct argmax count and labelled-token count of one micro-batch."""
+def _sums(model, core, head, mb, device, forward=None):
+    """Summed token loss, correct argmax count and labelled-token count of one micro-batch. ``forward`` (a
+    data-parallel wrapper of the same computation, ``distributed.labelled_module``) replaces the direct calls."""
     import torch.nn.functional as F
 
     ids = mb.input_ids.to(device)
     targets = mb.labels[:, 1:].to(device)  # position t predicts token t + 1
     keep = targets != IGNORE
-    if core is not None:
+    if forward is not None:
+        logits = forward(ids, keep).float()
+    elif core is not None:
         # No attention mask: rows are right-padded, so causal attention already hides padding from real tokens.
         hidden = core(input_ids=ids, use_cache=False).last_hidden_state
         logits = head(hidden[:, :-1][keep]).float()
@@ -175,6 +179,14 @@ def _sums(model, core, head, mb, device):
 def evaluate(model, examples: list[Rendered], *, max_tokens: int, pad_id: int, device: str,
              autocast_dtype=None) -> tuple[float, float]:
     """Mean token loss and token accuracy over the labelled tokens of ``examples``."""
+    loss_sum, correct, count = _eval_sums(model, examples, max_tokens=max_tokens, pad_id=pad_id, device=device,
+                                          autocast_dtype=autocast_dtype)
+    return loss_sum / count, correct / count
+
+
+def _eval_sums(model, examples: list[Rendered], *, max_tokens: int, pad_id: int, device: str,
+               autocast_dtype=None) -> tuple[float, int, int]:
+    """Summed token loss, correct count and labelled-token count over ``examples`` (zeros for none)."""
     import torch
 
     core, head = _core_and_head(model)
@@ -182,13 +194,13 @@ def evaluate(model, examples: list[Rendered], *, max_tokens: int, pad_id: int, d
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     with torch.no_grad(), _autocast(device, autocast_dtype):
-        for mb in micro_batches(examples, max_tokens, pad_id):
+        for mb in micro_batches(examples, max_tokens, pad_id) if examples else []:
             loss, c, n = _sums(model, core, head, mb, device)
             loss_sum += loss.item()
             correct += c
             count += n
     model.train(was_training)
-    return loss_sum / count, correct / count
+    return loss_sum, correct, count
 
 
 def _autocast(device: str, dtype):
@@ -198,7 +210,7 @@ def _autocast(device: str, dtype):
 
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=dtype)
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
 
 
 def _lr_at(step: int, total: int, base: float, warmup_ratio: float) -> float:
@@ -297,14 +309,23 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _save_state(out: Path, model, optimizer, progress: dict[str, Any]) -> None:
+def _save_state(out: Path, model, optimizer, progress: dict[str, Any], group=None) -> None:
+    """The resumable state. In a multi-process run every rank calls this at the same step (the random states of
+    all ranks are gathered) and rank 0 alone writes."""
     import torch
 
+    rng = _rng_state()
+    extra = {}
+    if group is not None:
+        extra["rng_ranks"] = group.gather(rng)
+        extra["world_size"] = group.world
+        if not group.main:
+            return
     tmp = Path(tempfile.mkdtemp(prefix=".state-", dir=out))
     try:
         trainable = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
         with (tmp / "state.pt").open("wb") as f:
-            torch.save({"trainable": trainable, "optimizer": optimizer.state_dict(), "rng": _rng_state()}, f)
+            torch.save({"trainable": trainable, "optimizer": optimizer.state_dict(), "rng": rng, **extra}, f)
             f.flush()
             os.fsync(f.fileno())
         (tmp / "progress.json").write_text(json.dumps(progress, default=str))
@@ -335,9 +356,12 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None)
     ``on_event`` receives ``TrainEvent``s; ``stop`` (a ``threading.Event`` or a zero-argument callable) is checked
     between steps: when set, the state is saved and ``Cancelled`` raised. Errors in the input are raised before any
     training starts.
+
+    Inside a multi-process launch (``torchrun``, ``accelerate launch``, ``tunewise train --nproc-per-node N``: the
+    ``WORLD_SIZE`` variable says so) each process trains its share of every batch with DDP; rank 0 alone writes
+    files and receives events, and the run's batches, schedule and metrics are those of one process.
     """
     config.validate()
-    emit = on_event or (lambda event: None)
     should_stop = _stop_check(stop)
     for param in ("training_file", "validation_file"):
         path = getattr(config, param)
@@ -346,8 +370,22 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None)
                            param=param)
     spec = models.resolve(config.model)
     device, dtype = _device_and_dtype(config)
+    if not distributed.is_distributed_env():
+        return _train(config, spec, device, dtype, on_event or (lambda event: None), should_stop, None)
+    group = distributed.join(device, config.collective_timeout_s)
+    try:
+        emit = (on_event or (lambda event: None)) if group.main else (lambda event: None)
+        return _train(config, spec, group.device, dtype, emit, should_stop, group)
+    finally:
+        group.close()
+
+
+def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallback, should_stop, group) -> TrainResult:
+    main = group is None or group.main  # the process that writes files
     out = Path(config.output_dir) if config.output_dir else _default_output_dir(config)
     out = out.expanduser().resolve()
+    if group is not None:
+        out = Path(group.broadcast(str(out)))  # a default directory's time stamp is rank 0's
     saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else None
     tokenizer = models.load_tokenizer(config.model)
     renderer = Renderer(tokenizer, model_name=spec.name)
@@ -359,14 +397,17 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None)
     hyper = resolve_hyperparameters(config, len(train_set), base_lr)
     if hyper["seed"] is None:
         hyper["seed"] = saved["hyperparameters"]["seed"] if saved else random.SystemRandom().randrange(2**31)
+        if group is not None:
+            hyper["seed"] = group.broadcast(hyper["seed"])
     seed = hyper["seed"]
+    world = group.world if group is not None else 1
     resolved = {
         "training_file": str(Path(config.training_file).resolve()),
         "training_file_sha256": _sha256(Path(config.training_file)),
         "validation_file": str(Path(config.validation_file).resolve()) if config.validation_file else None,
         "validation_file_sha256": _sha256(Path(config.validation_file)) if config.validation_file else None,
         "model": str(config.model), "base_model": _base_model_name(spec), "method": config.method,
-        "hyperparameters": hyper, "suffix": config.suffix, "output_dir": str(out), "device": device,
+        "hyperparameters": hyper, "suffix": config.suffix, "output_dir": str(out), "device": device.split(":")[0],
         "dtype": dtype, "lora": ({"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
                                   "target_modules": config.lora_target_modules}
                                  if config.method == "lora" else None),
@@ -376,6 +417,8 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None)
         "keep_checkpoints": config.keep_checkpoints, "n_train_examples": len(train_set),
         "n_valid_examples": len(valid_set), "base_model_dir": str(models.local_dir(config.model)),
     }
+    if group is not None:
+        resolved["world_size"] = world
     if saved:
         changed = [k for k in _RESUME_KEYS if json.loads(json.dumps(saved.get(k), default=str))
                    != json.loads(json.dumps(resolved.get(k), default=str))]
@@ -386,11 +429,12 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None)
         if (out / "result.json").is_file():
             emit(TrainEvent("message", f"Training already finished in {out}"))
             return TrainResult.from_dict(json.loads((out / "result.json").read_text()))
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", resolved)
-    # Temporary directories of a process killed mid-write: never complete, never read.
-    for tmp in [*out.glob(".state-*"), *out.glob(".final-*"), *out.glob("checkpoints/.step-*")]:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "config.json", resolved)
+        # Temporary directories of a process killed mid-write: never complete, never read.
+        for tmp in [*out.glob(".state-*"), *out.glob(".final-*"), *out.glob("checkpoints/.step-*")]:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     import torch
 
@@ -414,98 +458,164 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None)
             for name, tensor in state["trainable"].items():
                 named[name].copy_(tensor)
         optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")
+        _set_rng_state(ranks[group.rank] if group is not None and ranks and len(ranks) == world else state["rng"])
         start = progress["step"]
         # Anything written after the saved state (a kill between saves) is redone identically.
-        for d in (out / "checkpoints").glob("step-*") if (out / "checkpoints").is_dir() else []:
-            if int(d.name.split("-")[1]) > start:
-                shutil.rmtree(d)
-        emit(TrainEvent("message", f"Training resumed from step {start}/{total}"))
+        if main:
+            for d in (out / "checkpoints").glob("step-*") if (out / "checkpoints").is_dir() else []:
+                if int(d.name.split("-")[1]) > start:
+                    shutil.rmtree(d)
+        saved_world = state.get("world_size", 1)
+        emit(TrainEvent("message", f"Training resumed from step {start}/{total}"
+                        + (f" on {world} processes (saved by {saved_world}; the batches and schedule do not depend "
+                           "on the number of processes)" if saved_world != world else "")))
     else:
         progress = {"step": 0, "trained_tokens": 0, "rows": [], "checkpoints": [], "real_tokens": 0,
                     "padded_tokens": 0}
         start = 0
         emit(TrainEvent("message", f"Training started: {len(train_set)} examples, {hyper['n_epochs']} epochs, "
-                        f"batch size {hyper['batch_size']}, {total} steps, {config.method} on {device} ({dtype})"))
-    _write_metrics(metrics_csv, progress["rows"])
+                        f"batch size {hyper['batch_size']}, {total} steps, {config.method} on {device} ({dtype})"
+                        + (f", {world} processes" if group is not None else "")))
+    if main:
+        _write_metrics(metrics_csv, progress["rows"])
+    ddp = None
+    lengths = [len(e.input_ids) for e in train_set]
+    if group is not None:
+        ddp = distributed.wrap(distributed.labelled_module(model, core, head), group)
 
     meta_base = {"base_model": resolved["base_model"], "method": config.method, "suffix": config.suffix,
                  "train_config": resolved}
     t0 = time.monotonic()
     last_saved = start
-    for i in range(start, total):
-        if should_stop():
-            if last_saved != i:
-                _save_state(out, model, optimizer, progress)
-            emit(TrainEvent("message", f"Training stopped at step {i}/{total}; state saved", level="warn"))
-            stopped = Cancelled(f"Training stopped at step {i} of {total}; the state is saved in {out}.",
-                                hint=f"Train again with output_dir={out} to resume.")
-            stopped.output_dir = out
-            raise stopped
-        epoch, indices = steps[i]
-        batch = [train_set[j] for j in indices]
-        n_labels = sum(e.n_labels for e in batch)
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(i, total, hyper["learning_rate"], config.warmup_ratio)
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum, correct = 0.0, 0
-        for mb in micro_batches(batch, config.max_tokens_per_microbatch, pad_id):
-            with _autocast(device, autocast_dtype):
-                loss, c, _ = _sums(model, core, head, mb, device)
-            # Each micro-batch's share of the batch's mean token loss: the gradients sum to the batch's.
-            (loss / n_labels).backward()
-            loss_sum += loss.item()
-            correct += c
-            progress["real_tokens"] += mb.real_tokens
-            progress["padded_tokens"] += mb.padded_tokens
-        if config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
-        progress["step"] = i + 1
-        progress["trained_tokens"] += sum(len(e.input_ids) for e in batch)
-        epoch_end = i + 1 == total or steps[i + 1][0] != epoch
-        row = {"step": i + 1, "train_loss": loss_sum / n_labels, "train_accuracy": correct / n_labels,
-               "valid_loss": None, "valid_mean_token_accuracy": None}
-        if valid_set and (epoch_end or (config.eval_every_steps and (i + 1) % config.eval_every_steps == 0)):
-            row["valid_loss"], row["valid_mean_token_accuracy"] = evaluate(
-                model, valid_set, max_tokens=config.max_tokens_per_microbatch, pad_id=pad_id, device=device,
-                autocast_dtype=autocast_dtype)
-        progress["rows"].append(row)
-        _append_metrics(metrics_csv, row)
-        elapsed = time.monotonic() - t0
-        done_here = i + 1 - start
-        emit(TrainEvent("metrics", f"step {i + 1}/{total}: loss {row['train_loss']:.4f}", data={
-            "step": i + 1, "total_steps": total, "epoch": epoch + 1, "train_loss": row["train_loss"],
-            "train_mean_token_accuracy": row["train_accuracy"], "valid_loss": row["valid_loss"],
-            "valid_mean_token_accuracy": row["valid_mean_token_accuracy"],
-            "trained_tokens": progress["trained_tokens"], "elapsed_s": elapsed,
-            "eta_s": elapsed / done_here * (total - i - 1), "learning_rate": optimizer.param_groups[0]["lr"]}))
-        if epoch_end:
-            path = out / "checkpoints" / f"step-{i + 1}"
-            save_model_dir(model, tokenizer, path, {**meta_base, "step": i + 1, "epoch": epoch + 1})
-            record = {"step": i + 1, "path": str(path), "metrics": openai_metrics(row)}
-            progress["checkpoints"].append(record)
-            for old in progress["checkpoints"][:-config.keep_checkpoints]:
-                shutil.rmtree(old["path"], ignore_errors=True)
-            progress["checkpoints"] = progress["checkpoints"][-config.keep_checkpoints:]
-            emit(TrainEvent("checkpoint", f"Checkpoint saved at step {i + 1}", data=record))
-            emit(TrainEvent("message", f"Epoch {epoch + 1}/{hyper['n_epochs']} done"))
-        if epoch_end or (i + 1) % config.save_state_every_steps == 0:
-            _save_state(out, model, optimizer, progress)
-            last_saved = i + 1
+    try:
+        for i in range(start, total):
+            stopping = should_stop()
+            if group is not None:
+                stopping = group.any(stopping)  # every rank stops at the same step
+            if stopping:
+                if last_saved != i:
+                    _save_state(out, model, optimizer, progress, group)
+                emit(TrainEvent("message", f"Training stopped at step {i}/{total}; state saved", level="warn"))
+                stopped = Cancelled(f"Training stopped at step {i} of {total}; the state is saved in {out}.",
+                                    hint=f"Train again with output_dir={out} to resume.")
+                stopped.output_dir = out
+                raise stopped
+            epoch, indices = steps[i]
+            batch = [train_set[j] for j in indices]
+            n_labels = sum(e.n_labels for e in batch)
+            for group_ in optimizer.param_groups:
+                group_["lr"] = _lr_at(i, total, hyper["learning_rate"], config.warmup_ratio)
+            optimizer.zero_grad(set_to_none=True)
+            if group is None:
+                loss_sum, correct = 0.0, 0
+                for mb in micro_batches(batch, config.max_tokens_per_microbatch, pad_id):
+                    with _autocast(device, autocast_dtype):
+                        loss, c, _ = _sums(model, core, head, mb, device)
+                    # Each micro-batch's share of the batch's mean token loss: the gradients sum to the batch's.
+                    (loss / n_labels).backward()
+                    loss_sum += loss.item()
+                    correct += c
+                    progress["real_tokens"] += mb.real_tokens
+                    progress["padded_tokens"] += mb.padded_tokens
+            else:
+                loss_sum, correct = _distributed_step(model, core, head, ddp, group, indices, lengths, train_set,
+                                                      n_labels, config, pad_id, device, autocast_dtype, progress)
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            progress["step"] = i + 1
+            progress["trained_tokens"] += sum(len(e.input_ids) for e in batch)
+            epoch_end = i + 1 == total or steps[i + 1][0] != epoch
+            row = {"step": i + 1, "train_loss": loss_sum / n_labels, "train_accuracy": correct / n_labels,
+                   "valid_loss": None, "valid_mean_token_accuracy": None}
+            if valid_set and (epoch_end or (config.eval_every_steps and (i + 1) % config.eval_every_steps == 0)):
+                if group is None:
+                    row["valid_loss"], row["valid_mean_token_accuracy"] = evaluate(
+                        model, valid_set, max_tokens=config.max_tokens_per_microbatch, pad_id=pad_id,
+                        device=device, autocast_dtype=autocast_dtype)
+                else:  # each rank evaluates a share; the sums are added up
+                    sums = _eval_sums(model, valid_set[group.rank::world], max_tokens=config.max_tokens_per_microbatch,
+                                      pad_id=pad_id, device=device, autocast_dtype=autocast_dtype)
+                    v_loss, v_correct, v_count = group.all_sum(list(sums))
+                    row["valid_loss"], row["valid_mean_token_accuracy"] = v_loss / v_count, v_correct / v_count
+            progress["rows"].append(row)
+            if main:
+                _append_metrics(metrics_csv, row)
+            elapsed = time.monotonic() - t0
+            done_here = i + 1 - start
+            emit(TrainEvent("metrics", f"step {i + 1}/{total}: loss {row['train_loss']:.4f}", data={
+                "step": i + 1, "total_steps": total, "epoch": epoch + 1, "train_loss": row["train_loss"],
+                "train_mean_token_accuracy": row["train_accuracy"], "valid_loss": row["valid_loss"],
+                "valid_mean_token_accuracy": row["valid_mean_token_accuracy"],
+                "trained_tokens": progress["trained_tokens"], "elapsed_s": elapsed,
+                "eta_s": elapsed / done_here * (total - i - 1), "learning_rate": optimizer.param_groups[0]["lr"]}))
+            if epoch_end:
+                path = out / "checkpoints" / f"step-{i + 1}"
+                if main:
+                    save_model_dir(model, tokenizer, path, {**meta_base, "step": i + 1, "epoch": epoch + 1})
+                record = {"step": i + 1, "path": str(path), "metrics": openai_metrics(row)}
+                progress["checkpoints"].append(record)
+                if main:
+                    for old in progress["checkpoints"][:-config.keep_checkpoints]:
+                        shutil.rmtree(old["path"], ignore_errors=True)
+                progress["checkpoints"] = progress["checkpoints"][-config.keep_checkpoints:]
+                emit(TrainEvent("checkpoint", f"Checkpoint saved at step {i + 1}", data=record))
+                emit(TrainEvent("message", f"Epoch {epoch + 1}/{hyper['n_epochs']} done"))
+            if epoch_end or (i + 1) % config.save_state_every_steps == 0:
+                _save_state(out, model, optimizer, progress, group)
+                last_saved = i + 1
+    except Exception as exc:
+        if group is not None and not isinstance(exc, Cancelled) and distributed.is_collective_failure(exc):
+            raise distributed.collective_error(group, exc, progress["step"] + 1, last_saved, out) from exc
+        raise
 
     final = out / "final"
-    save_model_dir(model, tokenizer, final, {**meta_base, "step": total, "epoch": hyper["n_epochs"]})
+    if main:
+        save_model_dir(model, tokenizer, final, {**meta_base, "step": total, "epoch": hyper["n_epochs"]})
     waste = 1 - progress["real_tokens"] / progress["padded_tokens"] if progress["padded_tokens"] else 0.0
     result = TrainResult(
         output_dir=out, model_dir=final, method=config.method, base_model=resolved["base_model"],
         trained_tokens=progress["trained_tokens"], hyperparameters=hyper, metrics_csv=metrics_csv,
         checkpoints=progress["checkpoints"], metrics=openai_metrics(progress["rows"][-1]), padding_waste=waste, steps=total)
-    _write_json(out / "result.json", result.to_dict())
-    shutil.rmtree(out / STATE, ignore_errors=True)
+    if main:
+        _write_json(out / "result.json", result.to_dict())
+        shutil.rmtree(out / STATE, ignore_errors=True)
+    if group is not None:
+        group.barrier()  # no rank returns before rank 0 has written the result
     emit(TrainEvent("message", f"Training finished: {total} steps, {progress['trained_tokens']} tokens, "
                     f"padding waste {waste:.1%}; model in {final}"))
     return result
+
+
+def _distributed_step(model, core, head, ddp, group, indices, lengths, train_set, n_labels, config, pad_id, device,
+                      autocast_dtype, progress) -> tuple[float, int]:
+    """This rank's share of one global batch, forward and backward through DDP; the batch's sums over all ranks.
+
+    DDP averages the gradients over ranks, so each rank's loss is weighted ``world / n_labels`` (``n_labels``: the
+    labelled tokens of the whole batch): the average is then the gradient of the whole batch's mean token loss,
+    as in one process. Every rank runs the same number of synchronising backward passes (one, the last
+    micro-batch; the others under ``no_sync``); a rank whose share is empty runs one on an example weighted 0."""
+    mine = [train_set[j] for j in distributed.share(indices, lengths, group.rank, group.world)]
+    weight = group.world / n_labels
+    if not mine:
+        mine, weight = [train_set[indices[0]]], 0.0
+    mbs = micro_batches(mine, config.max_tokens_per_microbatch, pad_id)
+    loss_sum, correct, real, padded = 0.0, 0, 0, 0
+    for mb, sync in zip(mbs, distributed.sync_points(len(mbs), ddp), strict=True):
+        with sync:
+            with _autocast(device, autocast_dtype):
+                loss, c, _ = _sums(model, core, head, mb, device, forward=ddp)
+            (loss * weight).backward()
+        if weight:
+            loss_sum += loss.item()
+            correct += c
+            real += mb.real_tokens
+            padded += mb.padded_tokens
+    loss_sum, correct, real, padded = group.all_sum([loss_sum, correct, real, padded])
+    progress["real_tokens"] += int(real)
+    progress["padded_tokens"] += int(padded)
+    return loss_sum, int(correct)
 
 
 # ---------------------------------------------------------------------------------------------------- export
