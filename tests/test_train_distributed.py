@@ -4,6 +4,7 @@ per-step losses and final weights, a rank killed mid-run, the rerun that resumes
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -159,3 +160,48 @@ def test_bad_input_fails_before_any_process_starts(data, tmp_path):
     done = subprocess.run(missing, capture_output=True, text=True, timeout=120, env=env())
     assert done.returncode == 2 and "nope.jsonl does not exist" in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_fsdp_full_fine_tuning_trains_as_one_process_and_resumes(data, tmp_path):
+    """``--sharding fsdp`` (full fine-tuning): killed after step 5, the rerun resumes from the sharded run's saved
+    state (gathered to full weights and optimizer state by name) and ends as one process does."""
+    one = tmp_path / "one"
+    train(TrainConfig(training_file=data[0], validation_file=data[1], model=TINY, method="full", n_epochs=2,
+                      batch_size=4, seed=3, output_dir=one, num_threads=1))
+    out = tmp_path / "fsdp"
+    command = args(data, out, "--method", "full", "--nproc-per-node", "2", "--sharding", "fsdp")
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "metrics.csv").is_file() and len(rows(out / "metrics.csv")) >= 5:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        pid = _rank_pid(psutil.Process(proc.pid), 0)
+        assert pid is not None
+        os.kill(pid, 9)
+        _, stderr = proc.communicate(timeout=TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1 and "rank 0 (pid " in stderr.splitlines()[-1], stderr
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env())
+    assert done.returncode == 0, done.stderr
+    assert "Training resumed from step 4/8" in done.stderr
+    assert_same_metrics(rows(one / "metrics.csv"), rows(out / "metrics.csv"))
+    wa, wb = load_file(str(one / "final" / "model.safetensors")), load_file(str(out / "final" / "model.safetensors"))
+    assert wa.keys() == wb.keys()  # the tied LM head is saved once, as by one process
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=RTOL, atol=1e-6, msg=name)
+    assert json.loads((out / "config.json").read_text())["sharding"] == "fsdp"
+
+
+def test_fsdp_is_for_full_fine_tuning_over_several_processes(data, tmp_path):
+    done = subprocess.run(args(data, tmp_path / "o", "--nproc-per-node", "2", "--sharding", "fsdp"),
+                          capture_output=True, text=True, timeout=120, env=env())
+    assert done.returncode == 2 and "sharding 'fsdp' is for method 'full'" in done.stderr
+    done = subprocess.run(args(data, tmp_path / "o", "--method", "full", "--sharding", "fsdp"),
+                          capture_output=True, text=True, timeout=120, env=env())
+    assert done.returncode == 2 and "--nproc-per-node N" in done.stderr and "Traceback" not in done.stderr

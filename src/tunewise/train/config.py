@@ -76,6 +76,10 @@ class TrainConfig:
     """Epoch-end checkpoints kept (the last N, like OpenAI)."""
     num_threads: int | None = None
     """CPU threads for PyTorch; ``None`` leaves PyTorch's default."""
+    sharding: Literal["ddp", "fsdp"] = "ddp"
+    """In a multi-process run: ``ddp`` (every process holds the whole model; LoRA and full) or ``fsdp`` (PyTorch's
+    fully sharded data parallel: weights, gradients and optimizer state split over the processes, for models that
+    do not fit one device; ``method="full"`` only)."""
     collective_timeout_s: float = 300.0
     """In a multi-process run (``torchrun``, ``--nproc-per-node``): seconds a collective operation (the gradient
     all-reduce of a step, the sums of the metrics) waits for the other processes before the run fails with an error
@@ -107,6 +111,11 @@ class TrainConfig:
                 raise UsageError(f"{name} must be a positive integer, not {value!r}.", param=name)
         if self.eval_every_steps is not None and self.eval_every_steps < 1:
             raise UsageError("eval_every_steps must be a positive integer or None.", param="eval_every_steps")
+        if self.sharding not in ("ddp", "fsdp"):
+            raise UsageError(f"sharding must be ddp or fsdp, not {self.sharding!r}.", param="sharding")
+        if self.sharding == "fsdp" and self.method != "full":
+            raise UsageError("sharding 'fsdp' is for method 'full'; LoRA trains few weights and keeps DDP.",
+                             hint="Use --method full with --sharding fsdp, or leave --sharding out.", param="sharding")
         t = self.collective_timeout_s
         if isinstance(t, bool) or not isinstance(t, int | float) or not t > 0:
             raise UsageError(f"collective_timeout_s must be a positive number of seconds, not {t!r}.",

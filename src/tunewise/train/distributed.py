@@ -62,6 +62,7 @@ class Group:
     device: str
     timeout_s: float
     owned: bool  # this process group was started here, so it is destroyed here
+    sharding: str = "ddp"  # ddp: every rank holds the whole model; fsdp: parameters, gradients, optimizer sharded
 
     @property
     def main(self) -> bool:
@@ -114,7 +115,7 @@ class Group:
         return self.device if self.device.startswith("cuda") else "cpu"
 
 
-def join(device: str, timeout_s: float) -> Group:
+def join(device: str, timeout_s: float, sharding: str = "ddp") -> Group:
     """Join (or start) the process group of this run. ``device`` is ``cpu`` or ``cuda``; on CUDA each rank takes
     the GPU of its local rank. Every collective fails after ``timeout_s`` instead of waiting for ever."""
     import torch
@@ -151,7 +152,7 @@ def join(device: str, timeout_s: float) -> Group:
                      "reachable.") from exc
         owned = True
     return Group(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank, device=device,
-                 timeout_s=timeout_s, owned=owned)
+                 timeout_s=timeout_s, owned=owned, sharding=sharding)
 
 
 def is_collective_failure(exc: BaseException) -> bool:
@@ -209,15 +210,67 @@ def wrap(module, group: Group):
     return DistributedDataParallel(module, device_ids=ids)
 
 
+def shard(module, core, group: Group):
+    """FSDP (PyTorch's ``fully_shard``): each decoder layer is a unit of its own, the rest (embeddings, final norm,
+    the tied LM head) belongs to the root. Gradients are averaged over ranks like DDP's."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in getattr(core, "layers", None) or []:
+        fully_shard(layer)
+    fully_shard(module)
+    return module
+
+
+def full_state(model, optimizer=None):
+    """The full (unsharded) weights on CPU, and the optimizer state by parameter name: collective, every rank
+    calls it. Tensors are complete on every rank; rank 0 writes them."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    # A tied weight (the LM head that is the embedding) comes back under both names, as two copies: keep the first
+    # name only, as the model's own save does.
+    seen: set[int] = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            weights.pop(name, None)
+        seen.add(id(param))
+    return weights, (get_optimizer_state_dict(model, optimizer, options=options) if optimizer is not None else None)
+
+
+def load_optimizer(model, optimizer, state) -> None:
+    """A full optimizer state by parameter name (``full_state``) into a sharded optimizer: each rank keeps its
+    shards, so a run saved by N processes resumes on any number."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
 def share(indices: list[int], lengths: list[int], rank: int, world: int) -> list[int]:
     """This rank's examples of one global batch: longest first, dealt round-robin, so tokens are balanced."""
     ordered = sorted(indices, key=lambda i: (-lengths[i], i))
     return ordered[rank::world]
 
 
-def sync_points(n: int, ddp) -> list[Any]:
-    """A context per micro-batch: ``no_sync`` for all but the last, so every rank all-reduces once per step."""
-    return [ddp.no_sync() if k < n - 1 else contextlib.nullcontext() for k in range(n)]
+def sync_points(n: int, wrapped) -> list[Any]:
+    """A context per micro-batch that synchronises gradients on the last one only (DDP's ``no_sync``, FSDP's
+    ``set_requires_gradient_sync``), so every rank reduces once per step."""
+    if hasattr(wrapped, "set_requires_gradient_sync"):
+        return [_fsdp_sync(wrapped, k == n - 1) for k in range(n)]
+    return [wrapped.no_sync() if k < n - 1 else contextlib.nullcontext() for k in range(n)]
+
+
+@contextlib.contextmanager
+def _fsdp_sync(module, sync: bool):
+    module.set_requires_gradient_sync(sync)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
 
 
 # ---------------------------------------------------------------------------------------------------- the launcher

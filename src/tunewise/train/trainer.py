@@ -118,7 +118,8 @@ def _default_output_dir(config: TrainConfig) -> Path:
 
 # What must be the same for a run to continue in an existing output directory.
 _RESUME_KEYS = ("base_model", "method", "hyperparameters", "training_file_sha256", "validation_file_sha256",
-                "dtype", "lora", "weight_decay", "warmup_ratio", "max_grad_norm", "max_tokens_per_microbatch")
+                "dtype", "lora", "weight_decay", "warmup_ratio", "max_grad_norm", "max_tokens_per_microbatch",
+                "sharding")
 
 
 # ---------------------------------------------------------------------------------------------------- the model
@@ -185,7 +186,7 @@ def evaluate(model, examples: list[Rendered], *, max_tokens: int, pad_id: int, d
 
 
 def _eval_sums(model, examples: list[Rendered], *, max_tokens: int, pad_id: int, device: str,
-               autocast_dtype=None) -> tuple[float, int, int]:
+               autocast_dtype=None, forward=None) -> tuple[float, int, int]:
     """Summed token loss, correct count and labelled-token count over ``examples`` (zeros for none)."""
     import torch
 
@@ -195,7 +196,7 @@ def _eval_sums(model, examples: list[Rendered], *, max_tokens: int, pad_id: int,
     loss_sum, correct, count = 0.0, 0, 0
     with torch.no_grad(), _autocast(device, autocast_dtype):
         for mb in micro_batches(examples, max_tokens, pad_id) if examples else []:
-            loss, c, n = _sums(model, core, head, mb, device)
+            loss, c, n = _sums(model, core, head, mb, device, forward=forward)
             loss_sum += loss.item()
             correct += c
             count += n
@@ -266,12 +267,16 @@ def _replace_dir(tmp: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
-def save_model_dir(model, tokenizer, target: Path, meta: dict[str, Any]) -> None:
-    """A self-describing model directory: PEFT adapter or full HF model, tokenizer, ``tunewise_model.json``."""
+def save_model_dir(model, tokenizer, target: Path, meta: dict[str, Any], state_dict=None) -> None:
+    """A self-describing model directory: PEFT adapter or full HF model, tokenizer, ``tunewise_model.json``.
+    ``state_dict``: the full weights where the model's own are sharded (FSDP)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if state_dict is None:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         (tmp / "tunewise_model.json").write_text(json.dumps(meta, indent=2, default=str))
         _replace_dir(tmp, target)
@@ -316,16 +321,22 @@ def _save_state(out: Path, model, optimizer, progress: dict[str, Any], group=Non
 
     rng = _rng_state()
     extra = {}
+    sharded = group is not None and group.sharding == "fsdp"
+    if sharded:  # the full weights and optimizer state, gathered from the shards (every rank takes part)
+        trainable, optimizer_state = distributed.full_state(model, optimizer)
+        extra["optimizer_by_name"] = True
     if group is not None:
         extra["rng_ranks"] = group.gather(rng)
         extra["world_size"] = group.world
         if not group.main:
             return
+    if not sharded:
+        trainable = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+        optimizer_state = optimizer.state_dict()
     tmp = Path(tempfile.mkdtemp(prefix=".state-", dir=out))
     try:
-        trainable = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
         with (tmp / "state.pt").open("wb") as f:
-            torch.save({"trainable": trainable, "optimizer": optimizer.state_dict(), "rng": rng, **extra}, f)
+            torch.save({"trainable": trainable, "optimizer": optimizer_state, "rng": rng, **extra}, f)
             f.flush()
             os.fsync(f.fileno())
         (tmp / "progress.json").write_text(json.dumps(progress, default=str))
@@ -371,8 +382,12 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None)
     spec = models.resolve(config.model)
     device, dtype = _device_and_dtype(config)
     if not distributed.is_distributed_env():
+        if config.sharding == "fsdp":
+            raise UsageError("sharding 'fsdp' splits the model over several processes, and this is one.",
+                             hint="Add --nproc-per-node N (N >= 2), launch with torchrun, or leave --sharding out.",
+                             param="sharding")
         return _train(config, spec, device, dtype, on_event or (lambda event: None), should_stop, None)
-    group = distributed.join(device, config.collective_timeout_s)
+    group = distributed.join(device, config.collective_timeout_s, sharding=config.sharding)
     try:
         emit = (on_event or (lambda event: None)) if group.main else (lambda event: None)
         return _train(config, spec, group.device, dtype, emit, should_stop, group)
@@ -419,6 +434,8 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
     }
     if group is not None:
         resolved["world_size"] = world
+    if config.sharding == "fsdp":
+        resolved["sharding"] = "fsdp"  # a resume key: its state is saved by name
     if saved:
         changed = [k for k in _RESUME_KEYS if json.loads(json.dumps(saved.get(k), default=str))
                    != json.loads(json.dumps(resolved.get(k), default=str))]
@@ -445,19 +462,28 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
     model = _load(config, seed, device, dtype)
     model.train()
     autocast_dtype = torch.bfloat16 if (config.method == "full" and dtype == "bfloat16") else None
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=hyper["learning_rate"], weight_decay=config.weight_decay)
     core, head = _core_and_head(model)
     pad_id = tokenizer.pad_token_id
-
     progress, state = _load_state(out)
-    metrics_csv = out / "metrics.csv"
-    if progress:
+    if progress:  # the saved weights go in before the model is wrapped or sharded
         named = dict(model.named_parameters())
         with torch.no_grad():
             for name, tensor in state["trainable"].items():
                 named[name].copy_(tensor)
-        optimizer.load_state_dict(state["optimizer"])
+    ddp = None
+    if group is not None:
+        labelled = distributed.labelled_module(model, core, head)
+        ddp = (distributed.shard(labelled, core, group) if group.sharding == "fsdp"
+               else distributed.wrap(labelled, group))
+    params = [p for p in model.parameters() if p.requires_grad]  # FSDP's sharded parameters, where sharded
+    optimizer = torch.optim.AdamW(params, lr=hyper["learning_rate"], weight_decay=config.weight_decay)
+
+    metrics_csv = out / "metrics.csv"
+    if progress:
+        if state.get("optimizer_by_name") or (group is not None and group.sharding == "fsdp"):
+            distributed.load_optimizer(model, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         ranks = state.get("rng_ranks")
         _set_rng_state(ranks[group.rank] if group is not None and ranks and len(ranks) == world else state["rng"])
         start = progress["step"]
@@ -479,10 +505,8 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
                         + (f", {world} processes" if group is not None else "")))
     if main:
         _write_metrics(metrics_csv, progress["rows"])
-    ddp = None
     lengths = [len(e.input_ids) for e in train_set]
-    if group is not None:
-        ddp = distributed.wrap(distributed.labelled_module(model, core, head), group)
+    sharded = group is not None and group.sharding == "fsdp"
 
     meta_base = {"base_model": resolved["base_model"], "method": config.method, "suffix": config.suffix,
                  "train_config": resolved}
@@ -536,7 +560,8 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
                         device=device, autocast_dtype=autocast_dtype)
                 else:  # each rank evaluates a share; the sums are added up
                     sums = _eval_sums(model, valid_set[group.rank::world], max_tokens=config.max_tokens_per_microbatch,
-                                      pad_id=pad_id, device=device, autocast_dtype=autocast_dtype)
+                                      pad_id=pad_id, device=device, autocast_dtype=autocast_dtype,
+                                      forward=ddp if sharded else None)
                     v_loss, v_correct, v_count = group.all_sum(list(sums))
                     row["valid_loss"], row["valid_mean_token_accuracy"] = v_loss / v_count, v_correct / v_count
             progress["rows"].append(row)
@@ -552,8 +577,10 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
                 "eta_s": elapsed / done_here * (total - i - 1), "learning_rate": optimizer.param_groups[0]["lr"]}))
             if epoch_end:
                 path = out / "checkpoints" / f"step-{i + 1}"
+                weights = distributed.full_state(model)[0] if sharded else None  # every rank gathers
                 if main:
-                    save_model_dir(model, tokenizer, path, {**meta_base, "step": i + 1, "epoch": epoch + 1})
+                    save_model_dir(model, tokenizer, path, {**meta_base, "step": i + 1, "epoch": epoch + 1},
+                                   state_dict=weights)
                 record = {"step": i + 1, "path": str(path), "metrics": openai_metrics(row)}
                 progress["checkpoints"].append(record)
                 if main:
@@ -571,8 +598,10 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
         raise
 
     final = out / "final"
+    weights = distributed.full_state(model)[0] if sharded else None
     if main:
-        save_model_dir(model, tokenizer, final, {**meta_base, "step": total, "epoch": hyper["n_epochs"]})
+        save_model_dir(model, tokenizer, final, {**meta_base, "step": total, "epoch": hyper["n_epochs"]},
+                       state_dict=weights)
     waste = 1 - progress["real_tokens"] / progress["padded_tokens"] if progress["padded_tokens"] else 0.0
     result = TrainResult(
         output_dir=out, model_dir=final, method=config.method, base_model=resolved["base_model"],
