@@ -44,13 +44,16 @@ def _auto_or(kind):
               help="CPU threads for PyTorch (default: PyTorch's choice; 1 is faster on a busy shared machine).")
 @click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes on this machine (DDP: gloo on CPU, nccl with one GPU each on CUDA).")
+@click.option("--packing", is_flag=True,
+              help="Padding-free batches: examples concatenated per micro-batch, each attending to itself only.")
 @click.option("--sharding", type=click.Choice(["ddp", "fsdp"]), default="ddp", show_default=True,
               help="With several processes: ddp (each holds the whole model) or fsdp (sharded; --method full).")
 @click.option("--collective-timeout", "collective_timeout_s", type=click.FloatRange(min=0, min_open=True),
               default=300.0, show_default=True,
               help="Seconds a multi-process run waits for a silent process before failing with its rank.")
 def train(training_file, validation_file, model, method, n_epochs, batch_size, learning_rate_multiplier, seed,
-          suffix, output_dir, device, dtype, num_threads, nproc_per_node, sharding, collective_timeout_s):
+          suffix, output_dir, device, dtype, num_threads, packing, nproc_per_node, sharding,
+          collective_timeout_s):
     """Fine-tune MODEL on TRAINING_FILE (OpenAI chat JSONL); Ctrl-C saves the state, run again to resume."""
     import signal
     import sys
@@ -65,7 +68,7 @@ def train(training_file, validation_file, model, method, n_epochs, batch_size, l
     config = TrainConfig(training_file=training_file, validation_file=validation_file, model=model, method=method,
                          n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=learning_rate_multiplier,
                          seed=seed, suffix=suffix, output_dir=output_dir, device=device, dtype=dtype,
-                         num_threads=num_threads, sharding=sharding, collective_timeout_s=collective_timeout_s)
+                         num_threads=num_threads, packing=packing, sharding=sharding, collective_timeout_s=collective_timeout_s)
     world = distributed.world_size_from_env()
     if nproc_per_node > 1:
         if world > 1:
@@ -166,6 +169,8 @@ def _launch(config, nproc: int) -> None:
                         ("--collective-timeout", config.collective_timeout_s)):
         if value is not None:
             args += [flag, str(value)]
+    if config.packing:
+        args.append("--packing")
     from tunewise.errors import DistributedError
 
     try:

@@ -5,6 +5,11 @@ similar length are grouped into the same batch (shuffle, cut into mega-batches, 
 compute goes to padding. Each row of a micro-batch holds one example, right-padded: with a causal mask a real token
 never attends to a later position, so padding never leaks into real tokens and no attention mask is needed (which
 also keeps PyTorch's fast causal attention kernel).
+
+With packing (``packed_micro_batches``) there is no padding at all: the examples of a micro-batch are concatenated
+into one row, each with its own position ids from 0, so no example attends to another (transformers turns position
+ids that restart into a block-diagonal causal mask for SDPA and eager attention, and the flash-attention kernels
+into variable-length attention) and the loss is that of the unpacked batch.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class MicroBatch:
     labels: torch.Tensor  # [rows, length], -100 on prompt and padding
     real_tokens: int
     padded_tokens: int
+    position_ids: torch.Tensor | None = None  # [rows, length] when packed: restarting at 0 with each example
 
 
 def micro_batches(examples: list[Rendered], max_tokens: int, pad_id: int) -> list[MicroBatch]:
@@ -69,3 +75,33 @@ def _collate(group: list[Rendered], pad_id: int) -> MicroBatch:
         labels[row, : len(e.labels)] = torch.tensor(e.labels)
     real = sum(len(e.input_ids) for e in group)
     return MicroBatch(ids, labels, real, length * len(group))
+
+
+def packed_micro_batches(examples: list[Rendered], max_tokens: int, pad_id: int) -> list[MicroBatch]:
+    """Padding-free micro-batches: each is one row of concatenated examples, at most ``max_tokens`` tokens
+    (first-fit, longest first); an example longer than the budget is a row of its own. ``pad_id`` is unused (there
+    is no padding) and kept so both batchers are called alike."""
+    rows: list[list[Rendered]] = []
+    sizes: list[int] = []
+    for example in sorted(examples, key=lambda e: len(e.input_ids), reverse=True):
+        n = len(example.input_ids)
+        for k, size in enumerate(sizes):
+            if size + n <= max_tokens:
+                rows[k].append(example)
+                sizes[k] += n
+                break
+        else:
+            rows.append([example])
+            sizes.append(n)
+    return [_pack(row) for row in rows]
+
+
+def _pack(row: list[Rendered]) -> MicroBatch:
+    ids, labels, positions = [], [], []
+    for e in row:
+        ids.extend(e.input_ids)
+        # An example's first token is never a target: the previous example's last position must not predict it.
+        labels.extend([IGNORE, *e.labels[1:]])
+        positions.extend(range(len(e.input_ids)))
+    n = len(ids)
+    return MicroBatch(torch.tensor([ids]), torch.tensor([labels]), n, n, position_ids=torch.tensor([positions]))

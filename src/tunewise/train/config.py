@@ -76,6 +76,11 @@ class TrainConfig:
     """Epoch-end checkpoints kept (the last N, like OpenAI)."""
     num_threads: int | None = None
     """CPU threads for PyTorch; ``None`` leaves PyTorch's default."""
+    packing: bool = False
+    """Padding-free batches: the examples of a micro-batch are concatenated into one row (up to
+    ``max_tokens_per_microbatch`` tokens) with position ids restarting at each example, so no example attends to
+    another and the loss is that of the unpacked batch; no compute goes to padding. Pays most on a GPU with
+    flash-attention (a variable-length kernel); with SDPA or eager attention the isolation is a block-diagonal mask."""
     sharding: Literal["ddp", "fsdp"] = "ddp"
     """In a multi-process run: ``ddp`` (every process holds the whole model; LoRA and full) or ``fsdp`` (PyTorch's
     fully sharded data parallel: weights, gradients and optimizer state split over the processes, for models that

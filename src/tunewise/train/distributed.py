@@ -193,11 +193,11 @@ def labelled_module(model, core, head):
             super().__init__()
             self.model = model
 
-        def forward(self, ids, keep):
+        def forward(self, ids, keep, **extra):
             if core is not None:
-                hidden = core(input_ids=ids, use_cache=False).last_hidden_state
+                hidden = core(input_ids=ids, use_cache=False, **extra).last_hidden_state
                 return head(hidden[:, :-1][keep])
-            return self.model(input_ids=ids, use_cache=False).logits[:, :-1][keep]
+            return self.model(input_ids=ids, use_cache=False, **extra).logits[:, :-1][keep]
 
     return Labelled()
 

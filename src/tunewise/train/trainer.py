@@ -36,7 +36,7 @@ from tunewise.errors import (
     UsageError,
 )
 from tunewise.train import distributed
-from tunewise.train.batching import micro_batches, plan
+from tunewise.train.batching import micro_batches, packed_micro_batches, plan
 from tunewise.train.config import TrainConfig, TrainEvent, TrainResult, resolve_hyperparameters
 from tunewise.train.render import IGNORE, Rendered, Renderer, read_examples
 
@@ -119,7 +119,7 @@ def _default_output_dir(config: TrainConfig) -> Path:
 # What must be the same for a run to continue in an existing output directory.
 _RESUME_KEYS = ("base_model", "method", "hyperparameters", "training_file_sha256", "validation_file_sha256",
                 "dtype", "lora", "weight_decay", "warmup_ratio", "max_grad_norm", "max_tokens_per_microbatch",
-                "sharding")
+                "sharding", "packing")
 
 
 # ---------------------------------------------------------------------------------------------------- the model
@@ -163,14 +163,16 @@ def _sums(model, core, head, mb, device, forward=None):
     ids = mb.input_ids.to(device)
     targets = mb.labels[:, 1:].to(device)  # position t predicts token t + 1
     keep = targets != IGNORE
+    # Packed rows carry position ids that restart with each example: attention stays within an example.
+    extra = {} if mb.position_ids is None else {"position_ids": mb.position_ids.to(device)}
     if forward is not None:
-        logits = forward(ids, keep).float()
+        logits = forward(ids, keep, **extra).float()
     elif core is not None:
         # No attention mask: rows are right-padded, so causal attention already hides padding from real tokens.
-        hidden = core(input_ids=ids, use_cache=False).last_hidden_state
+        hidden = core(input_ids=ids, use_cache=False, **extra).last_hidden_state
         logits = head(hidden[:, :-1][keep]).float()
     else:
-        logits = model(input_ids=ids, use_cache=False).logits[:, :-1][keep].float()
+        logits = model(input_ids=ids, use_cache=False, **extra).logits[:, :-1][keep].float()
     wanted = targets[keep]
     loss = F.cross_entropy(logits, wanted, reduction="sum")
     correct = (logits.detach().argmax(-1) == wanted).sum().item()
@@ -436,6 +438,8 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
         resolved["world_size"] = world
     if config.sharding == "fsdp":
         resolved["sharding"] = "fsdp"  # a resume key: its state is saved by name
+    if config.packing:
+        resolved["packing"] = True  # a resume key (recorded only when on, so older runs still resume)
     if saved:
         changed = [k for k in _RESUME_KEYS if json.loads(json.dumps(saved.get(k), default=str))
                    != json.loads(json.dumps(resolved.get(k), default=str))]
@@ -507,6 +511,7 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
         _write_metrics(metrics_csv, progress["rows"])
     lengths = [len(e.input_ids) for e in train_set]
     sharded = group is not None and group.sharding == "fsdp"
+    batcher = packed_micro_batches if config.packing else micro_batches
 
     meta_base = {"base_model": resolved["base_model"], "method": config.method, "suffix": config.suffix,
                  "train_config": resolved}
@@ -533,7 +538,7 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
             optimizer.zero_grad(set_to_none=True)
             if group is None:
                 loss_sum, correct = 0.0, 0
-                for mb in micro_batches(batch, config.max_tokens_per_microbatch, pad_id):
+                for mb in batcher(batch, config.max_tokens_per_microbatch, pad_id):
                     with _autocast(device, autocast_dtype):
                         loss, c, _ = _sums(model, core, head, mb, device)
                     # Each micro-batch's share of the batch's mean token loss: the gradients sum to the batch's.
@@ -629,7 +634,7 @@ def _distributed_step(model, core, head, ddp, group, indices, lengths, train_set
     weight = group.world / n_labels
     if not mine:
         mine, weight = [train_set[indices[0]]], 0.0
-    mbs = micro_batches(mine, config.max_tokens_per_microbatch, pad_id)
+    mbs = (packed_micro_batches if config.packing else micro_batches)(mine, config.max_tokens_per_microbatch, pad_id)
     loss_sum, correct, real, padded = 0.0, 0, 0, 0
     for mb, sync in zip(mbs, distributed.sync_points(len(mbs), ddp), strict=True):
         with sync:
