@@ -162,6 +162,7 @@ def test_bad_input_fails_before_any_process_starts(data, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # 35-75 s here: two launches and a single-process reference
 def test_fsdp_full_fine_tuning_trains_as_one_process_and_resumes(data, tmp_path):
     """``--sharding fsdp`` (full fine-tuning): killed after step 5, the rerun resumes from the sharded run's saved
     state (gathered to full weights and optimizer state by name) and ends as one process does."""
@@ -205,3 +206,16 @@ def test_fsdp_is_for_full_fine_tuning_over_several_processes(data, tmp_path):
     done = subprocess.run(args(data, tmp_path / "o", "--method", "full", "--sharding", "fsdp"),
                           capture_output=True, text=True, timeout=120, env=env())
     assert done.returncode == 2 and "--nproc-per-node N" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow  # 15-40 s here: the same run as two_processes, started by torchrun itself
+def test_torchrun_launches_the_same_worker(data, one_process, tmp_path):
+    out = tmp_path / "torchrun"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "tunewise.train", *args(data, out)[4:]]
+    done = subprocess.run(torchrun, capture_output=True, text=True, timeout=300,
+                          env={**env(), "GLOO_SOCKET_IFNAME": "lo"})
+    assert done.returncode == 0, done.stderr
+    assert_same_metrics(rows(one_process / "metrics.csv"), rows(out / "metrics.csv"))
+    assert_same_weights(one_process / "final", out / "final")
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
