@@ -219,3 +219,33 @@ def test_torchrun_launches_the_same_worker(data, one_process, tmp_path):
     assert_same_metrics(rows(one_process / "metrics.csv"), rows(out / "metrics.csv"))
     assert_same_weights(one_process / "final", out / "final")
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.slow  # about 40 s: the collective timeout, then the launcher's grace periods for a frozen process
+def test_a_stalled_rank_is_caught_by_the_collective_timeout(data, tmp_path):
+    """A rank that stops answering without dying (SIGSTOP) fails the others after --collective-timeout."""
+    out = tmp_path / "stalled"
+    proc = subprocess.Popen(args(data, out, "--nproc-per-node", "2", "--collective-timeout", "5"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    pid = None
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "metrics.csv").is_file() and len(rows(out / "metrics.csv")) >= 2:
+                break
+            time.sleep(0.05)
+        pid = _rank_pid(psutil.Process(proc.pid), 1)
+        assert pid is not None
+        os.kill(pid, 19)  # SIGSTOP
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if pid is not None and psutil.pid_exists(pid):
+            os.kill(pid, 9)
+    assert proc.returncode == 1, stderr
+    errors = [line for line in stderr.splitlines() if "error: " in line]
+    assert any("rank 0 of 2: a collective operation failed" in line and "stalled for more than 5 s" in line
+               for line in errors), stderr
+    assert "Traceback" not in stderr

@@ -176,7 +176,8 @@ def collective_error(group: Group, exc: BaseException, step: int, saved_step: in
     return DistributedError(
         f"rank {group.rank} of {group.world}: a collective operation failed in step {step} "
         f"({_first_line(exc)}); another process died or stalled for more than {group.timeout_s:g} s.",
-        hint=f"The state saved at step {saved_step} in {out} resumes: run the same command again.",
+        hint=(f"The state saved at step {saved_step} in {out} resumes: run the same command again." if saved_step
+              else "No state was saved yet: the same command starts the run again."),
         code="rank_failed")
 
 

@@ -31,6 +31,7 @@ from tunewise.errors import (
     Cancelled,
     Conflict,
     DataError,
+    DistributedError,
     LocalFileNotFound,
     Unsupported,
     UsageError,
@@ -390,11 +391,16 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None)
                              param="sharding")
         return _train(config, spec, device, dtype, on_event or (lambda event: None), should_stop, None)
     group = distributed.join(device, config.collective_timeout_s, sharding=config.sharding)
+    emit = (on_event or (lambda event: None)) if group.main else (lambda event: None)
     try:
-        emit = (on_event or (lambda event: None)) if group.main else (lambda event: None)
-        return _train(config, spec, group.device, dtype, emit, should_stop, group)
-    finally:
+        result = _train(config, spec, group.device, dtype, emit, should_stop, group)
+    except DistributedError:
+        raise  # the group is broken: tearing it down would wait on the process that is gone
+    except BaseException:
         group.close()
+        raise
+    group.close()
+    return result
 
 
 def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallback, should_stop, group) -> TrainResult:
