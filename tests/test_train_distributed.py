@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from test_train import write_jsonl
 from tunewise import models
+from tunewise.errors import Cancelled
 from tunewise.train import TrainConfig, train
 
 TINY = models.TINY_MODEL
@@ -249,3 +250,21 @@ def test_a_stalled_rank_is_caught_by_the_collective_timeout(data, tmp_path):
     assert any("rank 0 of 2: a collective operation failed" in line and "stalled for more than 5 s" in line
                for line in errors), stderr
     assert "Traceback" not in stderr
+
+
+@pytest.mark.slow  # about 40 s: a single-process start, then a 2-process launch
+def test_a_single_process_run_resumes_on_two(data, one_process, tmp_path):
+    """The state is the full one and the step plan does not depend on N: a run stopped in one process resumes on
+    two and ends as the uninterrupted single-process run."""
+    out = tmp_path / "grow"
+    seen = []
+    with pytest.raises(Cancelled):
+        train(TrainConfig(training_file=data[0], validation_file=data[1], model=TINY, n_epochs=2, batch_size=4,
+                          seed=3, output_dir=out, num_threads=1), on_event=seen.append,
+              stop=lambda: sum(e.type == "metrics" for e in seen) >= 3)
+    done = subprocess.run(args(data, out, "--nproc-per-node", "2"), capture_output=True, text=True, timeout=300,
+                          env=env())
+    assert done.returncode == 0, done.stderr
+    assert "Training resumed from step 3/8 on 2 processes (saved by 1" in done.stderr
+    assert_same_metrics(rows(one_process / "metrics.csv"), rows(out / "metrics.csv"))
+    assert_same_weights(one_process / "final", out / "final")

@@ -86,7 +86,10 @@ def train(training_file, validation_file, model, method, n_epochs, batch_size, l
             run(config, stop=stop)
         except TunewiseError as exc:
             from tunewise.cli import exit_code
+            from tunewise.errors import DistributedError
 
+            if isinstance(exc, DistributedError):  # this rank's own view of a lost process; other errors rank 0 says
+                click.echo(f"error: {exc}", err=True)
             sys.exit(130 if isinstance(exc, Cancelled) and stop.is_set() else exit_code(exc))
         return
     bar = None
@@ -156,6 +159,13 @@ def _launch(config, nproc: int) -> None:
         if path is not None and not Path(path).is_file():
             raise LocalFileNotFound(f"The {param.replace('_', ' ')} {path} does not exist.", hint="Check the path.",
                                     param=param)
+    if config.device in ("auto", "cuda"):
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus and nproc > gpus:
+            raise UsageError(f"--nproc-per-node {nproc} asks for one GPU per process, and this machine has {gpus}.",
+                             hint=f"Use --nproc-per-node {gpus} or fewer, or --device cpu.", param="nproc_per_node")
     out = Path(config.output_dir) if config.output_dir else _default_output_dir(config)
     out = out.expanduser().resolve()
     args = [str(config.training_file)]
