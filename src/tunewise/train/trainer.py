@@ -504,8 +504,8 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
                     shutil.rmtree(d)
         saved_world = state.get("world_size", 1)
         emit(TrainEvent("message", f"Training resumed from step {start}/{total}"
-                        + (f" on {world} processes (saved by {saved_world}; the batches and schedule do not depend "
-                           "on the number of processes)" if saved_world != world else "")))
+                        + (f" on {world} process{'es' if world > 1 else ''} (saved by {saved_world}; the batches "
+                           "and schedule do not depend on the number of processes)" if saved_world != world else "")))
     else:
         progress = {"step": 0, "trained_tokens": 0, "rows": [], "checkpoints": [], "real_tokens": 0,
                     "padded_tokens": 0}
