@@ -329,6 +329,11 @@ def _load_state(out: Path):
 # ---------------------------------------------------------------------------------------------------- train
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 epoch``, ``3 epochs``, ``34,950 tokens``: thousands separated, the noun agreeing with the number."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None) -> TrainResult:
     """Fine-tune ``config.model`` on ``config.training_file``; resume if ``config.output_dir`` holds a saved state.
 
@@ -425,8 +430,9 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None)
         progress = {"step": 0, "trained_tokens": 0, "rows": [], "checkpoints": [], "real_tokens": 0,
                     "padded_tokens": 0}
         start = 0
-        emit(TrainEvent("message", f"Training started: {len(train_set)} examples, {hyper['n_epochs']} epochs, "
-                        f"batch size {hyper['batch_size']}, {total} steps, {config.method} on {device} ({dtype})"))
+        emit(TrainEvent("message", f"Training started: {_count(len(train_set), 'example')}, "
+                        f"{_count(hyper['n_epochs'], 'epoch')}, batch size {hyper['batch_size']}, "
+                        f"{_count(total, 'step')}, {config.method} on {device} ({dtype})"))
     _write_metrics(metrics_csv, progress["rows"])
 
     meta_base = {"base_model": resolved["base_model"], "method": config.method, "suffix": config.suffix,
@@ -503,7 +509,8 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None)
         checkpoints=progress["checkpoints"], metrics=openai_metrics(progress["rows"][-1]), padding_waste=waste, steps=total)
     _write_json(out / "result.json", result.to_dict())
     shutil.rmtree(out / STATE, ignore_errors=True)
-    emit(TrainEvent("message", f"Training finished: {total} steps, {progress['trained_tokens']} tokens, "
+    emit(TrainEvent("message", f"Training finished: {_count(total, 'step')}, "
+                    f"{_count(progress['trained_tokens'], 'token')}, "
                     f"padding waste {waste:.1%}; model in {final}"))
     return result
 
