@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunewise.errors import Conflict, NotFound, Unsupported, UsageError
 from tunewise.serve import naming
-from tunewise.serve.app import PrincipalDep, State, StateDep
+from tunewise.serve.deps import PrincipalDep, State, StateDep
 from tunewise.serve.errors import ApiError
 from tunewise.serve.store import ACTIVE, new_id, now
 
