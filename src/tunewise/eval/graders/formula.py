@@ -34,7 +34,7 @@ FUNCTIONS: dict[str, tuple[Callable[..., float], int, int | None]] = {
     "exp": (math.exp, 1, 1),
     "sqrt": (math.sqrt, 1, 1),
     "log": (math.log, 1, 2),
-    "round": (round, 1, 2),
+    "round": (lambda x, n=0: round(x, int(n)), 1, 2),
     "clip": (_clip, 3, 3),
 }
 
