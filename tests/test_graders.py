@@ -354,3 +354,44 @@ def test_python_graders_can_be_refused():
     assert exc.value.code == "python_grader_disabled"
     assert grade(grader, "x", {}).reward == 1.0
     assert not math.isnan(grade(grader, "x", {}).execution_time)
+
+
+# ---------------------------------------------------------------- the CLI
+
+def _tunewise(*args: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(["src", os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "tunewise", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_cli_check_and_run(tmp_path):
+    path = tmp_path / "graders.yaml"
+    path.write_text("""
+graders:
+  exact: {type: string_check, input: "{{ sample.output_text }}", reference: "{{ item.label }}", operation: ilike}
+  close: {type: text_similarity, input: "{{ sample.output_text }}", reference: "{{ item.label }}",
+          evaluation_metric: rouge_l, pass_threshold: 0.5}
+""")
+    done = _tunewise("graders", "check", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "ok  exact: string_check" in done.stdout and "ok  close: text_similarity" in done.stdout
+    done = _tunewise("graders", "run", str(path), "--sample", "the cat", "--item", '{"label": "The cat sat"}',
+                     "--json")
+    assert done.returncode == 0, done.stderr
+    rewards = [r["reward"] for r in json.loads(done.stdout)]
+    assert rewards == [0.0, pytest.approx(0.8)]
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text('type: string_check\nname: x\ninput: a\nreference: b\noperation: has\n')
+    done = _tunewise("graders", "check", str(path))
+    assert done.returncode == 2
+    assert "grader.operation: must be one of eq, ne, like, ilike" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = _tunewise("graders", "run", str(path), "--sample", "x", "--item", "[1")
+    assert done.returncode == 2 and "--item is not JSON" in done.stderr
