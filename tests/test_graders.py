@@ -395,3 +395,40 @@ def test_cli_errors_are_one_line(tmp_path):
     assert "Traceback" not in done.stderr
     done = _tunewise("graders", "run", str(path), "--sample", "x", "--item", "[1")
     assert done.returncode == 2 and "--item is not JSON" in done.stderr
+
+
+# ---------------------------------------------------------------- judge vs deterministic agreement
+
+def _results(name: str, rewards: list[float], passed: list[bool] | None = None):
+    from tunewise.eval.graders import GraderResult
+
+    return [GraderResult(name=name, type="score_model", reward=r, passed=None if passed is None else passed[i])
+            for i, r in enumerate(rewards)]
+
+
+def test_agreement_known_kappa():
+    from tunewise.eval.graders import agreement
+
+    # 2x2 table: both pass 15, both fail 20, reference-only 10, judge-only 5  -> p_o = 0.7, p_e = 0.5, kappa 0.4
+    ref = [1.0] * 15 + [0.0] * 20 + [1.0] * 10 + [0.0] * 5
+    judge = [0.9] * 15 + [0.1] * 20 + [0.2] * 10 + [0.8] * 5
+    out = agreement(_results("judge", judge), _results("exact", ref))
+    assert out["rows"] == 50 and out["agreement"] == pytest.approx(0.7)
+    assert out["kappa"] == pytest.approx(0.4)
+    assert out["kappa_ci"][0] < 0.4 < out["kappa_ci"][1]
+    assert out["table"] == {"both_fail": 20, "judge_only_pass": 5, "reference_only_pass": 10, "both_pass": 15}
+    from scipy.stats import pearsonr
+
+    assert out["pearson"] == pytest.approx(pearsonr(judge, ref).statistic)
+
+
+def test_agreement_leaves_out_failed_rows_and_degenerate_tables():
+    from tunewise.eval.graders import agreement
+
+    judge = _results("judge", [1.0, 1.0, 0.0])
+    judge[2].errors["model_grader_parse_error"] = True
+    out = agreement(judge, _results("exact", [1.0, 1.0, 1.0], [True, True, True]))
+    assert out["rows"] == 2 and out["left_out"] == 1 and out["agreement"] == 1.0
+    assert out["kappa"] is None  # every row passes for both: kappa is undefined, not a number made up
+    with pytest.raises(ValueError):
+        agreement(judge, judge[:1])

@@ -214,3 +214,6 @@ def test_pairwise_asks_both_orders_and_ties_on_disagreement(server, tmp_path):
     firsts = sum(label == "first" for r in results for label in r.labels)
     assert bias["first_slot_rate"] == pytest.approx(firsts / (2 * len(pairs)))
     assert bias["wins_a"] + bias["wins_b"] + bias["ties"] == len(pairs)
+    from scipy.stats import binomtest
+
+    assert bias["first_slot_p_value"] == pytest.approx(binomtest(firsts, 2 * len(pairs), 0.5).pvalue)

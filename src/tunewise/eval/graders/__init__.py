@@ -10,8 +10,10 @@
         result.reward, result.passed, result.to_openai()   # OpenAI's RunGraderResponse
 
 Pairwise judgements (both orders, disagreement is a tie): ``pairwise_grader``, ``compare``, ``position_bias``.
+A judge's agreement with a deterministic grader on the same rows: ``agreement``.
 """
 
+from tunewise.eval.graders.agreement import agreement
 from tunewise.eval.graders.judge import Embedder, JudgeCallError, ModelJudge
 from tunewise.eval.graders.pairwise import (
     PairwiseResult,
@@ -27,7 +29,7 @@ from tunewise.eval.graders.templates import Sample, TemplateError, render
 
 __all__ = [
     "ERROR_FLAGS", "METRICS", "TYPES", "Embedder", "Grader", "GraderError", "GraderResult", "GradingContext",
-    "JudgeCallError", "ModelJudge", "PairwiseResult", "Sample", "TemplateError", "compare", "grade",
+    "JudgeCallError", "ModelJudge", "PairwiseResult", "Sample", "TemplateError", "agreement", "compare", "grade",
     "load_graders", "meteor_synonyms", "pairwise_grader", "parse_grader", "parse_graders", "parse_pairwise",
     "position_bias", "render",
 ]

@@ -90,11 +90,17 @@ def compare(grader: Grader, a: Any, b: Any, item: dict | None = None, context: R
 
 def position_bias(results: list[PairwiseResult]) -> dict[str, Any]:
     """How far the judge follows the slot: over the pairs judged in both orders, the share of judgements that
-    chose the first slot (0.5 is unbiased), the ties, and which slot the inconsistent pairs favoured."""
+    chose the first slot (0.5 is unbiased) with a two-sided binomial test of 0.5 (``scipy.stats.binomtest``),
+    the ties, and which slot the inconsistent pairs favoured."""
     judged = [r for r in results if r.consistent is not None]
     n = len(judged)
     firsts = sum(label == "first" for r in judged for label in r.labels)
     inconsistent = [r for r in judged if not r.consistent]
+    p_value = None
+    if n:
+        from scipy.stats import binomtest
+
+        p_value = float(binomtest(firsts, 2 * n, 0.5).pvalue)
     return {
         "pairs": len(results),
         "judged": n,
@@ -104,6 +110,7 @@ def position_bias(results: list[PairwiseResult]) -> dict[str, Any]:
         "ties": len(inconsistent),
         "consistency": (n - len(inconsistent)) / n if n else None,
         "first_slot_rate": firsts / (2 * n) if n else None,
+        "first_slot_p_value": p_value,
         "ties_favouring_first": sum(r.labels == ("first", "first") for r in inconsistent),
         "ties_favouring_second": sum(r.labels == ("second", "second") for r in inconsistent),
     }
