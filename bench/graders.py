@@ -7,7 +7,9 @@ Times, on receipt-like answers (a JSON object of items and a total, fixed seed):
 - a python grader: milliseconds per call (one fresh interpreter per call, as the grader runs);
 - a score_model judge (and its agreement with the python grader's exact-total check) through the official SDK against a real ``tunewise serve`` on 127.0.0.1 (the local
   model named by --local-model answers for gpt-4o-mini): milliseconds per call, first with an empty cache and
-  then again from the cache; the ratio is the cache's speed-up.
+  then again from the cache; the ratio is the cache's speed-up;
+- a pairwise judge on the right answer against one with a wrong total, asked in both orders: wins, ties and
+  its position bias.
 Prints medians; the machine is shared, so read the figures as orders of magnitude.
 """
 
@@ -21,7 +23,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from tunewise.eval.graders import GradingContext, ModelJudge, agreement, grade, parse_grader
+from tunewise.eval.graders import (
+    GradingContext,
+    ModelJudge,
+    agreement,
+    compare,
+    grade,
+    pairwise_grader,
+    parse_grader,
+    position_bias,
+)
 from tunewise.eval.graders.similarity import METRICS
 
 ITEMS = ["coffee", "bagel", "tea", "muffin", "juice", "salad", "soup", "cookie", "water", "sandwich"]
@@ -55,6 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200, help="rows for the in-process graders")
     parser.add_argument("--judge-rows", type=int, default=20, help="rows for the python grader and the judge")
+    parser.add_argument("--pairs", type=int, default=12, help="pairs for the pairwise judge (at most --judge-rows)")
     parser.add_argument("--local-model", default="tunewise-tiny", help="the server's model behind gpt-4o-mini")
     args = parser.parse_args()
     data = rows(args.rows)
@@ -103,6 +115,16 @@ def main() -> None:
             warm.append(time.perf_counter() - start)
             assert again.details["cached"] and again.reward == first.reward
             judged.append(first)
+        # Pairwise: the right answer against the same answer with its total off by one, in both orders.
+        pair_judge = pairwise_grader("gpt-4o-mini", "Which answer's total matches the reference total?")
+        pairs = []
+        for _, item in few[: args.pairs]:
+            truth = json.loads(item["label"])
+            wrong = {**truth, "total": round(truth["total"] + 1, 2)}
+            pairs.append((json.dumps(truth), json.dumps(wrong), f"Reference total: {truth['total']}"))
+        start = time.perf_counter()
+        verdicts = [compare(pair_judge, a, b, context=ctx, request=q) for a, b, q in pairs]
+        pair_s = (time.perf_counter() - start) / max(1, len(pairs))
     c, w = statistics.median(cold), statistics.median(warm)
     print(f"score_model judge ({args.local_model} behind gpt-4o-mini), median of {len(cold)}:")
     print(f"  asked:       {c * 1000:>9,.1f} ms per call")
@@ -112,6 +134,11 @@ def main() -> None:
     kappa = "undefined" if agree["kappa"] is None else f"{agree['kappa']:.2f}"
     print(f"  agreement with the python grader (exact total): {agree['agreement']:.2f} over {agree['rows']} rows "
           f"({agree['left_out']} left out for judge errors), Cohen's kappa {kappa}")
+    bias = position_bias(verdicts)
+    print(f"pairwise judge, {bias['pairs']} pairs (right answer as A), {pair_s:.1f} s per pair (two calls):")
+    print(f"  A wins {bias['wins_a']}, B wins {bias['wins_b']}, ties {bias['ties']} "
+          f"(ties favouring the first slot: {bias['ties_favouring_first']})")
+    print(f"  first-slot rate {bias['first_slot_rate']:.2f} (0.50 unbiased), binomial p = {bias['first_slot_p_value']:.2g}")
 
 
 if __name__ == "__main__":
