@@ -432,3 +432,10 @@ def test_agreement_leaves_out_failed_rows_and_degenerate_tables():
     assert out["kappa"] is None  # every row passes for both: kappa is undefined, not a number made up
     with pytest.raises(ValueError):
         agreement(judge, judge[:1])
+
+
+def test_python_grader_memory_limit():
+    grader = {"type": "python", "name": "hog", "source": "def grade(sample, item):\n    x = bytearray(4 * 1024 ** 3)\n    return 1.0\n"}
+    result = grade(grader, "x", {}, GradingContext(python_memory_mb=512))
+    assert result.reward == 0.0
+    assert "MemoryError" in (result.errors["python_grader_runtime_error_details"] or "")

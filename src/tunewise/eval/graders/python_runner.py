@@ -23,6 +23,12 @@ DEFAULT_MEMORY_MB = 2048
 
 _HARNESS = r"""
 import json, os, sys, traceback
+try:
+    import resource
+    limit = int(sys.argv[3]) * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+except (ImportError, ValueError, OSError):
+    pass
 out = os.fdopen(int(sys.argv[2]), "w")
 stdout, sys.stdout = sys.stdout, sys.stderr   # the grader's prints go to stderr
 try:
@@ -53,18 +59,6 @@ class PythonOutcome:
     stderr: str = ""
 
 
-def _limit(memory_mb: int):
-    def apply() -> None:
-        try:
-            import resource
-
-            limit = memory_mb * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        except (ImportError, ValueError, OSError):
-            pass
-    return apply
-
-
 def run_python(source: str, sample: dict, item: dict, *, timeout_s: float = DEFAULT_TIMEOUT_S,
                memory_mb: int = DEFAULT_MEMORY_MB) -> PythonOutcome:
     """Run ``grade(sample, item)`` from ``source`` in a subprocess; never raises for the grader's faults."""
@@ -80,10 +74,11 @@ def run_python(source: str, sample: dict, item: dict, *, timeout_s: float = DEFA
         env = {"PATH": os.environ.get("PATH", ""), "PYTHONHASHSEED": "0", "HOME": tmp,
                "OMP_NUM_THREADS": "1", "LANG": "C.UTF-8"}
         try:
-            proc = subprocess.Popen([sys.executable, "-I", "-c", _HARNESS, path, str(write_fd)],
+            # The harness sets its own memory limit before it reads the grader (no preexec_fn: it is not
+            # safe in a threaded process such as the server).
+            proc = subprocess.Popen([sys.executable, "-I", "-c", _HARNESS, path, str(write_fd), str(memory_mb)],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    cwd=tmp, env=env, pass_fds=(write_fd,), start_new_session=True,
-                                    preexec_fn=_limit(memory_mb))
+                                    cwd=tmp, env=env, pass_fds=(write_fd,), start_new_session=True)
         except OSError as exc:
             os.close(read_fd)
             os.close(write_fd)
