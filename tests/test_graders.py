@@ -439,3 +439,30 @@ def test_python_grader_memory_limit():
     result = grade(grader, "x", {}, GradingContext(python_memory_mb=512))
     assert result.reward == 0.0
     assert "MemoryError" in (result.errors["python_grader_runtime_error_details"] or "")
+
+
+def test_grade_all_and_the_row_summary():
+    from tunewise.eval.graders import grade_all
+
+    graders = parse_graders({"graders": {
+        "exact": {**check("eq"), "name": "exact"},
+        "combo": {"type": "multi", "graders": {"a": check("ilike")}, "calculate_output": "a"},
+        "broken": {**check("eq", reference="{{ item.missing }}"), "name": "broken"}}})
+    results = grade_all(graders, "PARIS", {"label": "paris"})
+    assert list(results) == ["exact", "combo", "broken"]
+    assert results["exact"].summary() == {"reward": 0.0, "passed": False, "errors": []}
+    assert results["combo"].summary() == {"reward": 1.0, "passed": None, "errors": [], "sub_rewards": {"a": 1.0}}
+    broken = results["broken"].summary()
+    assert broken["errors"] == ["invalid_variable_error"] and "item.missing" in broken["error"]
+    json.dumps({k: r.summary() for k, r in results.items()})  # a results row is plain JSON
+
+
+def test_pairwise_templates_are_checked():
+    from tunewise.eval.graders import parse_pairwise
+
+    spec = {"type": "label_model", "name": "p", "model": "m", "labels": ["first", "second"],
+            "passing_labels": ["first"], "input": [{"role": "user", "content": "{{ first.text }} {{ second.output_text }}"}]}
+    with pytest.raises(GraderError, match="first has first.output_text"):
+        parse_pairwise(spec)
+    with pytest.raises(GraderError, match="labels are exactly first and second"):
+        parse_pairwise({**spec, "labels": ["a", "b"]})

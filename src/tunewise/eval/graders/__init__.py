@@ -22,14 +22,14 @@ from tunewise.eval.graders.pairwise import (
     parse_pairwise,
     position_bias,
 )
-from tunewise.eval.graders.run import ERROR_FLAGS, GraderResult, GradingContext, grade
+from tunewise.eval.graders.run import ERROR_FLAGS, GraderResult, GradingContext, grade, grade_all
 from tunewise.eval.graders.similarity import METRICS, meteor_synonyms
 from tunewise.eval.graders.spec import TYPES, Grader, GraderError, load_graders, parse_grader, parse_graders
 from tunewise.eval.graders.templates import Sample, TemplateError, render
 
 __all__ = [
     "ERROR_FLAGS", "METRICS", "TYPES", "Embedder", "Grader", "GraderError", "GraderResult", "GradingContext",
-    "JudgeCallError", "ModelJudge", "PairwiseResult", "Sample", "TemplateError", "agreement", "compare", "grade",
+    "JudgeCallError", "ModelJudge", "PairwiseResult", "Sample", "TemplateError", "agreement", "compare", "grade", "grade_all",
     "load_graders", "meteor_synonyms", "pairwise_grader", "parse_grader", "parse_graders", "parse_pairwise",
     "position_bias", "render",
 ]

@@ -90,8 +90,25 @@ class GraderResult:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """Everything, for results files: OpenAI's fields plus ``passed`` and ``details``."""
+        """Everything: OpenAI's fields plus ``passed`` and ``details``."""
         return {**self.to_openai(), "passed": self.passed, "details": self.details}
+
+    def summary(self) -> dict[str, Any]:
+        """The short form for one row of a results file: reward, passed, the error flags that are set and
+        what went wrong, the sub-rewards, and whether a judge's answer came from the cache."""
+        out: dict[str, Any] = {"reward": self.reward, "passed": self.passed,
+                               "errors": [k for k in ERROR_FLAGS if self.errors[k] is True]}
+        message = (self.details.get("error") or self.errors["python_grader_runtime_error_details"]
+                   or self.errors["model_grader_server_error_details"])
+        if message:
+            out["error"] = str(message)[:500]
+        if self.sub_rewards:
+            out["sub_rewards"] = dict(self.sub_rewards)
+        if "cached" in self.details:
+            out["cached"] = self.details["cached"]
+        if "label" in self.details:
+            out["label"] = self.details["label"]
+        return out
 
 
 def _fill(template: str, item: dict, sample: templates.Sample, result: GraderResult) -> str | None:
@@ -327,6 +344,12 @@ def _multi(grader: Grader, item: dict, sample: templates.Sample, result: GraderR
         result.errors["formula_parse_error"] = True
         result.details["error"] = f"calculate_output: {exc}"
         result.reward = 0.0
+
+
+def grade_all(graders: list[Grader], sample: Any, item: dict | None = None,
+              context: GradingContext | None = None) -> dict[str, GraderResult]:
+    """Every grader on one answer: name -> result (the per-example call of an evaluation)."""
+    return {g.name: grade(g, sample, item, context) for g in graders}
 
 
 def grade(grader: Grader | dict, sample: Any, item: dict | None = None,

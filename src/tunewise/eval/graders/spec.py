@@ -191,7 +191,9 @@ def _children(obj: dict, where: str) -> dict[str, Grader]:
     elif isinstance(raw, dict):
         if not raw:
             raise _fail(at, "must not be empty")
-        items = [(str(k), v, f"{at}.{k}") for k, v in raw.items()]
+        # As in a graders file, a sub-grader under a key may leave out its name: the key is its name.
+        items = [(str(k), {**v, "name": str(k)} if isinstance(v, dict) and "name" not in v else v, f"{at}.{k}")
+                 for k, v in raw.items()]
     elif isinstance(raw, list):
         if not raw:
             raise _fail(at, "must not be empty")

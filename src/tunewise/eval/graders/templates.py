@@ -103,9 +103,9 @@ def check(template: str, where: str, namespaces: tuple[str, ...] = NAMESPACES) -
         if ns not in namespaces:
             raise TemplateError(f"{where}: '{{{{ {ref} }}}}' refers to '{ns}'; templates can use "
                                 + " and ".join(f"{{{{ {n}.* }}}}" for n in namespaces))
-        if ns == "sample" and ns in namespaces and (not steps or steps[0] not in SAMPLE_FIELDS):
-            raise TemplateError(f"{where}: '{{{{ {ref} }}}}': the sample has "
-                                + ", ".join(f"sample.{f}" for f in SAMPLE_FIELDS))
+        if ns != "item" and (not steps or steps[0] not in SAMPLE_FIELDS):
+            raise TemplateError(f"{where}: '{{{{ {ref} }}}}': {'the sample' if ns == 'sample' else ns} has "
+                                + ", ".join(f"{ns}.{f}" for f in SAMPLE_FIELDS))
         if ns == "item" and not steps:
             raise TemplateError(f"{where}: '{{{{ {ref} }}}}' needs a field: {{{{ item.FIELD }}}}")
 
