@@ -466,3 +466,46 @@ def test_pairwise_templates_are_checked():
         parse_pairwise(spec)
     with pytest.raises(GraderError, match="labels are exactly first and second"):
         parse_pairwise({**spec, "labels": ["a", "b"]})
+
+
+# ---------------------------------------------------------------- reading a judge's answer
+
+@pytest.mark.parametrize("answer, expected", [
+    ('{"result": 0.75}', (0.75, None)),
+    ('{"result": 7}', (1.0, 7.0)),          # clipped to the range, as OpenAI's score_model does
+    ('{"result": -2, "steps": []}', (0.0, -2.0)),
+    ("0.4", (0.4, None)),
+    ('Sure! {"result": 0.5}', (0.5, None)),
+    ("very good", (None, None)),             # not a number: scores 0 (a parse error)
+    ('{"result": "high"}', (None, None)),
+    ('{"result": true}', (None, None)),
+    (None, (None, None)),
+])
+def test_read_score(answer, expected):
+    from tunewise.eval.graders.run import read_score
+
+    assert read_score(answer, 0.0, 1.0) == expected
+
+
+def test_read_label():
+    from tunewise.eval.graders.run import read_label
+
+    labels = ["positive", "neutral", "negative"]
+    assert read_label('{"result": "neutral"}', labels) == "neutral"
+    assert read_label("Positive", labels) == "positive"
+    assert read_label('{"result": "great"}', labels) is None
+    assert read_label("", labels) is None
+
+
+def test_openai_guide_shapes_are_accepted():
+    # label_model with sampling_params, sample.output_tools references, and a python grader of two arguments.
+    parse_grader({"type": "label_model", "name": "l", "model": "m", "input": [{"role": "user", "content": "x"}],
+                  "labels": ["a", "b"], "passing_labels": ["a"], "sampling_params": {"top_p": 1, "seed": 42}})
+    tools = check("eq", input="get_weather", reference="{{sample.output_tools[0].function.name}}")
+    sample = {"output_text": "", "output_tools": [{"function": {"name": "get_weather", "arguments": "{}"}}]}
+    assert grade(tools, sample, {}).reward == 1.0
+    assert grade(tools, "plain text", {}).errors["invalid_variable_error"]
+    with pytest.raises(GraderError, match="exactly two arguments"):
+        parse_grader({"type": "python", "name": "p", "source": "def grade(a, b, c): return 1"})
+    with pytest.raises(GraderError, match="under 256 kB"):
+        parse_grader({"type": "python", "name": "p", "source": "def grade(a, b): return 1\n" + "#" * 300_000})

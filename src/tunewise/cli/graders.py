@@ -42,7 +42,7 @@ def check(file: str, as_json: bool) -> None:
 @click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
               help="Environment variable holding the judge endpoint's API key.")
 @click.option("--no-python", is_flag=True, help="Refuse python graders instead of running them.")
-@click.option("--python-timeout", type=float, default=30.0, show_default=True,
+@click.option("--python-timeout", type=float, default=120.0, show_default=True,
               help="Time limit of one python grader call, in seconds.")
 @click.option("--no-cache", is_flag=True, help="Ask the judge again instead of reusing cached answers.")
 @click.option("--json", "as_json", is_flag=True, help="Print OpenAI's RunGraderResponse for each grader.")

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_TIMEOUT_S = 120.0  # OpenAI's limit on one grading call
 DEFAULT_MEMORY_MB = 2048
 
 _HARNESS = r"""

@@ -227,6 +227,30 @@ def _parse_answer(answer: str | None) -> Any:
     return value
 
 
+def read_score(answer: str | None, lo: float, hi: float) -> tuple[float | None, float | None]:
+    """A score_model answer as OpenAI reads it: ``{"result": x}`` (or a bare number) clipped to ``[lo, hi]``;
+    anything else is None (it scores 0). Returns (score, the value before clipping where it was clipped)."""
+    value = _parse_answer(answer)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*", value)
+        value = float(m.group(1)) if m else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None, None
+    if not lo <= value <= hi:
+        return min(max(float(value), lo), hi), float(value)
+    return float(value), None
+
+
+def read_label(answer: str | None, labels: list[str]) -> str | None:
+    """A label_model answer: ``{"result": label}`` (or the bare label, case aside) if it is one of ``labels``."""
+    value = _parse_answer(answer)
+    if not isinstance(value, str):
+        return None
+    if value in labels:
+        return value
+    return {x.casefold(): x for x in labels}.get(value.strip().casefold())
+
+
 def _model(grader: Grader, item: dict, sample: templates.Sample, result: GraderResult,
            context: GradingContext, extra: dict[str, templates.Sample] | None = None) -> None:
     if context.judge is None:
@@ -258,31 +282,25 @@ def _model(grader: Grader, item: dict, sample: templates.Sample, result: GraderR
         result.errors["model_grader_refusal_error"] = True
         result.details["refusal"] = completion.refusal
         return
-    value = _parse_answer(completion.answer)
-    if completion.finish_reason == "length" and value is None:
-        result.errors["truncated_observation_error"] = True
-        return
+    # An unreadable answer cut at max_tokens is a truncation, otherwise a parse error.
+    unreadable = "truncated_observation_error" if completion.finish_reason == "length" else "model_grader_parse_error"
     if grader.type == "score_model":
-        if isinstance(value, str):
-            m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*", value)
-            value = float(m.group(1)) if m else None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-                or not lo <= value <= hi:
-            result.errors["model_grader_parse_error"] = True
-            result.details["error"] = f"the judge's answer is not a score from {lo:g} to {hi:g}"
+        score, clipped_from = read_score(completion.answer, lo, hi)
+        if score is None:
+            result.errors[unreadable] = True
+            result.details["error"] = "the judge's answer is not a number"
             return
-        result.reward = float(value)
-        result.scores = {"result": float(value)}
+        if clipped_from is not None:
+            result.details["clipped_from"] = clipped_from
+        result.reward = score
+        result.scores = {"result": score}
         if "pass_threshold" in spec:
             result.passed = result.reward >= float(spec["pass_threshold"])
     else:
         labels = spec["labels"]
-        label = value if isinstance(value, str) else None
-        if label is not None and label not in labels:
-            folded = {x.casefold(): x for x in labels}
-            label = folded.get(label.strip().casefold())
+        label = read_label(completion.answer, labels)
         if label is None:
-            result.errors["model_grader_parse_error"] = True
+            result.errors[unreadable] = True
             result.details["error"] = f"the judge's answer is not one of the labels ({', '.join(labels)})"
             return
         result.details["label"] = label

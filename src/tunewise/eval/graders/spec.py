@@ -25,13 +25,15 @@ TEXT_CONTENT = ("input_text", "output_text")
 SAMPLING_PARAMS = ("seed", "top_p", "temperature", "max_completions_tokens", "reasoning_effort")
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
+MAX_SOURCE_BYTES = 256 * 1024  # OpenAI's limit on a python grader's source
+
 # Keys each type takes besides ``type`` and ``name`` (required, optional). ``pass_threshold`` is the Evals
 # API's pass mark for the graders that give a continuous score.
 FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "string_check": (("input", "reference", "operation"), ()),
     "text_similarity": (("input", "reference", "evaluation_metric"), ("pass_threshold",)),
     "score_model": (("model", "input"), ("range", "sampling_params", "pass_threshold")),
-    "label_model": (("model", "input", "labels", "passing_labels"), ()),
+    "label_model": (("model", "input", "labels", "passing_labels"), ("sampling_params",)),
     "python": (("source",), ("image_tag", "pass_threshold")),
     "multi": (("graders", "calculate_output"), ()),
 }
@@ -166,6 +168,10 @@ def _sampling(obj: dict, where: str) -> None:
 
 def _python_source(obj: dict, where: str) -> None:
     source = _string(obj, "source", where)
+    size = len(source.encode("utf-8"))
+    if size > MAX_SOURCE_BYTES:
+        raise _fail(f"{where}.source", f"is {size:,} bytes; a python grader's source must be under "
+                    f"{MAX_SOURCE_BYTES // 1024} kB (OpenAI's limit)")
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
@@ -175,8 +181,11 @@ def _python_source(obj: dict, where: str) -> None:
         raise _fail(f"{where}.source", "defines no top-level function grade(sample, item)",
                     hint="Write def grade(sample: dict, item: dict) -> float: ...")
     args = grade[-1].args
-    if len(args.posonlyargs) + len(args.args) < 2 and args.vararg is None:
-        raise _fail(f"{where}.source", "grade() must take two arguments: grade(sample, item)")
+    positional = len(args.posonlyargs) + len(args.args)
+    required = positional - len(args.defaults)
+    required_kw = sum(d is None for d in args.kw_defaults)
+    if (positional < 2 and args.vararg is None) or required > 2 or required_kw:
+        raise _fail(f"{where}.source", "grade() must take exactly two arguments: grade(sample, item)")
     if obj.get("image_tag") is not None and not isinstance(obj["image_tag"], str):
         raise _fail(f"{where}.image_tag", "must be a string")
 
@@ -258,8 +267,9 @@ def _parse(obj: Any, where: str) -> Grader:
     if kind in ("score_model", "label_model"):
         _string(obj, "model", where)
         _messages(obj, where)
-    if kind == "score_model":
+    if kind in ("score_model", "label_model"):
         _sampling(obj, where)
+    if kind == "score_model":
         if "range" in obj:
             rng = obj["range"]
             if not isinstance(rng, list) or len(rng) != 2:

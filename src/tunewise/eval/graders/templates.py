@@ -16,7 +16,8 @@ REFERENCE = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 _STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_\-]*)|\[(\d+)\]|\[\"([^\"]*)\"\]|\['([^']*)'\]")
 _HEAD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-SAMPLE_FIELDS = ("output_text", "output_json")
+SAMPLE_FIELDS = ("output_text", "output_json", "output_tools", "choices", "output_audio")
+_CORE_FIELDS = ("output_text", "output_json")
 NAMESPACES = ("item", "sample")
 
 
@@ -30,7 +31,8 @@ class TemplateError(ValueError):
 
 @dataclass
 class Sample:
-    """The ``sample`` namespace: the model's answer, and its JSON when the answer is JSON."""
+    """The ``sample`` namespace: the model's answer, and its JSON when the answer is JSON; ``output_tools``,
+    ``choices`` and ``output_audio`` where the caller has them (a dict sample)."""
 
     output_text: str
     output_json: Any = None
@@ -60,7 +62,7 @@ class Sample:
             made = cls.from_text(text)
             if "output_json" in sample:
                 made.output_json, made.json_ok = sample["output_json"], True
-            made.extra = {k: v for k, v in sample.items() if k not in SAMPLE_FIELDS}
+            made.extra = {k: v for k, v in sample.items() if k not in _CORE_FIELDS}
             return made
         raise TypeError(f"a sample is a string or a dict with output_text, not {type(sample).__name__}")
 
@@ -127,6 +129,8 @@ def lookup(ref: str, context: dict[str, Any], samples: dict[str, Sample]) -> Any
         value = context[ns]
     else:
         raise TemplateError(f"'{{{{ {ref} }}}}': there is no '{ns}'")
+    if ns in samples and steps and steps[0] in SAMPLE_FIELDS and steps[0] not in value:
+        raise TemplateError(f"'{{{{ {ref} }}}}': this sample has no {steps[0]} (only a chat answer's text)")
     walked = ns
     for step in steps:
         if isinstance(step, int) and isinstance(value, list):
