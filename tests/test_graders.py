@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunewise.errors import UsageError
+from tunewise.errors import LocalFileNotFound, UsageError
 from tunewise.eval.graders import (
     GraderError,
     GradingContext,
@@ -294,7 +294,7 @@ def test_loader_file_errors(tmp_path):
     bad.write_text("graders:\n  - type: string_check\n    name: [unclosed\n")
     with pytest.raises(UsageError, match=r"not valid YAML \(line"):
         load_graders(bad)
-    with pytest.raises(UsageError, match="does not exist"):
+    with pytest.raises(LocalFileNotFound, match="does not exist"):
         load_graders(tmp_path / "missing.yaml")
     dup = tmp_path / "dup.json"
     dup.write_text(json.dumps([check("eq"), check("eq")]))
@@ -395,6 +395,8 @@ def test_cli_errors_are_one_line(tmp_path):
     assert "Traceback" not in done.stderr
     done = _tunewise("graders", "run", str(path), "--sample", "x", "--item", "[1")
     assert done.returncode == 2 and "--item is not JSON" in done.stderr
+    done = _tunewise("graders", "check", str(tmp_path / "missing.yaml"))
+    assert done.returncode == 2 and "missing.yaml does not exist" in done.stderr
 
 
 # ---------------------------------------------------------------- judge vs deterministic agreement

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunewise.errors import UsageError
+from tunewise.errors import LocalFileNotFound, UsageError
 from tunewise.eval.graders import formula, templates
 from tunewise.eval.graders.similarity import METRICS
 
@@ -347,7 +347,7 @@ def load_graders(path: str | os.PathLike) -> list[Grader]:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UsageError(f"Grader file {p} does not exist.", hint="Check the path.", param="grader") from None
+        raise LocalFileNotFound(f"Grader file {p} does not exist.", hint="Check the path.", param="grader") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"Cannot read grader file {p}: {exc}.", param="grader") from None
     try:
