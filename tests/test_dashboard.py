@@ -412,6 +412,37 @@ def test_reports_page_shows_a_report_in_a_sandboxed_frame(page, server):
     shot(page, "report")
 
 
+def test_reports_page_shows_a_written_report_with_its_plots(page, server, tmp_path):
+    # A report as `tunewise decide` writes it (tunewise.eval.report), shown in the frame with its three plots.
+    from test_decide import BASE, FT, METRICS_CSV, build_run, kinds
+
+    from tunewise.eval import decide, write_report
+
+    n = 40
+    run = build_run(tmp_path, {"base": {**BASE, "kinds": kinds(n, 0.45, 0.35, seed=1)},
+                               "ft": {**FT, "kinds": ["right"] * 38 + ["content"] * 2}}, n)
+    (tmp_path / "m.csv").write_text(METRICS_CSV)
+    decision = decide(run, calls_per_month=50_000, training_cost=3.0, metrics_csv=tmp_path / "m.csv")
+    write_report(decision, Path(server.data_dir) / "reports" / "receipts-decided")
+    go(page, "#/reports", "reports-list")
+    wait(page, lambda d: d.find_element(By.LINK_TEXT, "receipts-decided"), message="the report link").click()
+    frame = wait(page, lambda d: d.find_element(By.ID, "report-frame"), message="the report frame")
+    page.switch_to.frame(frame)
+    try:
+        images = wait(page, lambda d: [i for i in d.find_elements(By.TAG_NAME, "img")
+                                       if d.execute_script("return arguments[0].naturalWidth", i)],
+                      message="the report's plots")
+        assert len(images) == 3
+        # Each plot fits the frame's width: nothing of it (its legend included) is cut off at the side.
+        width = page.execute_script("return document.documentElement.clientWidth")
+        for img in images:
+            assert page.execute_script("return arguments[0].getBoundingClientRect().right", img) <= width
+        page.execute_script("arguments[0].scrollIntoView()", images[1])
+    finally:
+        page.switch_to.default_content()
+    shot(page, "report-decided")
+
+
 def test_models_page_lists_the_served_models(page):
     go(page, "#/models", "models-table")
     table = page.find_element(By.ID, "models-table").text
@@ -466,6 +497,9 @@ def test_finished_job_charts_checkpoints_and_side_by_side_chat(page, server, fil
              message=f"the answer in #{out}")
         assert not page.find_elements(By.CSS_SELECTOR, f"#{out} .error"), page.find_element(By.ID, out).text
         assert "completion tokens" in page.find_element(By.ID, out).text
+        # However long the answer, its box stays a readable height and the token counts show beneath it.
+        box = page.find_element(By.CSS_SELECTOR, f"#{out} pre.answer-text")
+        assert box.size["height"] <= 0.5 * page.get_window_size()["height"], box.size
     shot(page, "models-chat")
 
     delete = page.find_element(By.CSS_SELECTOR, f'#models-table tr[data-model="{done.fine_tuned_model}"] '
