@@ -378,8 +378,10 @@ def test_calculator_shows_the_library_s_numbers(page):
         box.send_keys(value)
     page.find_element(By.ID, "calc-run").click()
     want = cost.breakeven("gpt-4o-mini-2024-07-18", 1500, 200, 150, 100000, training_cost=2.5)
-    wait(page, lambda d: d.find_element(By.ID, "calc-base-monthly").text == f"${want.base_monthly:,.2f}",
-         message="the base monthly cost")
+    # The page opened on these same inputs without a training cost: wait for the answer that includes it.
+    wait(page, lambda d: d.find_element(By.ID, "calc-base-monthly").text == f"${want.base_monthly:,.2f}"
+         and d.find_element(By.ID, "calc-breakeven-calls").text == f"{want.breakeven_calls_per_month:,}",
+         message="the monthly costs and break-even with the training cost")
     assert page.find_element(By.ID, "calc-ft-monthly").text == f"${want.ft_monthly:,.2f}"
     assert page.find_element(By.ID, "calc-breakeven-calls").text == f"{want.breakeven_calls_per_month:,}"
     assert chart_points(page, "calc-chart") > 0
@@ -541,6 +543,13 @@ def test_a_job_with_an_eval_set_shows_each_checkpoints_scores(page, server, file
                  message="the narrow window")
             assert_names_wrap_only_at_colons(page, "#checkpoints-table code.model-name", names, min_lines=2)
             assert_names_wrap_only_at_colons(page, "#job-facts code.model-name", tuned)
+            # The charts are drawn again at their new width (their text keeps its size), legends still clear.
+            wait(page, lambda d: d.execute_script("""
+                const box = document.getElementById('chart-train-loss');
+                const svg = box.querySelector('svg');
+                return Math.abs(svg.viewBox.baseVal.width - Math.min(760, box.clientWidth)) < 24;"""),
+                 message="the charts drawn at the narrow width")
+            assert_legend_clear(page, "chart-train-loss", 1)
             shot(page, "job-eval-narrow")
             # Nothing spills sideways: the page itself does not scroll horizontally (wide tables scroll in
             # their cards).

@@ -52,7 +52,29 @@ function stepOf(values) {
  * The svg carries data-points="n1,n2,..." so a test (or a person with devtools) can see how many points each
  * series holds.
  */
-export function lineChart(container, { title, series, xLabel = "", yLabel = "", marks = [], empty = "No data yet",
+export function lineChart(container, options) {
+  const svg = draw(container, options);
+  redrawOnResize(container, options, svg.viewBox.baseVal.width);
+  return svg;
+}
+
+// A chart whose box changes width (a window resized, a grid that reflows) is drawn again at the new width, so
+// its text keeps its size; small changes only scale it.
+const drawn = new WeakMap();
+function redrawOnResize(container, options, width) {
+  const known = drawn.get(container);
+  if (known) { known.options = options; known.width = width; return; }
+  if (typeof ResizeObserver === "undefined") return;
+  const state = { options, width };
+  drawn.set(container, state);
+  new ResizeObserver(() => {
+    const now = Math.round(Math.min(MAX_W, Math.max(MIN_W, container.clientWidth || 0)));
+    if (!container.isConnected || !container.clientWidth || Math.abs(now - state.width) < 24) return;
+    state.width = draw(container, state.options).viewBox.baseVal.width;
+  }).observe(container);
+}
+
+function draw(container, { title, series, xLabel = "", yLabel = "", marks = [], empty = "No data yet",
   integerX = false }) {
   const W = Math.round(Math.min(MAX_W, Math.max(MIN_W, container.clientWidth || 640)));
   const H = PLOT_H;
