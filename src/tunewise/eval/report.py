@@ -37,34 +37,55 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def plot_loss(rows: list[dict]) -> bytes | None:
-    """Training (and validation, where measured) loss by step."""
+def _legend_below(fig, ncols: int) -> None:
+    """The figure's legend under the axes (outside them: it never covers a bar, a line or a point)."""
+    handles, labels = [], []
+    for ax in fig.axes:
+        h, lab = ax.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=max(1, min(ncols, len(handles))),
+                   frameon=False, fontsize=9)
+
+
+def loss_figure(rows: list[dict]):
+    """The loss plot as a matplotlib figure (None without losses); ``plot_loss`` renders it."""
     train = [(r["step"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
     valid = [(r["step"], r["valid_loss"]) for r in rows if r.get("valid_loss") is not None]
     if not train and not valid:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = plt.subplots(figsize=(6.4, 3.9), layout="constrained")
     if train:
         ax.plot(*zip(*train, strict=True), label="training loss", color="#4c72b0", linewidth=1.2)
     if valid:
         ax.plot(*zip(*valid, strict=True), label="validation loss", color="#dd8452", marker="o", markersize=3)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no 2.5 or 7.5
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title("Training and validation loss")
     ax.grid(alpha=0.3)
-    ax.legend()
-    return _png(fig)
+    _legend_below(fig, ncols=2)
+    return fig
 
 
-def plot_quality(decision: Decision) -> bytes | None:
-    """Format adherence and accuracy per candidate, bars with 95% interval whiskers."""
+def plot_loss(rows: list[dict]) -> bytes | None:
+    """Training (and validation, where measured) loss by step."""
+    fig = loss_figure(rows)
+    return None if fig is None else _png(fig)
+
+
+def quality_figure(decision: Decision):
+    """The quality plot as a matplotlib figure (None without candidates); ``plot_quality`` renders it."""
     metrics = [m for m in (decision.format_metric, decision.accuracy_metric) if m]
     names = list(decision.candidates)
     if not names:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(names) + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(names) + 2), 4.2), layout="constrained")
     width = 0.8 / len(metrics)
     colors = ["#55a868", "#4c72b0"]
     for k, metric in enumerate(metrics):
@@ -83,12 +104,18 @@ def plot_quality(decision: Decision) -> bytes | None:
     ax.set_ylabel("% of examples (95% CI)")
     ax.set_title("Format adherence and accuracy per candidate")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower right")
-    return _png(fig)
+    _legend_below(fig, ncols=len(metrics))
+    return fig
 
 
-def plot_cost(decision: Decision) -> bytes | None:
-    """Monthly cost against calls per month; the fine-tuned line carries training amortised over the horizon."""
+def plot_quality(decision: Decision) -> bytes | None:
+    """Format adherence and accuracy per candidate, bars with 95% interval whiskers."""
+    fig = quality_figure(decision)
+    return None if fig is None else _png(fig)
+
+
+def cost_figure(decision: Decision):
+    """The cost plot as a matplotlib figure (None without per-call costs); ``plot_cost`` renders it."""
     import numpy as np
 
     be = decision.breakeven
@@ -103,7 +130,7 @@ def plot_cost(decision: Decision) -> bytes | None:
     horizon = (be or {}).get("horizon_months") or 12
     training = decision.training_cost or 0.0
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     for name, cost in per_call.items():
         role = decision.candidates[name].get("role")
         y = cost * x
@@ -123,12 +150,23 @@ def plot_cost(decision: Decision) -> bytes | None:
     if all(v > 0 for v in per_call.values()):
         # Costs span orders of magnitude with volume: on a log scale the lines stay apart and the crossing shows.
         ax.set_yscale("log")
+    elif not training and not any(per_call.values()):
+        # Nothing is priced (local models): a flat line at $0, on an axis that does not go below it.
+        ax.set_ylim(0, 1)
+        ax.text(0.5, 0.55, "every candidate costs $0 here (local models, no price)", transform=ax.transAxes,
+                ha="center", va="center", color="#555555", bbox={"facecolor": "white", "edgecolor": "none"})
     ax.set_xlabel("calls per month")
     ax.set_ylabel("USD per month")
     ax.set_title("Monthly cost against volume")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    return _png(fig)
+    _legend_below(fig, ncols=2)
+    return fig
+
+
+def plot_cost(decision: Decision) -> bytes | None:
+    """Monthly cost against calls per month; the fine-tuned line carries training amortised over the horizon."""
+    fig = cost_figure(decision)
+    return None if fig is None else _png(fig)
 
 
 def _fmt_est(e: dict | None, pct: bool = True, digits: int = 1) -> str:
