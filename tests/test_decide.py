@@ -391,6 +391,15 @@ def test_candidates_with_different_examples_are_refused(tmp_path):
         decide(other)
 
 
+def test_older_results_without_example_ids_are_paired_by_line(tmp_path):
+    run = build_run(tmp_path, {"base": {**BASE, "kinds": ["right"] * 20 + ["format"] * 20},
+                               "ft": {**FT, "kinds": ["right"] * 40}}, 40, save=False)
+    for r in run.results:
+        del r["example_id"], r["failed"]
+    d = decide(run, training_cost=1.0)
+    assert d.verdict == FINE_TUNE and {c["n"] for c in d.comparisons} == {40}
+
+
 def test_one_kind_of_candidate_is_not_enough(tmp_path):
     run = build_run(tmp_path, {"a": {**BASE, "kinds": ["right"] * 10}, "b": {**BASE, "kinds": ["format"] * 10}}, 10)
     d = decide(run)
