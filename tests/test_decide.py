@@ -299,6 +299,8 @@ def test_structured_outputs_win_when_all_are_perfect_and_they_cost_least(tmp_pat
         assert d.verdict == STRUCTURED, d.reasons
         assert all(c["outcome"] == "equivalent" for c in d.comparisons)
         assert "Cheapest: structured" in " ".join(d.reasons)
+        if training is None:
+            assert "ft $1.44/month before training (training cost unknown)" in " ".join(d.reasons)
 
 
 def test_structured_outputs_match_fine_tuning(tmp_path):

@@ -602,6 +602,8 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
         parts = [f"{n} {usd(totals[n])}/month" + (f" (with training {usd(training)} over {horizon_months:g} "
                                                    "months)" if n == F else "") for n in totals]
         vol = f"{volume:,.0f} calls a month" + (" (assumed: pass --calls-per-month)" if assumed else "")
+        if F in pool and F not in totals:
+            parts.append(f"{F} {usd(per_call[F] * volume)}/month before training (training cost unknown)")
         reasons.append(f"Quality is equivalent (within +-{100 * margin:g} points on every measure), so cost "
                        f"decides, at {vol}: " + ", ".join(parts) + f". Cheapest: {winner}.")
         if F in totals and training and len(totals) > 1:
