@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tunewise.eval.decide import Decision
+from tunewise.eval.decide import Decision, _p, usd
 
 PLOT_DPI = 110
 
@@ -119,8 +119,8 @@ def cost_figure(decision: Decision):
     import numpy as np
 
     be = decision.breakeven
-    per_call = {n: (s.get("cost_per_1k_usd") or {}).get("value") for n, s in decision.candidates.items()}
-    per_call = {n: v / 1000 for n, v in per_call.items() if v is not None}
+    per_call = {n: s.get("cost_per_call_usd") for n, s in decision.candidates.items()}
+    per_call = {n: v for n, v in per_call.items() if v is not None}
     if not per_call:
         return None
     top = max(decision.calls_per_month, 1.0) * 10
@@ -138,6 +138,8 @@ def cost_figure(decision: Decision):
         if role == "fine-tuned" and training:
             y = y + training / horizon
             label += f" (+ training over {horizon:g} months)"
+        elif role == "fine-tuned" and decision.training_cost is None:
+            label += " (training cost unknown, not included)"
         ax.plot(x, y, label=label, linewidth=1.4)
     ax.axvline(decision.calls_per_month, color="grey", linestyle=":", label="your volume")
     if be and be.get("breakeven_calls_per_month"):
@@ -179,29 +181,56 @@ def _fmt_est(e: dict | None, pct: bool = True, digits: int = 1) -> str:
 
 
 def _table_rows(decision: Decision) -> tuple[list[str], list[list[str]]]:
-    head = ["candidate", "role", "model", "n", "errors", "valid JSON", "schema", "exact match", "field F1",
+    head = ["candidate", "role", "model", "n", "failed calls", "valid JSON", "schema", "exact match", "field F1",
             "text F1", "input tok", "output tok", "p50 ms", "p95 ms", "$ / 1k calls", "$ / month"]
     rows = []
     for name, s in decision.candidates.items():
         p50, p95 = s.get("latency_p50_s"), s.get("latency_p95_s")
         cost = (s.get("cost_per_1k_usd") or {}).get("value")
         monthly = s.get("monthly_cost_usd")
-        rows.append([name, s.get("role", ""), s.get("model", ""), str(s.get("n", "")), str(s.get("n_errors", 0)),
+        per_call = s.get("cost_per_call_usd")
+        if per_call is not None:
+            cost = per_call * 1000
+        failed = s.get("n_failed", s.get("n_errors", 0))
+        rows.append([name, s.get("role", ""), s.get("model", ""), str(s.get("n", "")), str(failed),
                      _fmt_est(s.get("valid_json")), _fmt_est(s.get("schema_adherence")),
                      _fmt_est(s.get("exact_match")), _fmt_est(s.get("field_f1")), _fmt_est(s.get("text_f1")),
                      _fmt_est(s.get("priced_input_tokens"), pct=False, digits=0),
                      _fmt_est(s.get("priced_output_tokens"), pct=False, digits=0),
                      "n/a" if p50 is None else f"{p50 * 1000:.0f}", "n/a" if p95 is None else f"{p95 * 1000:.0f}",
-                     "n/a" if cost is None else f"{cost:.4f}", "n/a" if monthly is None else f"{monthly:,.2f}"])
+                     usd(cost), usd(monthly)])
     return head, rows
 
 
 def _comparison_rows(decision: Decision) -> tuple[list[str], list[list[str]]]:
-    head = ["metric", "a", "b", "n", "a - b", "95% CI", "test", "p", "outcome"]
-    rows = [[c["metric"], c["a"], c["b"], str(c["n"]), f"{100 * c['diff']:+.1f}",
-             f"{100 * c['low']:+.1f} to {100 * c['high']:+.1f}", c["test"], f"{c['p_value']:.3g}", c["outcome"]]
-            for c in decision.comparisons]
+    head = ["metric", "a", "b", "n", "left out (failed)", "a - b (points)", "95% CI (with the test)", "test", "p",
+            "Holm p", "equivalence 95% CI", f"within +-{100 * decision.margin:g}", "outcome"]
+    rows = []
+    for c in decision.comparisons:
+        primary = " (primary)" if c["metric"] == decision.primary_metric else ""
+        rows.append([c["metric"] + primary, c["a"], c["b"], str(c["n"]), str(c.get("n_excluded", 0)),
+                     f"{100 * c['diff']:+.1f}", f"{100 * c['low']:+.1f} to {100 * c['high']:+.1f}", c["test"],
+                     _p(c["p_value"]), _p(c.get("p_adjusted")),
+                     f"{100 * c.get('eq_low', -1):+.1f} to {100 * c.get('eq_high', 1):+.1f}",
+                     "yes" if c.get("equivalent") else "no", c["outcome"]])
     return head, rows
+
+
+def _procedure(decision: Decision) -> str:
+    """The decision procedure in one paragraph, with this evaluation's settings."""
+    primary = (decision.primary_metric or "").replace("_", " ")
+    secondary = ", ".join(m.replace("_", " ") for m in decision.secondary_metrics) or "none"
+    split = ""
+    if decision.selection:
+        split = (f" Roles with several candidates were represented by the one chosen on "
+                 f"{decision.selection['n_select']} examples (seeded random half); comparisons use the other "
+                 f"{decision.selection['n_compare']}.")
+    return (f"Primary measure: {primary}; secondary: {secondary}. Paired by example id; failed calls left out "
+            f"(no verdict above {100 * decision.max_failure_rate:g}% failed). Rates: exact McNemar test with its "
+            "exact interval; means: paired permutation test with the interval that inverts it. All tests that "
+            f"feed the verdict Holm-adjusted ({100 * decision.alpha:g}% family-wise). Equivalence: two one-sided "
+            f"tests, the 95% interval (Newcombe's for rates) within +-{100 * decision.margin:g} points. Any "
+            "significant regression of the fine-tuned model blocks fine-tuning." + split)
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
@@ -250,12 +279,15 @@ def write_report(decision: Decision, out_dir: str | os.PathLike) -> dict[str, Pa
     head, rows = _table_rows(decision)
     chead, crows = _comparison_rows(decision)
     volume = f"{decision.calls_per_month:,.0f}" + (" (assumed)" if decision.calls_per_month_assumed else "")
-    training = "not given" if decision.training_cost is None else f"${decision.training_cost:,.2f}"
+    if decision.depends_on_volume:
+        volume += ", and the verdict depends on it"
+    training = "unknown (not counted as $0)" if decision.training_cost is None else usd(decision.training_cost)
 
     md = [f"# Should I fine-tune? {decision.verdict}", "", f"**{decision.headline}**", "", "## Why", ""]
     md += [f"- {r}" for r in decision.reasons]
     md += ["", "## Candidates", "", f"{decision.n_examples} held-out examples; calls per month {volume}; "
            f"training cost {training}. Rates and means with 95% intervals.", "", _md_table(head, rows), ""]
+    md += ["## How this was decided", "", _procedure(decision), ""]
     if crows:
         md += ["## Paired comparisons", "", _md_table(chead, crows), ""]
     if plots:
@@ -278,6 +310,7 @@ def write_report(decision: Decision, out_dir: str | os.PathLike) -> dict[str, Pa
         f"<h2>Candidates</h2><p>{decision.n_examples} held-out examples; calls per month {html.escape(volume)}; "
         f"training cost {html.escape(training)}. Rates and means with 95% intervals.</p>", _html_table(head, rows),
     ]
+    page += ["<h2>How this was decided</h2>", f"<p>{html.escape(_procedure(decision))}</p>"]
     if crows:
         page += ["<h2>Paired comparisons</h2>", _html_table(chead, crows)]
     if imgs:
