@@ -45,7 +45,7 @@ from typing import Any
 
 from tunewise.errors import DataError, NotFound, UsageError
 from tunewise.eval import metrics as M
-from tunewise.eval.runner import EvalRun, is_failed, load_run
+from tunewise.eval.runner import GRADER_PREFIX, EvalRun, is_failed, load_run
 
 FINE_TUNE = "fine-tune"
 KEEP_PROMPTING = "keep prompting"
@@ -222,6 +222,8 @@ LABELS = {"schema_adherence": "schema adherence", "valid_json": "valid JSON", "e
 
 
 def _label(metric: str | None) -> str:
+    if metric and metric.startswith(GRADER_PREFIX):
+        return f"grader '{metric[len(GRADER_PREFIX):]}'"
     return LABELS.get(metric or "", (metric or "").replace("_", " "))
 
 
@@ -449,8 +451,16 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
         raise UsageError(f"--max-failure-rate must be between 0 and 1, not {max_failure_rate}.")
     if horizon_months <= 0:
         raise UsageError(f"--horizon-months must be positive, not {horizon_months}.")
+    graded = sorted({g for c in run.metrics["candidates"].values() for g in (c.get("graders") or {})})
+    grader_primary = None
     if primary is not None and primary not in PRIMARY_CHOICES:
-        raise UsageError(f"--primary must be one of {', '.join(PRIMARY_CHOICES)}, not {primary!r}.")
+        name = primary[len(GRADER_PREFIX):] if primary.startswith(GRADER_PREFIX) else primary
+        if name not in graded:
+            known = [*PRIMARY_CHOICES, *graded]
+            raise UsageError(f"--primary must be one of {', '.join(known)}, not {primary!r}.",
+                             hint="A grader is a primary measure once `tunewise eval --grader FILE` has run it."
+                             if not graded else "Name a grader the evaluation ran, or format or accuracy.")
+        grader_primary = GRADER_PREFIX + name
     assumed = calls_per_month is None
     volume = float(DEFAULT_CALLS_PER_MONTH if assumed else calls_per_month)
     notes: list[str] = list(run.metrics.get("notes", []))
@@ -473,13 +483,15 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
     if task == "json":
         fmt = "schema_adherence" if run.metrics.get("schema") else "valid_json"
         accuracy = "exact_match"
-        measures = [fmt, accuracy] if primary in (None, "format") else [accuracy, fmt]
+        measures = [fmt, accuracy] if primary in (None, "format") or grader_primary else [accuracy, fmt]
     else:
         if primary == "format":
             raise UsageError("--primary format applies to JSON answers; these references are free text.",
                              hint="Leave --primary out (token F1 is the measure for free text).")
         fmt, accuracy = None, "text_f1"
         measures = [accuracy]
+    if grader_primary:  # the grader decides; the usual measures stay, Holm-controlled, as secondaries
+        measures = [grader_primary, *measures]
     primary_metric = measures[0]
 
     by_role: dict[str, list[str]] = {role: [] for role in ROLES}

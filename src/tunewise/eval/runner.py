@@ -40,6 +40,8 @@ BACKOFF_RETRIES = 3
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 30.0
 REQUEST_TIMEOUT_S = 600.0
+GRADER_PREFIX = "grader:"
+"""A grader's reward in a results row is under ``grader:NAME``."""
 
 
 # ---------------------------------------------------------------- examples and prompts
@@ -52,6 +54,8 @@ class Example:
     """The messages before the reference answer, as written in the file."""
     reference: str
     """The last assistant message: the answer the candidates are scored against."""
+    item: dict = field(default_factory=dict, compare=False, hash=False)
+    """The example's row as graders see it (``{{ item.* }}``): the JSONL object's keys, plus ``reference``."""
 
     @property
     def id(self) -> str:
@@ -89,7 +93,9 @@ def load_examples(path: str | os.PathLike, limit: int | None = None) -> list[Exa
             raise DataError(f"{path}, line {n}: no assistant message to use as the reference answer.",
                             hint="Each held-out example ends with the expected assistant answer.")
         prompt = [{k: v for k, v in m.items() if k != "weight"} for m in messages[:last]]
-        examples.append(Example(n, prompt, messages[last]["content"]))
+        row = json.loads(line)
+        examples.append(Example(n, prompt, messages[last]["content"],
+                                {**row, "reference": messages[last]["content"]}))
         if limit is not None and len(examples) >= limit:
             break
     if not examples:
@@ -279,6 +285,12 @@ def summarize(rows: list[dict], pricing: Pricing | None = None) -> dict[str, Any
     for name in M.MEAN_METRICS:
         values = [r[name] for r in rows if r.get(name) is not None]
         out[name] = M.bootstrap_mean(values).to_dict() if values else None
+    grader_names = sorted({k for r in rows for k in r if k.startswith(GRADER_PREFIX)})
+    if grader_names:
+        out["graders"] = {}
+        for key in grader_names:
+            values = [r[key] for r in rows if r.get(key) is not None]
+            out["graders"][key[len(GRADER_PREFIX):]] = M.bootstrap_mean(values).to_dict() if values else None
     ok = [r for r in rows if not r.get("error")]
     for name in ("input_tokens", "output_tokens", "priced_input_tokens", "priced_output_tokens"):
         values = [r[name] for r in ok if r.get(name) is not None]
@@ -298,11 +310,15 @@ def summarize(rows: list[dict], pricing: Pricing | None = None) -> dict[str, Any
 def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schema: dict | None = None,
              out_dir: str | os.PathLike | None = None, concurrency: int = DEFAULT_CONCURRENCY,
              limit: int | None = None, cache: bool | str | os.PathLike = True, prices=None,
-             progress: bool = False, timeout: float = REQUEST_TIMEOUT_S) -> EvalRun:
+             progress: bool = False, timeout: float = REQUEST_TIMEOUT_S, graders: list | None = None,
+             grading=None) -> EvalRun:
     """Run every example of ``test_file`` through every candidate and score the answers.
 
     ``cache``: True for the default cache (``$TUNEWISE_HOME/eval-cache.sqlite``), a path for another, False
     to send every request. ``progress`` shows a tqdm bar on stderr. Writes results to ``out_dir`` when given.
+    ``graders``: ``tunewise.eval.graders.Grader`` objects (OpenAI's shapes) run on every answer, each reward in
+    the row as ``grader:NAME`` and its mean with an interval in the metrics; ``grading``: their
+    ``GradingContext`` (the judge for model graders, whether python graders may run).
     """
     import openai
     from tqdm import tqdm
@@ -359,6 +375,15 @@ def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schem
             # A failed call is not an answer: no score, so it is neither right nor wrong anywhere.
             scores = {k: None for k in scores}
         row.update(scores)
+        if graders:
+            if error is None:
+                from tunewise.eval.graders import grade_all
+
+                graded = grade_all(graders, response["answer"] or "", example.item, grading)
+                row["graders"] = {name: result.summary() for name, result in graded.items()}
+                row.update({GRADER_PREFIX + name: result.reward for name, result in graded.items()})
+            else:
+                row.update({GRADER_PREFIX + g.name: None for g in graders})
         row.update({k: response[k] for k in ("latency_s", "input_tokens", "output_tokens", "finish_reason")})
         pricing = pricings[candidate.name]
         priced = (response["input_tokens"], response["output_tokens"])
@@ -445,6 +470,7 @@ def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schem
         "concurrency": concurrency,
         "cache": str(store.path) if store is not None else None,
         "endpoints": {name: {"base_url": ep.base_url, "source": ep.source} for name, ep in endpoints.items()},
+        "graders": [g.spec for g in graders] if graders else [],
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     run = EvalRun(Path(out_dir) if out_dir else None, config, [c.resolved() for c in candidates], results,
