@@ -2,18 +2,25 @@
 
 Each command lives in a module of this package and is imported only when it runs (or when ``--help``
 lists it), so ``tunewise validate`` never pays for importing torch. A ``TunewiseError`` from the library
-becomes one line on stderr and exit code 1 (2 for a usage error), never a traceback.
+becomes one line on stderr and exit code 1 (2 for a usage error), never a traceback. Anything else is a bug:
+one line and exit code 3 (``INTERNAL_ERROR``), so a script never mistakes a crash for "the file has errors"
+(exit 1); ``TUNEWISE_DEBUG=1`` prints the traceback too.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import traceback
 
 import click
 
 from tunewise import __version__
 from tunewise.errors import TunewiseError, UsageError
+
+INTERNAL_ERROR = 3
+"""Exit code of a crash (an exception that is not a ``TunewiseError``)."""
 
 # command name -> "module:attribute"; the attribute is a click command or group.
 COMMANDS: dict[str, str] = {
@@ -74,6 +81,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except Exception as exc:  # a bug, not the user's mistake: its own exit code, the traceback only on request
+        if os.environ.get("TUNEWISE_DEBUG") == "1":
+            traceback.print_exc()
+        click.echo(f"internal error: {type(exc).__name__}: {exc}. This is a bug in tunewise, not in your input; "
+                   "rerun with TUNEWISE_DEBUG=1 for the traceback and report it.", err=True)
+        sys.exit(INTERNAL_ERROR)
 
 
 if __name__ == "__main__":
