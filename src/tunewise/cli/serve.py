@@ -15,6 +15,8 @@ import click
 from tunewise.errors import UsageError
 from tunewise.serve.settings import Settings
 
+GRACEFUL_SHUTDOWN_S = 10
+
 
 def _settings(**overrides) -> Settings:
     return Settings.from_env(**overrides)
@@ -77,7 +79,10 @@ def serve(host, port, data_dir, worker_only, no_worker, parent_pid) -> None:
     click.echo(f"tunewise serve: {base_url} (data in {settings.data_dir}"
                f"{', with a worker process' if worker else ', no worker'})", err=True)
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+        # A stop waits at most GRACEFUL_SHUTDOWN_S for requests in flight (a client streaming forever must not
+        # keep the server, and so its worker, alive).
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     finally:
         if worker is not None:
             worker.stop()

@@ -17,6 +17,7 @@ from tunewise import __version__
 from tunewise.serve import errors
 from tunewise.serve.auth import Principal, authenticate
 from tunewise.serve.errors import ApiError
+from tunewise.serve.guard import Guard
 from tunewise.serve.settings import Settings
 from tunewise.serve.store import Store
 
@@ -55,6 +56,10 @@ def get_state(request: Request) -> State:
 
 
 def get_principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    # The guard middleware checked the key before the body was read; routes outside /v1 check it here.
+    principal = getattr(request.state, "principal", None)
+    if principal is not None:
+        return principal
     return authenticate(get_state(request).store, authorization)
 
 
@@ -75,18 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.tunewise = state
     errors.install(app)
 
-    @app.middleware("http")
-    async def limit_request_size(request: Request, call_next):
-        # Uploads enforce their own (larger) limit while streaming; every other body is bounded here,
-        # before it is read.
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and not request.url.path.rstrip("/").endswith("/v1/files"):
-            if int(length) > settings.max_request_bytes:
-                return errors.error_response(
-                    413, f"Request body of {int(length)} bytes exceeds the limit of {settings.max_request_bytes} "
-                    "bytes (setting max_request_bytes, env TUNEWISE_MAX_REQUEST_BYTES).",
-                    code="request_too_large")
-        return await call_next(request)
+    # Outermost of the app's own layers: request ids, the key before the body, bodies bounded as they stream.
+    app.add_middleware(Guard, state=state)
 
     @app.get("/health")
     def health(state: StateDep) -> dict[str, Any]:
