@@ -90,10 +90,24 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 405:
             # RFC 9110: a 405 names the methods the resource does allow.
             return error_response(405, f"Method {request.method} is not allowed on {request.url.path}",
-                                  code="method_not_allowed", headers=dict(exc.headers or {}))
+                                  code="method_not_allowed", headers={"Allow": _allowed(request, exc)})
         if exc.status_code == 400:  # FastAPI's "There was an error parsing the body"
             return error_response(400, f"Invalid request body: {exc.detail}.", code="invalid_body")
         return error_response(exc.status_code, str(exc.detail))
+
+
+def _allowed(request: Request, exc: StarletteHTTPException) -> str:
+    """Every method some route of the app takes on this path (Starlette names only the first route's)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.routes):
+            methods.add(method)
+    if not methods:
+        return (exc.headers or {}).get("Allow", "")
+    return ", ".join(sorted(methods))
 
 
 def _short(message: object, limit: int = 200) -> str:
