@@ -41,6 +41,9 @@ def training_file(server, client, tmp_path_factory):
     return client.files.create(file=path.open("rb"), purpose="fine-tune").id
 
 
+SEEN: list[tuple[int, str | None]] = []  # (status, request id) of every answer read through a Conn
+
+
 class Conn:
     """One keep-alive HTTP/1.1 connection to the server (http.client), to see whether it survives."""
 
@@ -61,6 +64,7 @@ class Conn:
     def read(self) -> tuple[int, dict, dict]:
         resp = self.conn.getresponse()
         data = resp.read()
+        SEEN.append((resp.status, resp.getheader("x-request-id")))
         assert not resp.will_close, "the server closed the keep-alive connection"
         if self.sock is None:
             self.sock = self.conn.sock
@@ -377,6 +381,12 @@ def test_a_500_says_internal_error_with_a_logged_request_id(server, client, tmp_
     assert str(stored) not in err["message"] and "RuntimeError" not in err["message"]
     assert request_id in server.output()
     conn.still_works()
+
+
+def test_no_answer_above_was_a_5xx_but_the_deliberate_one():
+    fives = [status for status, _ in SEEN if status >= 500]
+    assert len(SEEN) > 100 and fives == [500], (len(SEEN), fives)
+    assert all(request_id and request_id.startswith("req_") for _, request_id in SEEN)
 
 
 def test_owner_only_modes(server, training_file):

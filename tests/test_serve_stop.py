@@ -97,11 +97,14 @@ def test_sigterm_at_random_moments_idle_and_training(tmp_path):
 
 
 def _outputs(server, client, job) -> tuple[dict[str, str], bytes]:
-    """sha256 of every file of the final adapter, and the metrics CSV's bytes."""
+    """sha256 of the final adapter's weights and of its config (this run's paths and ids replaced), and the
+    metrics CSV's bytes."""
     model_dir = Path(sqlite3.connect(server.data_dir / "tunewise.db").execute(
         "SELECT path FROM models WHERE job_id = ?", (job.id,)).fetchone()[0])
-    adapter = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(model_dir.iterdir())
-               if p.is_file() and p.suffix in (".safetensors", ".json")}
+    adapter = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(model_dir.glob("*.safetensors"))}
+    config = (model_dir / "adapter_config.json").read_text()
+    config = config.replace(str(server.data_dir), "DATA").replace(job.id, "JOB")
+    adapter["adapter_config.json"] = hashlib.sha256(config.encode()).hexdigest()
     csv = client.files.content(job.result_files[0]).read()
     return adapter, csv
 
@@ -135,7 +138,7 @@ def test_kill_9_at_random_steps_ends_identical_to_an_uninterrupted_run(tmp_path)
         job = wait_for(client, job.id, timeout=300)
         assert job.status == "succeeded", job.error
         got_adapter, got_csv = _outputs(server, client, job)
-        assert got_adapter == want_adapter and got_adapter
+        assert got_adapter == want_adapter and any(k.endswith(".safetensors") for k in got_adapter)
         assert got_csv == want_csv
         with sqlite3.connect(server.data_dir / "tunewise.db") as db:
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
