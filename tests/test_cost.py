@@ -244,7 +244,7 @@ def test_estimate_command_errors_are_one_line(capsys, tmp_path):
     code, _, err = run(capsys, "estimate", str(TRAIN), "--epochs", "lots")
     assert code == 2 and "--epochs" in err
     code, _, err = run(capsys, "estimate", str(TRAIN), "--model", "gpt-9")
-    assert code == 1 and "not in the catalog" in err
+    assert code == 2 and "not in the catalog" in err  # an unknown model is a usage error
 
 
 def test_breakeven_command_from_numbers(capsys):

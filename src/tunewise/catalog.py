@@ -13,7 +13,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from tunewise.errors import NotFound, UsageError
+from tunewise.errors import ModelNotFound, UsageError
 
 PRICE_FIELDS = ("training", "input", "output", "ft_input", "ft_cached_input", "ft_output")
 
@@ -64,7 +64,7 @@ class Catalog:
         """The model for a name, an alias, or a fine-tuned id (``ft:BASE:...`` resolves through BASE)."""
         info = self.find(name)
         if info is None:
-            raise NotFound(
+            raise ModelNotFound(
                 f"Model '{name}' is not in the catalog.",
                 hint="Known models: " + ", ".join(self.names())
                 + ". Add it to a prices file (--prices FILE or TUNEWISE_PRICES).",

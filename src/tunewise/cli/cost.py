@@ -59,7 +59,7 @@ def _rows(rows: list[tuple[str, str]]) -> None:
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Model to price (name or alias).")
-@click.option("--epochs", default="auto", show_default=True,
+@click.option("--epochs", "--n-epochs", "epochs", default="auto", show_default=True,
               help="Epochs (1-25), or 'auto' for OpenAI's default rule.")
 @prices_option
 @json_option
@@ -101,7 +101,8 @@ def estimate(file: str, model: str, epochs: str, prices: str | None, as_json: bo
               help="The fine-tuned model's (short) system prompt (default: the one in --data).")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False),
               help="The training set: its size gives the training cost, its answers the output tokens.")
-@click.option("--epochs", default="auto", show_default=True, help="Epochs for the training cost from --data.")
+@click.option("--epochs", "--n-epochs", "epochs", default="auto", show_default=True,
+              help="Epochs for the training cost from --data.")
 @click.option("--training-cost", type=float, help="Training cost in USD (overrides the one from --data).")
 @click.option("--horizon-months", type=float, default=cost.DEFAULT_HORIZON_MONTHS, show_default=True,
               help="Break-even volume: calls per month that pay training back within this many months.")

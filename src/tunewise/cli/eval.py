@@ -70,7 +70,7 @@ def _candidates(candidates_file, models, prompts, specs, schema, max_tokens, str
               help="YAML or TOML file listing the candidates (model, prompt, endpoint, response_format, ...).")
 @click.option("--schema", type=click.Path(exists=True, dir_okay=False),
               help="JSON Schema the answers must follow (adherence metric; 'response_format: schema').")
-@click.option("--model", "models", multiple=True, help="A candidate model (repeatable); the simple case.")
+@click.option("--model", "-m", "models", multiple=True, help="A candidate model (repeatable); the simple case.")
 @click.option("--system-prompt", "prompts", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="System prompt file for --model (one for all, or one per --model in order).")
 @click.option("--candidate", "specs", multiple=True, metavar="NAME=MODEL[:PROMPT_FILE]",
@@ -125,8 +125,9 @@ def eval_command(test_file, candidates_file, schema, models, prompts, specs, str
 @click.option("--training-cost", type=float, default=None, help="Training cost in USD, if known.")
 @click.option("--training-file", type=click.Path(exists=True, dir_okay=False),
               help="Training data to estimate the training cost from (with --model and --epochs).")
-@click.option("--model", default=None, help="Model to price training on (with --training-file).")
-@click.option("--epochs", default="auto", show_default=True, help="Epochs for --training-file, or 'auto'.")
+@click.option("--model", "-m", default=None, help="Model to price training on (with --training-file).")
+@click.option("--epochs", "--n-epochs", "epochs", default="auto", show_default=True,
+              help="Epochs for --training-file, or 'auto'.")
 @click.option("--job", default=None, help="Fine-tuning job id: fetches its metrics CSV for the loss plot.")
 @click.option("--metrics-csv", type=click.Path(exists=True, dir_okay=False),
               help="OpenAI-format step metrics CSV for the loss plot.")

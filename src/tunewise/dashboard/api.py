@@ -32,7 +32,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from tunewise.errors import NotFound, TunewiseError, UsageError
-from tunewise.serve.app import PrincipalDep, StateDep
+from tunewise.serve.deps import PrincipalDep, StateDep
 from tunewise.serve.errors import ApiError
 
 router = APIRouter(prefix="/v1/dashboard", tags=["dashboard"])

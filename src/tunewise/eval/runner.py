@@ -115,7 +115,7 @@ def _fatal(exc: Exception, candidate: Candidate, base_url: str) -> TunewiseError
                           "to refresh credentials.json.")
     if isinstance(exc, openai.NotFoundError):
         return NotFound(f"Candidate '{candidate.name}': {base_url} answered 404 for model '{candidate.model}'.",
-                        hint="List the endpoint's models (client.models.list()) and fix the candidate's model; "
+                        hint=f"Check the candidate's model against the endpoint's models (GET {base_url}/models); "
                         "if the model is right, check that base_url ends in /v1.", param="model")
     return None
 
