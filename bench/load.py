@@ -8,7 +8,8 @@ For ``--duration`` seconds, all at once, against one server (its worker training
 * ``--concurrency`` threads (16) each sending chat completions back to back (the official ``openai`` SDK,
   ``max_tokens`` ``--max-tokens``) to ``--model``, the server's stand-in for ``gpt-4o-mini``;
 * ``--listers`` threads (4) listing files and fine-tuning jobs back to back;
-* one thread calling ``GET /health`` every second.
+* one thread calling ``GET /health`` every second;
+* training all along: when the job ends before the run does, the next one is created.
 
 Printed per kind of request: requests, errors, p50 and p95 latency; and the peak RSS of the server, its worker and
 their children (sampled every 100 ms). Goals: 0 errors, ``/health`` p95 under 100 ms while training. The job is
@@ -98,13 +99,28 @@ def main() -> None:
         # Warm the engine (the model loads on the first completion) before the clock starts.
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
                                        max_tokens=1)
-        job = client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4o-mini",
-                                             hyperparameters={"n_epochs": 25, "batch_size": 1})
+        jobs: list[str] = []
+
+        def new_job() -> str:
+            job = client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4o-mini",
+                                                 hyperparameters={"n_epochs": 25, "batch_size": 1})
+            jobs.append(job.id)
+            return job.id
+
+        job_id = new_job()
         deadline = time.monotonic() + 120
-        while client.fine_tuning.jobs.retrieve(job.id).status != "running" and time.monotonic() < deadline:
+        while client.fine_tuning.jobs.retrieve(job_id).status != "running" and time.monotonic() < deadline:
             time.sleep(0.2)
         stop = threading.Event()
         end = time.monotonic() + args.duration
+
+        def trainer() -> None:
+            # Training the whole time: a job that ends before the run does is followed by the next one.
+            c = server.client(timeout=60)
+            while time.monotonic() < end:
+                if c.fine_tuning.jobs.retrieve(jobs[-1]).status in ("succeeded", "failed", "cancelled"):
+                    new_job()
+                time.sleep(0.5)
 
         def chatter(i: int) -> None:
             c = server.client(timeout=300)
@@ -128,7 +144,7 @@ def main() -> None:
 
         threads = [threading.Thread(target=chatter, args=(i,)) for i in range(args.concurrency)]
         threads += [threading.Thread(target=lister, args=(i,)) for i in range(args.listers)]
-        threads += [threading.Thread(target=health)]
+        threads += [threading.Thread(target=health), threading.Thread(target=trainer)]
         sampler = threading.Thread(target=sample_rss, args=(server.pid, stop, peak), daemon=True)
         sampler.start()
         started = time.monotonic()
@@ -138,11 +154,15 @@ def main() -> None:
             t.join()
         wall = time.monotonic() - started
         stop.set()
-        status = client.fine_tuning.jobs.retrieve(job.id).status
-        steps = [e.data.get("step") for e in client.fine_tuning.jobs.list_events(job.id, limit=5).data
-                 if e.type == "metrics"]
-        if status not in ("succeeded", "failed", "cancelled"):
-            client.fine_tuning.jobs.cancel(job.id)
+        steps_trained, statuses = 0, []
+        for job_id in jobs:
+            job = client.fine_tuning.jobs.retrieve(job_id)
+            statuses.append(job.status)
+            steps = [e.data.get("step") for e in client.fine_tuning.jobs.list_events(job_id, limit=10000).data
+                     if e.type == "metrics" and e.message.startswith("Step ")]
+            steps_trained += len(steps)
+            if job.status not in ("succeeded", "failed", "cancelled"):
+                client.fine_tuning.jobs.cancel(job_id)
 
     rows = []
     for kind in ("chat", "list files", "list jobs", "health"):
@@ -150,12 +170,13 @@ def main() -> None:
         rows.append({"kind": kind, "requests": len(lat), "errors": len(rec.errors.get(kind, [])),
                      "p50_ms": round(percentile(lat, 50) * 1000, 1), "p95_ms": round(percentile(lat, 95) * 1000, 1)})
     result = {"model": args.model, "duration_s": round(wall, 1), "concurrency": args.concurrency,
-              "max_tokens": args.max_tokens, "rows": rows, "job_status_at_end": status,
-              "job_last_step": max((s for s in steps if isinstance(s, int)), default=None),
+              "max_tokens": args.max_tokens, "rows": rows, "jobs": len(jobs), "job_statuses": statuses,
+              "steps_trained": steps_trained,
               "peak_rss_server_mb": round(peak.get("server", 0) / 2**20), "peak_rss_all_mb": round(peak.get("all", 0) / 2**20),
               "errors": {k: v[:3] for k, v in rec.errors.items()}}
     print(f"load on {args.model}: {wall:.0f} s, {args.concurrency} concurrent chats (max_tokens {args.max_tokens}), "
-          f"{args.listers} listers, /health every second, a job training (reached step {result['job_last_step']})")
+          f"{args.listers} listers, /health every second, training all along ({steps_trained} steps in "
+          f"{len(jobs)} job(s))")
     print(f"{'request':<12} {'requests':>9} {'errors':>7} {'p50 ms':>9} {'p95 ms':>9}")
     for r in rows:
         print(f"{r['kind']:<12} {r['requests']:>9} {r['errors']:>7} {r['p50_ms']:>9} {r['p95_ms']:>9}")
