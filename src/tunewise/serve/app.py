@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from tunewise import __version__
 from tunewise.serve import errors
 from tunewise.serve.deps import PrincipalDep, State, StateDep
 from tunewise.serve.errors import ApiError
+from tunewise.serve.guard import Guard
 from tunewise.serve.settings import Settings
 
 
@@ -32,21 +33,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.tunewise = state
     errors.install(app)
 
-    @app.middleware("http")
-    async def limit_request_size(request: Request, call_next):
-        # Uploads enforce their own (larger) limit while streaming; every other body is bounded here,
-        # before it is read.
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and not request.url.path.rstrip("/").endswith("/v1/files"):
-            if int(length) > settings.max_request_bytes:
-                return errors.error_response(
-                    413, f"Request body of {int(length)} bytes exceeds the limit of {settings.max_request_bytes} "
-                    "bytes (setting max_request_bytes, env TUNEWISE_MAX_REQUEST_BYTES).",
-                    code="request_too_large")
-        return await call_next(request)
+    # Outermost of the app's own layers: request ids, the key before the body, bodies bounded as they stream.
+    app.add_middleware(Guard, state=state)
 
     @app.get("/health")
-    def health(state: StateDep) -> dict[str, Any]:
+    async def health(state: StateDep) -> dict[str, Any]:
+        # On the event loop, not in the thread pool: a health check must not queue behind busy request threads
+        # (one SELECT on the loop's own connection takes microseconds; WAL readers never wait for the writer).
         state.store.one("SELECT 1 AS ok")
         return {"status": "ok", "version": __version__}
 

@@ -50,6 +50,10 @@ def get_state(request: Request) -> State:
 
 
 def get_principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    # The guard middleware (tunewise.serve.guard) checked the key under /v1 before the body was read.
+    principal = getattr(request.state, "principal", None)
+    if principal is not None:
+        return principal
     return authenticate(get_state(request).store, authorization)
 
 

@@ -76,6 +76,12 @@ class Settings:
     """Torch threads for generation in the server process; 0 means half the CPU cores, at least 1. On a small
     CPU every thread torch spins on is taken from the event loop and the training worker: with 2 threads on a
     2-core machine, 8 concurrent completions ran about 10x slower than with 1 (``bench/serve.py``)."""
+    train_num_threads: int = 0
+    """Torch threads for training in the worker process; 0 means half the CPU cores, at least 1. Training with
+    every core's thread starves the server on a small machine (and the server's threads starve training)."""
+    storage_quota_bytes: int = 0
+    """Bytes of uploaded files a project may keep (its files not deleted); 0 means no quota. An upload that would
+    pass it answers 413 with code ``storage_quota_exceeded``."""
     worker: bool = True
     """Whether ``tunewise serve`` starts the job worker process (off when a ``--worker-only`` process runs)."""
     worker_poll_s: float = 0.5
@@ -113,6 +119,12 @@ class Settings:
         """``engine_num_threads`` resolved (0: half the cores, at least 1)."""
         if self.engine_num_threads > 0:
             return self.engine_num_threads
+        return max(1, (os.cpu_count() or 2) // 2)
+
+    def train_threads(self) -> int:
+        """``train_num_threads`` resolved (0: half the cores, at least 1)."""
+        if self.train_num_threads > 0:
+            return self.train_num_threads
         return max(1, (os.cpu_count() or 2) // 2)
 
     def alias_table(self) -> dict[str, str]:
