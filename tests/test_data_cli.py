@@ -146,3 +146,22 @@ def test_console_script_reads_stdin():
     done = subprocess.run(cmd + ["tokens", "-f", "-"], input="hello world", capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "2"
+
+
+def test_hostile_lines_exit_1_and_a_crash_exits_3(capsys, tmp_path, monkeypatch):
+    path = dataset(tmp_path / "d.jsonl", 20)
+    with open(path, "a") as f:
+        f.write("[" * 1500 + "]" * 1500 + "\n")
+        f.write('{"messages": [], "n": ' + "9" * 5000 + "}\n")
+    code, out, err = run(capsys, "validate", path)
+    assert code == 1 and "Traceback" not in out + err
+    assert "json_too_deep" in out and "number_too_long" in out
+    # A bug in tunewise (here: the validator made to fail) is not "the file has errors".
+    import tunewise.data
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(tunewise.data, "validate", broken)
+    code, out, err = run(capsys, "validate", path)
+    assert code == 3 and "internal error" in err and "ZeroDivisionError" in err and "Traceback" not in err

@@ -270,7 +270,7 @@ def test_error_classes(server, client, guide_job):
         client.models.delete("tunewise-tiny")
     with pytest.raises(openai.ConflictError):
         client.fine_tuning.jobs.cancel(guide_job.id)
-    with pytest.raises(openai.UnprocessableEntityError) as err:
+    with pytest.raises(openai.BadRequestError) as err:
         client.files.list(limit=0)
     assert err.value.param == "limit"
     with pytest.raises(openai.BadRequestError) as err:

@@ -201,7 +201,7 @@ def models(prices: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"sources": list(catalog.sources), "models": [
             {"name": m.name, "provider": m.provider, "aliases": list(m.aliases), "encoding": m.encoding,
-             "context_limit": m.context_limit, "training": m.training, "input": m.input, "output": m.output,
+             "context_limit": m.context_limit, "training": m.training, "input": m.input, "cached_input": m.cached_input, "output": m.output,
              "ft_input": m.ft_input, "ft_cached_input": m.ft_cached_input, "ft_output": m.ft_output,
              "checked": m.checked} for m in infos]}, indent=2))
         return
@@ -211,10 +211,10 @@ def models(prices: str | None, as_json: bool) -> None:
             return "-"
         return f"{x:.2f}" if round(x, 2) == x else f"{x:g}"
 
-    header = ("name", "provider", "encoding", "context", "training", "input", "output", "ft input",
+    header = ("name", "provider", "encoding", "context", "training", "input", "cached", "output", "ft input",
               "ft cached", "ft output", "checked")
     rows = [(m.name, m.provider, m.encoding, f"{m.context_limit:,}", price(m.training), price(m.input),
-             price(m.output), price(m.ft_input), price(m.ft_cached_input), price(m.ft_output), m.checked)
-            for m in infos]
-    table(header, rows, left=(0, 1, 2, 10))
+             price(m.cached_input), price(m.output), price(m.ft_input), price(m.ft_cached_input),
+             price(m.ft_output), m.checked) for m in infos]
+    table(header, rows, left=(0, 1, 2, 11))
     click.echo("Prices in USD per 1M tokens; override with --prices FILE or TUNEWISE_PRICES.")

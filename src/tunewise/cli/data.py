@@ -40,7 +40,7 @@ def stats_table(stats) -> str:
 def validate(file: str, model: str | None, as_json: bool, fix_out: str | None, prices: str | None) -> None:
     """Check a chat fine-tuning JSONL FILE against OpenAI's rules and count its tokens.
 
-    Exit 0 when clean (warnings allowed), 1 when there are errors, 2 on a usage error.
+    Exit 0 when clean (warnings allowed), 1 when there are errors, 2 on a usage error, 3 if tunewise crashed.
     """
     from tunewise.data import repair
     from tunewise.data import validate as run_validate

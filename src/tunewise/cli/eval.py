@@ -64,6 +64,37 @@ def _candidates(candidates_file, models, prompts, specs, schema, max_tokens, str
     return out
 
 
+def _graders(files, candidates_file, judge_base_url, no_python, no_cache):
+    """The graders of --grader files and of the candidates file's `graders:` list, and their context."""
+    from tunewise.eval.graders import GradingContext, ModelJudge, load_graders, parse_graders
+
+    graders = []
+    if candidates_file:
+        import yaml
+
+        raw = yaml.safe_load(Path(candidates_file).read_text(encoding="utf-8"))
+        if isinstance(raw, dict) and raw.get("graders"):
+            graders += parse_graders({"graders": raw["graders"]}, where=f"{candidates_file}: graders")
+    for path in files:
+        graders += load_graders(path)
+    names = [g.name for g in graders]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise UsageError(f"Two graders are named '{duplicate}'.", hint="Give each grader its own name.")
+    if not graders:
+        return [], None
+    judge = None
+    if any(g.uses_model for g in graders):
+        from tunewise.client import resolve_target
+
+        target = resolve_target(judge_base_url)
+        judge = ModelJudge(target.base_url, target.api_key, cache=not no_cache)
+    if no_python and any(g.uses_python for g in graders):
+        raise UsageError("A python grader was given with --no-python-graders.",
+                         hint="Leave the python grader out, or drop --no-python-graders.")
+    return graders, GradingContext(judge=judge, allow_python=not no_python)
+
+
 @click.command(name="eval")
 @click.argument("test_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--candidates", "candidates_file", type=click.Path(exists=True, dir_okay=False),
@@ -84,21 +115,34 @@ def _candidates(candidates_file, models, prompts, specs, schema, max_tokens, str
 @click.option("--no-cache", is_flag=True, help="Send every request, ignoring the on-disk cache.")
 @click.option("--prices", type=click.Path(dir_okay=False), default=None,
               help="TOML file overriding catalog prices (default: $TUNEWISE_PRICES).")
+@click.option("--grader", "grader_files", multiple=True, type=click.Path(dir_okay=False),
+              help="YAML/JSON file of graders in OpenAI's shapes, run on every answer (repeatable; a candidates "
+                   "file's `graders:` list is read too).")
+@click.option("--judge-base-url", default=None,
+              help="Endpoint that model graders (score_model, label_model) ask (default: OPENAI_BASE_URL, "
+                   "else the local server).")
+@click.option("--no-python-graders", is_flag=True, help="Refuse python graders instead of running them.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json instead of the table.")
 def eval_command(test_file, candidates_file, schema, models, prompts, specs, structured, max_tokens, out_dir,
-                 concurrency, limit, no_cache, prices, as_json) -> None:
+                 concurrency, limit, no_cache, prices, grader_files, judge_base_url, no_python_graders,
+                 as_json) -> None:
     """Run every example of TEST_FILE (chat JSONL) through every candidate and score the answers."""
     from tunewise.eval import run_eval
 
     schema_doc = _schema(schema)
     cands = _candidates(candidates_file, models, prompts, specs, schema_doc, max_tokens, structured)
-    run = run_eval(test_file, cands, schema=schema_doc, out_dir=out_dir, concurrency=concurrency, limit=limit,
-                   cache=not no_cache, prices=prices, progress=not as_json)
+    graders, grading = _graders(grader_files, candidates_file, judge_base_url, no_python_graders, no_cache)
+    try:
+        run = run_eval(test_file, cands, schema=schema_doc, out_dir=out_dir, concurrency=concurrency, limit=limit,
+                       cache=not no_cache, prices=prices, progress=not as_json, graders=graders, grading=grading)
+    finally:
+        if grading is not None and grading.judge is not None:
+            grading.judge.close()
     if as_json:
         click.echo(json.dumps(run.metrics, indent=2))
         return
     header = ("candidate", "role", "valid JSON", "schema", "exact", "field F1", "text F1", "in tok", "out tok",
-              "p50 s", "p95 s", "$/1k calls", "errors")
+              "p50 s", "p95 s", "$/1k calls", "failed")
     rows = []
     for name, s in run.metrics["candidates"].items():
         cost = s.get("cost_per_1k_usd")
@@ -111,6 +155,11 @@ def eval_command(test_file, candidates_file, schema, models, prompts, specs, str
     from tunewise.cli.cost import table
 
     table(header, rows, left=(0, 1))
+    graded = sorted({g for s in run.metrics["candidates"].values() for g in (s.get("graders") or {})})
+    if graded:
+        click.echo("")
+        table(("candidate", *graded), [(name, *(_cell((s.get("graders") or {}).get(g)) for g in graded))
+                                       for name, s in run.metrics["candidates"].items()], left=(0,))
     click.echo(f"\n{run.metrics['n_examples']} examples; {run.requests} requests sent, {run.cache_hits} answered "
                f"from the cache. 95% intervals in {Path(out_dir) / 'metrics.json'}.")
     for note in run.notes:
@@ -131,13 +180,24 @@ def eval_command(test_file, candidates_file, schema, models, prompts, specs, str
 @click.option("--job", default=None, help="Fine-tuning job id: fetches its metrics CSV for the loss plot.")
 @click.option("--metrics-csv", type=click.Path(exists=True, dir_okay=False),
               help="OpenAI-format step metrics CSV for the loss plot.")
+@click.option("--primary", default=None,
+              help="The primary measure, named up front: format, accuracy, or the name of a grader the "
+                   "evaluation ran (default: format for JSON answers, token F1 for text).")
+@click.option("--margin", type=float, default=0.05, show_default=True,
+              help="Equivalence margin: a difference within +-MARGIN (0.05 = 5 points) counts as no difference.")
+@click.option("--cache-hit-rate", type=float, default=0.0, show_default=True,
+              help="Share of calls whose static prompt prefix (1,024+ tokens) the prompt cache serves.")
+@click.option("--max-failure-rate", type=float, default=0.05, show_default=True,
+              help="No verdict when more than this share of a deciding candidate's calls failed.")
+@click.option("--horizon-months", type=float, default=12, show_default=True,
+              help="Months over which training is amortised when cost decides.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Report directory (default: EVAL_DIR/report).")
 @click.option("--prices", type=click.Path(dir_okay=False), default=None,
               help="TOML file overriding catalog prices (default: $TUNEWISE_PRICES).")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
-def decide(eval_dir, calls_per_month, training_cost, training_file, model, epochs, job, metrics_csv, out_dir,
-           prices, as_json) -> None:
+def decide(eval_dir, calls_per_month, training_cost, training_file, model, epochs, job, metrics_csv, primary,
+           margin, cache_hit_rate, max_failure_rate, horizon_months, out_dir, prices, as_json) -> None:
     """The verdict from an evaluation (fine-tune / keep prompting / use structured outputs / not enough
     evidence), with reasons, monthly cost, break-even and an HTML + Markdown report."""
     from tunewise.cli.cost import _epochs
@@ -147,7 +207,9 @@ def decide(eval_dir, calls_per_month, training_cost, training_file, model, epoch
 
     decision = decide_fn(eval_dir, calls_per_month=calls_per_month, training_cost=training_cost,
                          training_file=training_file, model=model, epochs=_epochs(epochs), job=job,
-                         metrics_csv=metrics_csv, prices=prices)
+                         metrics_csv=metrics_csv, prices=prices, primary=primary, margin=margin,
+                         cache_hit_rate=cache_hit_rate, max_failure_rate=max_failure_rate,
+                         horizon_months=horizon_months)
     paths = write_report(decision, out_dir or Path(eval_dir) / "report")
     if as_json:
         click.echo(json.dumps(_jsonable({**decision.to_dict(), "report": {k: str(v) for k, v in paths.items()}}),

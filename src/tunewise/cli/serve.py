@@ -15,6 +15,8 @@ import click
 from tunewise.errors import UsageError
 from tunewise.serve.settings import Settings
 
+GRACEFUL_SHUTDOWN_S = 10
+
 
 def _settings(**overrides) -> Settings:
     return Settings.from_env(**overrides)
@@ -78,7 +80,10 @@ def serve(host, port, data_dir, worker_only, no_worker, parent_pid) -> None:
                f"{', with a worker process' if worker else ', no worker'})", err=True)
     click.echo(f"dashboard: {base_url[:-len('/v1')]}/ (sign in with the API key)", err=True)
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+        # A stop waits at most GRACEFUL_SHUTDOWN_S for requests in flight (a client streaming forever must not
+        # keep the server, and so its worker, alive).
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     finally:
         if worker is not None:
             worker.stop()

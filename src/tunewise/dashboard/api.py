@@ -12,7 +12,8 @@ reports are the one thing shared by every project of a server: they are files it
 ``POST /v1/dashboard/validate?model=``          the validator's report on a JSONL body (nothing stored), with the
                                                 text of every line a finding names
 ``GET  /v1/dashboard/files/{id}/validation``    the same report for an uploaded file
-``GET  /v1/dashboard/files/{id}/estimate``      training cost estimate (``model``, ``n_epochs``: ``auto`` or 1-25)
+``GET  /v1/dashboard/files/{id}/estimate``      training cost estimate (``model``, ``n_epochs``: ``auto`` or 1-25);
+                                                for a local model also what OpenAI would charge (``openai``)
 ``GET  /v1/dashboard/breakeven``                monthly costs and break-even (``tunewise.cost.breakeven``'s arguments)
 ``GET  /v1/dashboard/reports``                  evaluation reports under the server's ``DATA_DIR/reports/``
 ``GET  /v1/dashboard/reports/{name}``           one report: its HTML, Markdown and metrics
@@ -32,7 +33,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from tunewise.errors import NotFound, TunewiseError, UsageError
-from tunewise.serve.app import PrincipalDep, StateDep
+from tunewise.serve.deps import PrincipalDep, StateDep
 from tunewise.serve.errors import ApiError
 
 router = APIRouter(prefix="/v1/dashboard", tags=["dashboard"])
@@ -105,7 +106,8 @@ def _report_dir(state, name: str) -> Path:
         raise NotFound(f"No report named {name!r}.", param="name", code="report_not_found")
     path = _reports_dir(state) / name
     if not path.is_dir() or not any((path / f).is_file() for f in REPORT_FILES):
-        raise NotFound(f"No report named {name!r} in {_reports_dir(state)}.", param="name",
+        # Named relative to the data directory: the server's file system layout stays its own.
+        raise NotFound(f"No report named {name!r} in reports/ of the server's data directory.", param="name",
                        code="report_not_found", hint="GET /v1/dashboard/reports lists the reports.")
     return path
 
@@ -137,11 +139,31 @@ def catalog(state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
     from dataclasses import asdict
 
     from tunewise.catalog import load_catalog
+    from tunewise.data import DEFAULT_MODEL
 
     cat = load_catalog()
     models = [asdict(cat.models[name]) for name in cat.names()]
+    default = cat.find(DEFAULT_MODEL)
+    # default_model: the guide's model, which the calculator and the new-job form open on (what the CLI assumes).
     return {"object": "list", "data": models, "checked": cat.checked,
-            "aliases": state.settings.alias_table(), "default_local_model": state.settings.default_local_model}
+            "aliases": state.settings.alias_table(), "default_local_model": state.settings.default_local_model,
+            "default_model": default.name if default else None}
+
+
+def _catalog_model(model: str | None, param: str = "model") -> str | None:
+    """``model`` when it is a catalog or registry model name; never a path on the server (the page picks from
+    the catalog, and a path would let a key probe the server's directories and load tokenizers from them)."""
+    if model is None or model == "":
+        return None
+    from tunewise import models as registry
+    from tunewise.catalog import load_catalog
+    from tunewise.serve.limits import check_model_name
+
+    check_model_name(model, param)
+    if load_catalog().find(model) is not None or model in registry.REGISTRY:
+        return model
+    raise UsageError(f"Unknown model {model[:80]!r}: only catalog and registry model names are accepted here.",
+                     param=param, hint="GET /v1/dashboard/catalog lists them.")
 
 
 @router.post("/validate")
@@ -163,14 +185,14 @@ async def validate_body(request: Request, state: StateDep, principal: PrincipalD
                 out.write(chunk)
         if size == 0:
             raise UsageError("The body is empty: send the JSONL file's bytes as the request body.", param="file")
-        return await run_in_threadpool(_report, path, model)
+        return await run_in_threadpool(_report, path, _catalog_model(model))
 
 
 @router.get("/files/{file_id}/validation")
 def file_validation(file_id: str, state: StateDep, principal: PrincipalDep,
                     model: str | None = None) -> dict[str, Any]:
     row = _stored_file(state, principal.project, file_id)
-    body = _report(Path(row["path"]), model)
+    body = _report(Path(row["path"]), _catalog_model(model))
     body["file_id"] = file_id
     body["filename"] = row["filename"]
     return body
@@ -181,6 +203,7 @@ def file_estimate(file_id: str, state: StateDep, principal: PrincipalDep, model:
                   n_epochs: str = "auto") -> dict[str, Any]:
     from tunewise.cost import estimate_training
 
+    _catalog_model(model)
     row = _stored_file(state, principal.project, file_id)
     epochs: int | str = n_epochs if n_epochs == "auto" else _int(n_epochs, "n_epochs")
     with _HEAVY:
@@ -193,7 +216,32 @@ def file_estimate(file_id: str, state: StateDep, principal: PrincipalDep, model:
         body["local_model"] = base_local_model(state.settings, model) if not model.startswith("ft:") else None
     except TunewiseError:  # a strict server refuses unknown names; the estimate is still worth showing
         body["local_model"] = None
+    # A local model costs nothing here; say what fine-tuning the OpenAI model it stands in for would cost there.
+    body["openai"] = None
+    if body["provider"] == "local":
+        openai_name = _openai_counterpart(state, body["model"])
+        if openai_name:
+            with _HEAVY:
+                there = estimate_training(row["path"], openai_name, epochs=epochs)
+            body["openai"] = {"model": there.model, "billed_tokens": there.billed_tokens,
+                              "n_epochs": there.n_epochs, "price_per_1m": there.price_per_1m,
+                              "cost_usd": there.cost_usd}
     return body
+
+
+def _openai_counterpart(state, local_model: str) -> str | None:
+    """The priced OpenAI model this server trains on ``local_model`` (first in its alias table), else the
+    guide's model; None where the catalog has neither."""
+    from tunewise.catalog import load_catalog
+    from tunewise.data import DEFAULT_MODEL
+
+    cat = load_catalog()
+    names = [name for name, local in state.settings.alias_table().items() if local == local_model]
+    for name in [*names, DEFAULT_MODEL]:
+        info = cat.find(name)
+        if info is not None and info.provider != "local":
+            return info.name
+    return None
 
 
 def _int(value: str, name: str) -> int:
@@ -203,16 +251,24 @@ def _int(value: str, name: str) -> int:
         raise UsageError(f"{name} must be a whole number or 'auto', not {value!r}.", param=name) from None
 
 
+MAX_QUANTITY = 1e15  # tokens, calls or dollars: far past any real workload, far from overflowing a float
+MAX_HORIZON_MONTHS = 1200
+MIN_HORIZON_MONTHS = 1 / 31  # a day
+
+
 @router.get("/breakeven")
 def breakeven(principal: PrincipalDep, model: str,
-              prompt_tokens: Annotated[float, Query(ge=0)],
-              ft_prompt_tokens: Annotated[float, Query(ge=0)],
-              output_tokens: Annotated[float, Query(ge=0)],
-              calls_per_month: Annotated[float, Query(ge=0)],
-              training_cost: Annotated[float | None, Query(ge=0)] = None,
-              training_tokens: Annotated[int | None, Query(ge=0)] = None,
-              horizon_months: Annotated[float, Query(gt=0)] = 12) -> dict[str, Any]:
+              prompt_tokens: Annotated[float, Query(ge=0, le=MAX_QUANTITY)],
+              ft_prompt_tokens: Annotated[float, Query(ge=0, le=MAX_QUANTITY)],
+              output_tokens: Annotated[float, Query(ge=0, le=MAX_QUANTITY)],
+              calls_per_month: Annotated[float, Query(ge=0, le=MAX_QUANTITY)],
+              training_cost: Annotated[float | None, Query(ge=0, le=MAX_QUANTITY)] = None,
+              training_tokens: Annotated[int | None, Query(ge=0, le=int(MAX_QUANTITY))] = None,
+              horizon_months: Annotated[float, Query(ge=MIN_HORIZON_MONTHS, le=MAX_HORIZON_MONTHS)] = 12
+              ) -> dict[str, Any]:
     from tunewise.cost import breakeven as compute
+
+    _catalog_model(model)
 
     return compute(model, prompt_tokens, ft_prompt_tokens, output_tokens, calls_per_month,
                    training_cost=training_cost, training_tokens=training_tokens,

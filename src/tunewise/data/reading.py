@@ -93,15 +93,71 @@ def read_lines(fh, first_line: int = 1, limit: int | None = None) -> Iterator[Li
         yield decode_line(number, raw)
 
 
+MAX_JSON_DEPTH = 200
+"""Deepest nesting of arrays and objects a line may have (jiter's own limit). Deeper JSON is refused as a
+finding on its line: no chat example nests that deep, and Python's parser would hit its recursion limit."""
+MAX_INT_DIGITS = 4300
+"""Longest integer a line may hold: Python's limit for converting digits to an int (``sys.int_info``)."""
+
+
+class JSONLimitError(ValueError):
+    """Valid-looking JSON beyond what is parsed here: nested deeper than ``MAX_JSON_DEPTH`` or with an
+    integer longer than ``MAX_INT_DIGITS`` digits. ``code`` is the finding's code, ``reason`` plain words."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+TOO_DEEP = JSONLimitError("json_too_deep", f"the JSON nests arrays or objects more than {MAX_JSON_DEPTH} levels deep")
+NUMBER_TOO_LONG = JSONLimitError("number_too_long", f"an integer has more than {MAX_INT_DIGITS} digits")
+
+
+def too_deep(value: object, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``value`` nests lists and dicts more than ``limit`` levels deep (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def strict_loads(text: bytes | str):
+    """``json.loads``, but every failure is a ``ValueError``: ``json.JSONDecodeError`` for invalid JSON (with
+    its position), ``JSONLimitError`` for JSON nested too deep or with too long an integer (never a
+    ``RecursionError`` or an int-conversion error from deep inside the parser)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise JSONLimitError(TOO_DEEP.code, TOO_DEEP.reason) from None
+    except ValueError:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        raise JSONLimitError(NUMBER_TOO_LONG.code, NUMBER_TOO_LONG.reason) from None
+    if too_deep(value):
+        raise JSONLimitError(TOO_DEEP.code, TOO_DEEP.reason)
+    return value
+
+
 def fast_loads(raw: bytes | str):
     """``json.loads`` with the same results, faster; raises ``ValueError`` (without a useful position:
-    parse again with ``json.loads`` for the error to show)."""
+    parse again with ``strict_loads`` for the error to show), ``JSONLimitError`` among them for JSON nested
+    deeper than ``MAX_JSON_DEPTH`` or with an integer over ``MAX_INT_DIGITS`` digits."""
     if _fast_loads is not None:
         try:
             return _fast_loads(raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass"))
         except ValueError:
             pass  # the stdlib decides: it also accepts lone surrogate escapes, which jiter refuses
-    return json.loads(raw)
+    return strict_loads(raw)
 
 
 def utf16_bom(first: bytes) -> str | None:
@@ -153,7 +209,7 @@ def escape_nested_json(text: str) -> str | None:
             continue
         try:
             _value, end = _DECODER.raw_decode(text, start)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # invalid, too deep, or a too long integer: not a fix
             continue
         if end >= len(text) or text[end] != '"':
             continue
@@ -169,8 +225,8 @@ def escape_nested_json(text: str) -> str | None:
     out.append(text[pos:])
     fixed = "".join(out)
     try:
-        json.loads(fixed)
-    except json.JSONDecodeError:
+        strict_loads(fixed)
+    except ValueError:
         return None
     return fixed
 
@@ -200,7 +256,10 @@ def iter_examples(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             if not line.text.strip():
                 continue
             try:
-                example = json.loads(line.text)
+                example = strict_loads(line.text)
+            except JSONLimitError as exc:
+                raise DataError(f"{path}:{line.number}: {exc.reason}.", code=exc.code,
+                                hint=f"Run `tunewise validate {path}` to see every problem.") from None
             except json.JSONDecodeError as exc:
                 code = "unescaped_nested_json" if escape_nested_json(line.text) else "invalid_json"
                 raise DataError(f"{path}:{line.number}: invalid JSON at column {exc.colno}: {plain_reason(exc)}.",
@@ -236,9 +295,11 @@ def repair(path: str | os.PathLike, out: str | os.PathLike) -> list[int]:
                     fixed = None
                     try:
                         text = body.decode("utf-8")
-                        json.loads(text)
+                        strict_loads(text)
                     except UnicodeDecodeError:
                         text = None
+                    except JSONLimitError:
+                        pass  # too deep or too long a number: nothing to repair, copied as it is
                     except json.JSONDecodeError:
                         fixed = escape_nested_json(text)
                     if fixed is not None:

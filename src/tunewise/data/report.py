@@ -19,6 +19,8 @@ CODES: dict[str, tuple[str, str]] = {
     "invalid_json": (ERROR, "A line is not valid JSON (the message gives the column and the reason)."),
     "unescaped_nested_json": (ERROR, "A string value holds JSON whose quotes are not escaped; "
                                      "`--fix OUT` writes a repaired copy."),
+    "json_too_deep": (ERROR, "A line nests arrays or objects more than 200 levels deep; it is not read."),
+    "number_too_long": (ERROR, "A line holds an integer of more than 4300 digits; it is not read."),
     "not_object": (ERROR, "A line is valid JSON but not an object (a list, a string, a number)."),
     "blank_line": (WARNING, "An empty line; it is skipped here, but some uploaders reject it."),
     # the example's shape

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tunewise.data.reading import type_name
+from tunewise.data.reading import JSONLimitError, strict_loads, type_name
 
 Emit = Callable[[str, str, str], None]
 
@@ -131,7 +131,10 @@ def _check_tool_calls(calls, where: str, emit: Emit, tool_names: set[str] | None
         else:
             info.texts.append(args)
             try:
-                json.loads(args)
+                strict_loads(args)
+            except JSONLimitError as exc:
+                emit("tool_arguments_invalid_json", f"{at}.function.arguments cannot be read: {exc.reason}.",
+                     "The arguments must be a JSON object encoded as a string, a few levels deep.")
             except json.JSONDecodeError as exc:
                 emit("tool_arguments_invalid_json", f"{at}.function.arguments is not valid JSON ({exc.msg} at "
                      f"column {exc.colno}).", "The arguments must be a JSON object encoded as a string.")

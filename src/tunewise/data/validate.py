@@ -20,14 +20,18 @@ from concurrent.futures import ProcessPoolExecutor
 
 from tunewise.catalog import ModelInfo, load_catalog
 from tunewise.data.reading import (
+    MAX_INT_DIGITS,
+    MAX_JSON_DEPTH,
     TO_JSONL_ARRAY,
     TO_JSONL_OBJECT,
+    JSONLimitError,
     decode_line,
     escape_nested_json,
     fast_loads,
     open_checked,
     plain_reason,
     raw_lines,
+    strict_loads,
     type_name,
     utf16_bom,
 )
@@ -58,6 +62,10 @@ CACHE_LIMIT = 200_000  # counted strings remembered (then forgotten, to bound me
 PARALLEL_MIN_BYTES = 64 << 20
 PARALLEL_MIN_BYTES_FORK = 8 << 20
 MAX_WORKERS = 16
+LIMIT_HINTS = {
+    "json_too_deep": f"A chat example needs a few levels; flatten the data (at most {MAX_JSON_DEPTH} levels).",
+    "number_too_long": f"Write such a number as a string (at most {MAX_INT_DIGITS} digits as a number).",
+}
 
 
 def size_band(n: int) -> str:
@@ -140,7 +148,11 @@ class _Validator:
                         self.blank_lines.append(number)
                         continue
                     try:
-                        example = json.loads(text)
+                        example = strict_loads(text)
+                    except JSONLimitError as exc:
+                        self.add(exc.code, number, f"{exc.reason}.", LIMIT_HINTS[exc.code])
+                        first = False
+                        continue
                     except json.JSONDecodeError as exc:
                         example = self.bad_json(number, text, exc, first)
                         if example is _STOP:

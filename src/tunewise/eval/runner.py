@@ -4,8 +4,10 @@ Requests run concurrently (a thread pool), each retried on transient errors (the
 exponential backoff of ours on 429, 5xx and connection errors), and each successful answer is cached in SQLite
 so a rerun only pays for what changed. Results land in an output directory:
 
-- ``results.jsonl``: one row per (candidate, example): the prompt sent, the answer, the reference, every
-  metric, latency, tokens, cost and error, so every failure can be read;
+- ``results.jsonl``: one row per (candidate, example): the example's id, the prompt sent, the answer, the
+  reference, every metric, latency, tokens, cost and error, so every failure can be read. A call that still
+  failed after the retries is ``"failed": true`` with every metric ``null``: it is not an answer, so it is
+  left out of the candidate's rates and of every paired comparison (and counted, in ``n_failed``);
 - ``metrics.json``: per-candidate summaries with 95% intervals;
 - ``candidates.json`` and ``config.json``: the resolved candidates (keys redacted) and run settings.
 """
@@ -38,6 +40,8 @@ BACKOFF_RETRIES = 3
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 30.0
 REQUEST_TIMEOUT_S = 600.0
+GRADER_PREFIX = "grader:"
+"""A grader's reward in a results row is under ``grader:NAME``."""
 
 
 # ---------------------------------------------------------------- examples and prompts
@@ -50,6 +54,18 @@ class Example:
     """The messages before the reference answer, as written in the file."""
     reference: str
     """The last assistant message: the answer the candidates are scored against."""
+    item: dict = field(default_factory=dict, compare=False, hash=False)
+    """The example's row as graders see it (``{{ item.* }}``): the JSONL object's keys, plus ``reference``."""
+
+    @property
+    def id(self) -> str:
+        """A stable id of the example (its prompt and reference): candidates are paired by it."""
+        return example_id(self.prompt, self.reference)
+
+
+def example_id(prompt: list[dict], reference: str) -> str:
+    blob = json.dumps([prompt, reference], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 def load_examples(path: str | os.PathLike, limit: int | None = None) -> list[Example]:
@@ -77,7 +93,9 @@ def load_examples(path: str | os.PathLike, limit: int | None = None) -> list[Exa
             raise DataError(f"{path}, line {n}: no assistant message to use as the reference answer.",
                             hint="Each held-out example ends with the expected assistant answer.")
         prompt = [{k: v for k, v in m.items() if k != "weight"} for m in messages[:last]]
-        examples.append(Example(n, prompt, messages[last]["content"]))
+        row = json.loads(line)
+        examples.append(Example(n, prompt, messages[last]["content"],
+                                {**row, "reference": messages[last]["content"]}))
         if limit is not None and len(examples) >= limit:
             break
     if not examples:
@@ -227,15 +245,52 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def is_failed(row: dict) -> bool:
+    """A call that failed after its retries (older results: an error recorded)."""
+    return bool(row.get("failed") or row.get("error"))
+
+
+def static_prefix_tokens(rows: list[dict], model: str | None) -> int | None:
+    """Tokens of the leading messages every prompt of ``rows`` shares (system prompt, few-shot turns): the part
+    a provider's prompt cache can serve. None when it cannot be counted (no OpenAI encoding for ``model``)."""
+    prompts = [r.get("prompt") or [] for r in rows]
+    if not prompts or not model:
+        return None
+    # The example's own last message (the user's input) is never part of the prefix.
+    longest = min(len(p) for p in prompts) - 1
+    k = 0
+    while k < longest and all(p[k] == prompts[0][k] for p in prompts):
+        k += 1
+    try:
+        from tunewise.tokens import count_messages
+
+        return count_messages(prompts[0][:k], model=model) - 3 if k else 0
+    except Exception:  # no encoding for this model (a local one): nothing a cache would price
+        return None
+
+
 def summarize(rows: list[dict], pricing: Pricing | None = None) -> dict[str, Any]:
-    """One candidate's metrics over its rows: rates with Wilson intervals, means with bootstrap intervals."""
-    out: dict[str, Any] = {"n": len(rows), "n_errors": sum(1 for r in rows if r.get("error"))}
+    """One candidate's metrics over its rows: rates with Wilson intervals, means with bootstrap intervals.
+
+    Failed calls are not answers: they are counted (``n_failed``, ``failure_rate``) and left out of every
+    metric, whose ``n`` is the number of answers scored.
+    """
+    failed = sum(1 for r in rows if is_failed(r))
+    out: dict[str, Any] = {"n": len(rows), "n_errors": failed, "n_failed": failed,
+                           "failure_rate": failed / len(rows) if rows else 0.0}
+    rows = [r for r in rows if not is_failed(r)]
     for name in M.RATE_METRICS:
         values = [r[name] for r in rows if r.get(name) is not None]
         out[name] = M.wilson(sum(values), len(values)).to_dict() if values else None
     for name in M.MEAN_METRICS:
         values = [r[name] for r in rows if r.get(name) is not None]
         out[name] = M.bootstrap_mean(values).to_dict() if values else None
+    grader_names = sorted({k for r in rows for k in r if k.startswith(GRADER_PREFIX)})
+    if grader_names:
+        out["graders"] = {}
+        for key in grader_names:
+            values = [r[key] for r in rows if r.get(key) is not None]
+            out["graders"][key[len(GRADER_PREFIX):]] = M.bootstrap_mean(values).to_dict() if values else None
     ok = [r for r in rows if not r.get("error")]
     for name in ("input_tokens", "output_tokens", "priced_input_tokens", "priced_output_tokens"):
         values = [r[name] for r in ok if r.get(name) is not None]
@@ -247,17 +302,23 @@ def summarize(rows: list[dict], pricing: Pricing | None = None) -> dict[str, Any
     out["cost_per_1k_usd"] = M.bootstrap_mean([c * 1000 for c in costs]).to_dict() if costs else None
     if pricing is not None:
         out["pricing"] = pricing.to_dict()
+        if pricing.price_model and pricing.input:
+            out["static_prefix_tokens"] = static_prefix_tokens(rows, pricing.recount_model or pricing.price_model)
     return out
 
 
 def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schema: dict | None = None,
              out_dir: str | os.PathLike | None = None, concurrency: int = DEFAULT_CONCURRENCY,
              limit: int | None = None, cache: bool | str | os.PathLike = True, prices=None,
-             progress: bool = False, timeout: float = REQUEST_TIMEOUT_S) -> EvalRun:
+             progress: bool = False, timeout: float = REQUEST_TIMEOUT_S, graders: list | None = None,
+             grading=None) -> EvalRun:
     """Run every example of ``test_file`` through every candidate and score the answers.
 
     ``cache``: True for the default cache (``$TUNEWISE_HOME/eval-cache.sqlite``), a path for another, False
     to send every request. ``progress`` shows a tqdm bar on stderr. Writes results to ``out_dir`` when given.
+    ``graders``: ``tunewise.eval.graders.Grader`` objects (OpenAI's shapes) run on every answer, each reward in
+    the row as ``grader:NAME`` and its mean with an interval in the metrics; ``grading``: their
+    ``GradingContext`` (the judge for model graders, whether python graders may run).
     """
     import openai
     from tqdm import tqdm
@@ -307,9 +368,22 @@ def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schem
                 if store is not None:
                     store.put(key, ep.base_url, candidate.model, response)
         row: dict[str, Any] = {"candidate": candidate.name, "index": index, "line": example.line,
-                               "prompt": messages, "answer": response["answer"],
-                               "reference": example.reference}
-        row.update(M.score_answer(response["answer"], example.reference, validator))
+                               "example_id": example.id, "prompt": messages, "answer": response["answer"],
+                               "reference": example.reference, "failed": error is not None}
+        scores = M.score_answer(response["answer"], example.reference, validator)
+        if error is not None:
+            # A failed call is not an answer: no score, so it is neither right nor wrong anywhere.
+            scores = {k: None for k in scores}
+        row.update(scores)
+        if graders:
+            if error is None:
+                from tunewise.eval.graders import grade_all
+
+                graded = grade_all(graders, response["answer"] or "", example.item, grading)
+                row["graders"] = {name: result.summary() for name, result in graded.items()}
+                row.update({GRADER_PREFIX + name: result.reward for name, result in graded.items()})
+            else:
+                row.update({GRADER_PREFIX + g.name: None for g in graders})
         row.update({k: response[k] for k in ("latency_s", "input_tokens", "output_tokens", "finish_reason")})
         pricing = pricings[candidate.name]
         priced = (response["input_tokens"], response["output_tokens"])
@@ -396,6 +470,7 @@ def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schem
         "concurrency": concurrency,
         "cache": str(store.path) if store is not None else None,
         "endpoints": {name: {"base_url": ep.base_url, "source": ep.source} for name, ep in endpoints.items()},
+        "graders": [g.spec for g in graders] if graders else [],
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     run = EvalRun(Path(out_dir) if out_dir else None, config, [c.resolved() for c in candidates], results,

@@ -14,14 +14,79 @@ from typing import Any
 
 from tunewise.errors import UsageError
 
+# Bounds on a response_format schema, OpenAI's own for structured outputs where it publishes one: a schema
+# within them compiles in well under a second; a 100,000-value enum took minutes and hundreds of MB.
+MAX_SCHEMA_DEPTH = 64
+"""Deepest nesting of objects and arrays in the schema's JSON (OpenAI allows 10 levels of object nesting)."""
+MAX_SCHEMA_PROPERTIES = 5000
+"""Object properties in the whole schema (OpenAI's limit)."""
+MAX_SCHEMA_ENUM_VALUES = 1000
+"""``enum`` values in the whole schema (OpenAI's limit)."""
+MAX_SCHEMA_CHARS = 120_000
+"""Characters of all property names, enum and const values together (OpenAI's limit)."""
+MAX_SCHEMA_BYTES = 1 << 20
+"""The schema's size as JSON."""
+COMPILE_TIMEOUT_S = 20.0
+"""A schema within the bounds above that still takes longer than this to compile is refused (400)."""
+CACHE_LIMIT_BYTES = 64 << 20
+"""Memory the compiled-grammar cache may hold per tokenizer; the least recently used grammars go first."""
+
+
+def check_schema_bounds(schema: Any, param: str = "response_format") -> None:
+    """Refuse (``UsageError`` naming ``param``) a schema too deep or too large to compile in bounded time and
+    memory; walks the schema without recursion, so a schema nested thousands of levels is refused too."""
+    def refuse(what: str, hint: str) -> None:
+        raise UsageError(f"{param}: the JSON schema {what}.", hint=hint, param=param)
+
+    properties = enums = chars = 0
+    stack = [(schema, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            refuse(f"nests more than {MAX_SCHEMA_DEPTH} levels deep", "Flatten the schema (OpenAI allows 10 "
+                   "levels of object nesting).")
+        if isinstance(node, dict):
+            props = node.get("properties")
+            if isinstance(props, dict):
+                properties += len(props)
+                chars += sum(len(str(k)) for k in props)
+            enum = node.get("enum")
+            if isinstance(enum, list):
+                enums += len(enum)
+                chars += sum(len(v) if isinstance(v, str) else 8 for v in enum)
+            if isinstance(node.get("const"), str):
+                chars += len(node["const"])
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
+        if properties > MAX_SCHEMA_PROPERTIES:
+            refuse(f"has more than {MAX_SCHEMA_PROPERTIES} object properties", "Split the task or simplify "
+                   "the schema (OpenAI's limit is the same).")
+        if enums > MAX_SCHEMA_ENUM_VALUES:
+            refuse(f"has more than {MAX_SCHEMA_ENUM_VALUES} enum values in all", "Use a string property "
+                   "instead of a huge enum (OpenAI's limit is the same).")
+        if chars > MAX_SCHEMA_CHARS:
+            refuse(f"has more than {MAX_SCHEMA_CHARS:,} characters of property names and enum/const values",
+                   "Shorten the names and values (OpenAI's limit is the same).")
+    try:
+        size = len(json.dumps(schema))
+    except (TypeError, ValueError, RecursionError):
+        refuse("cannot be written as JSON", "Send the schema as a plain JSON object.")
+    if size > MAX_SCHEMA_BYTES:
+        refuse(f"is {size:,} bytes as JSON; the limit is {MAX_SCHEMA_BYTES:,}", "Simplify the schema.")
+
 
 class Grammars:
-    """Compiles ``response_format`` objects for one tokenizer; the compiler caches compiled grammars."""
+    """Compiles ``response_format`` objects for one tokenizer; the compiler caches compiled grammars, up to
+    ``cache_limit_bytes`` of them (least recently used out first)."""
 
-    def __init__(self, tokenizer, vocab_size: int, stop_ids: list[int]) -> None:
+    def __init__(self, tokenizer, vocab_size: int, stop_ids: list[int], *,
+                 cache_limit_bytes: int = CACHE_LIMIT_BYTES, compile_timeout_s: float = COMPILE_TIMEOUT_S) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.stop_ids = stop_ids
+        self.cache_limit_bytes = cache_limit_bytes
+        self.compile_timeout_s = compile_timeout_s
         self._compiler = None
         self._lock = threading.Lock()
 
@@ -33,7 +98,8 @@ class Grammars:
                 # vocab_size is the model's (the logits' width), which can exceed the tokenizer's.
                 info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.vocab_size,
                                                           stop_token_ids=self.stop_ids)
-                self._compiler = xgr.GrammarCompiler(info, max_threads=1)
+                self._compiler = xgr.GrammarCompiler(info, max_threads=1,
+                                                     cache_limit_bytes=self.cache_limit_bytes)
             return self._compiler
 
     def compile(self, response_format: dict[str, Any] | None):
@@ -62,13 +128,14 @@ class Grammars:
                              hint='Example: {"type": "json_schema", "json_schema": {"name": "answer", '
                              '"schema": {"type": "object", "properties": {...}}}}', param="response_format")
         schema = spec["schema"]
+        check_schema_bounds(schema)
         _check_schema(schema)
         try:
             # any_whitespace=False: the answer is laid out like json.dumps (", " and ": "), so a model cannot
             # wander off into endless whitespace; strict_mode keeps properties to those the schema names,
             # as OpenAI's strict structured outputs do.
-            return self._get_compiler().compile_json_schema(json.dumps(schema), any_whitespace=False,
-                                                            strict_mode=True)
+            return self._bounded(lambda: self._get_compiler().compile_json_schema(
+                json.dumps(schema), any_whitespace=False, strict_mode=True))
         except RuntimeError as exc:
             detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise UsageError(f"response_format.json_schema.schema cannot be used for constrained decoding: "
@@ -78,12 +145,37 @@ class Grammars:
                              param="response_format") from exc
 
 
+    def _bounded(self, compile_):
+        """Run ``compile_`` in a helper thread; refuse the schema if it takes over ``compile_timeout_s``. (The
+        native compile cannot be interrupted: it finishes in the background, bounded by the size limits.)"""
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = compile_()
+            except BaseException as exc:  # handed to the caller's thread
+                box["error"] = exc
+
+        thread = threading.Thread(target=run, name="grammar-compile", daemon=True)
+        thread.start()
+        thread.join(self.compile_timeout_s)
+        if thread.is_alive():
+            raise UsageError(f"response_format: the JSON schema took longer than {self.compile_timeout_s:g} s to "
+                             "compile for constrained decoding.", hint="Simplify the schema (fewer enum values, "
+                             "properties or alternatives).", param="response_format")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+
 def _check_schema(schema: dict[str, Any]) -> None:
     """Reject a schema that is not valid JSON Schema before compiling it, with jsonschema's own explanation."""
     import jsonschema
 
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
+    except RecursionError:  # check_schema_bounds runs first; this is a last guard
+        raise UsageError("response_format.json_schema.schema nests too deep.", param="response_format") from None
     except jsonschema.SchemaError as exc:
         raise UsageError(f"response_format.json_schema.schema is not a valid JSON Schema: {exc.message}",
                          hint="Check the schema against https://json-schema.org (e.g. 'type' must be one of "

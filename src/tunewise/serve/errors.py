@@ -1,8 +1,10 @@
 """One place that turns every failure into OpenAI's error body ``{"error": {message, type, param, code}}``.
 
-Domain errors (``tunewise.errors``) keep their status; FastAPI's request validation becomes a 422, an
-unknown route a 404, anything unexpected a 500, all in the same shape, so the official SDK raises its own
-exception classes (``BadRequestError``, ``NotFoundError``, ...).
+Domain errors (``tunewise.errors``) keep their status; FastAPI's request validation becomes a 400 naming the
+parameter (as OpenAI answers), an unknown route a 404, a wrong method a 405 with ``Allow``, all in the same shape,
+so the official SDK raises its own exception classes (``BadRequestError``, ``NotFoundError``, ...). Anything
+unexpected is answered by ``tunewise.serve.guard``: a 500 saying "internal error" with the request id under which
+the server logged it.
 """
 
 from __future__ import annotations
@@ -64,27 +66,50 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # OpenAI answers a malformed parameter with a 400 naming it (the SDK raises BadRequestError), not 422.
         errors = exc.errors()
         first = errors[0] if errors else {}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
         param = ".".join(loc) or None
         message = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()) if p not in ('body', 'query', 'path', 'header'))}: "
-            f"{e.get('msg')}" for e in errors[:5])
-        return error_response(422, f"Invalid request: {message}", param=param, code="invalid_value")
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p not in ('body', 'query', 'path', 'header')) or 'body'}: "
+            f"{_short(e.get('msg'))}" for e in errors[:5])
+        return error_response(400, f"Invalid request: {message}", param=param, code="invalid_value")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        from tunewise.serve.guard import BodyTooLarge
+
+        if isinstance(exc, BodyTooLarge):
+            upload = exc.setting == "max_upload_bytes"
+            return error_response(413, str(exc.detail), code="file_too_large" if upload else "request_too_large",
+                                  param="file" if upload else None)
         if exc.status_code == 404:
             message = f"Invalid URL ({request.method} {request.url.path})"
             return error_response(404, message, code="unknown_url")
         if exc.status_code == 405:
+            # RFC 9110: a 405 names the methods the resource does allow.
             return error_response(405, f"Method {request.method} is not allowed on {request.url.path}",
-                                  code="method_not_allowed")
+                                  code="method_not_allowed", headers={"Allow": _allowed(request, exc)})
+        if exc.status_code == 400:  # FastAPI's "There was an error parsing the body"
+            return error_response(400, f"Invalid request body: {exc.detail}.", code="invalid_body")
         return error_response(exc.status_code, str(exc.detail))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, f"The server had an error while processing the request "
-                              f"({type(exc).__name__}: {exc}). Its log has the details.", code="server_error")
+
+def _allowed(request: Request, exc: StarletteHTTPException) -> str:
+    """Every method some route of the app takes on this path (Starlette names only the first route's)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.routes):
+            methods.add(method)
+    if not methods:
+        return (exc.headers or {}).get("Allow", "")
+    return ", ".join(sorted(methods))
+
+
+def _short(message: object, limit: int = 200) -> str:
+    text = str(message)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -76,10 +76,28 @@ class Settings:
     """Torch threads for generation in the server process; 0 means half the CPU cores, at least 1. On a small
     CPU every thread torch spins on is taken from the event loop and the training worker: with 2 threads on a
     2-core machine, 8 concurrent completions ran about 10x slower than with 1 (``bench/serve.py``)."""
+    train_num_threads: int = 0
+    """Torch threads for training in the worker process; 0 means half the CPU cores, at least 1. Training with
+    every core's thread starves the server on a small machine (and the server's threads starve training)."""
+    storage_quota_bytes: int = 0
+    """Bytes of uploaded files a project may keep (its files not deleted); 0 means no quota. An upload that would
+    pass it answers 413 with code ``storage_quota_exceeded``."""
     worker: bool = True
     """Whether ``tunewise serve`` starts the job worker process (off when a ``--worker-only`` process runs)."""
     worker_poll_s: float = 0.5
     """How often the worker looks for new jobs and the training loop for cancel/pause flags (seconds)."""
+    python_graders: bool = False
+    """Whether ``/v1/fine_tuning/alpha/graders/run`` and ``/validate`` accept ``python`` graders (alone or inside
+    a ``multi``). Off: 400 with code ``python_grader_disabled``. A python grader runs the caller's code on this
+    machine (in a subprocess with a time limit, not a sandbox): enable it only for callers you trust."""
+    python_grader_timeout_s: float = 120.0
+    """Time limit of one ``python`` grader call (seconds; OpenAI's is 2 minutes); past it the grader scores 0
+    with ``python_grader_server_error``."""
+    grader_base_url: str = ""
+    """OpenAI-compatible endpoint that ``score_model``/``label_model`` graders ask; empty: this server itself
+    (127.0.0.1 on its port, with the caller's API key)."""
+    grader_api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key for ``grader_base_url`` (unused when that is empty)."""
     log_level: str = "warning"
     """uvicorn's log level (``info`` logs every request)."""
 
@@ -101,6 +119,12 @@ class Settings:
         """``engine_num_threads`` resolved (0: half the cores, at least 1)."""
         if self.engine_num_threads > 0:
             return self.engine_num_threads
+        return max(1, (os.cpu_count() or 2) // 2)
+
+    def train_threads(self) -> int:
+        """``train_num_threads`` resolved (0: half the cores, at least 1)."""
+        if self.train_num_threads > 0:
+            return self.train_num_threads
         return max(1, (os.cpu_count() or 2) // 2)
 
     def alias_table(self) -> dict[str, str]:

@@ -8,6 +8,7 @@ Uploaded files live beside it under ``files/``; job outputs under ``jobs/<job id
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import string
@@ -143,17 +144,29 @@ def _statements(sql: str) -> list[str]:
     return out
 
 
+def _owner_only(path: Path, mode: int) -> None:
+    try:
+        if path.stat().st_mode & 0o777 != mode:
+            os.chmod(path, mode)
+    except PermissionError:  # not ours (a shared, operator-made directory): leave it as it is
+        pass
+
+
 class Store:
     """Thin typed access to the database. Safe across threads (one connection per thread) and processes."""
 
     def __init__(self, data_dir: str | Path) -> None:
         self.data_dir = Path(data_dir).expanduser()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.files_dir = self.data_dir / "files"
-        self.files_dir.mkdir(exist_ok=True)
         self.jobs_dir = self.data_dir / "jobs"
-        self.jobs_dir.mkdir(exist_ok=True)
+        # Owner only, whatever the umask: keys' hashes, uploaded data and trained models are nobody else's.
+        for folder in (self.data_dir, self.files_dir, self.jobs_dir):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _owner_only(folder, 0o700)
         self.path = self.data_dir / "tunewise.db"
+        # SQLite gives the -wal and -shm files the database file's mode: create it 0600 first.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        _owner_only(self.path, 0o600)
         self._local = threading.local()
         self.migrate()
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import threading
@@ -30,7 +31,7 @@ from typing import Any
 from tunewise.errors import Cancelled, TunewiseError
 from tunewise.serve import naming
 from tunewise.serve.settings import Settings
-from tunewise.serve.store import Store, new_id, now
+from tunewise.serve.store import ACTIVE, Store, new_id, now
 
 log = logging.getLogger("tunewise.serve.worker")
 
@@ -40,11 +41,18 @@ class Worker:
         self.settings = settings
         self.store = Store(settings.data_dir)
         self.shutdown = threading.Event()
+        """Set by the main loop once it sees a stop request; the job threads' ``stop`` reads it."""
+        # A stop request from a signal handler: a plain flag and a byte down a pipe, never a lock (a handler
+        # that calls Event.set() can deadlock on the lock of the very Event.wait() it interrupted).
+        self._stop_requested = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
         self.active: dict[str, threading.Thread] = {}
         self._engine: Any = None
         self._engine_lock = threading.Lock()
         # The latest step's metrics event data per job: the scoring event of that step repeats it (see _score).
         self._last_metrics: dict[str, dict[str, Any]] = {}
+        self._reported_step: dict[str, int] = {}  # per job: the last step whose metrics event is recorded
 
     def engine(self):
         """The process's generation engine for scoring checkpoints, created on first use (loading torch and a
@@ -58,29 +66,55 @@ class Worker:
                                       max_loaded_models=2)
             return self._engine
 
+    # -- stopping -----------------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ask the worker to stop; safe from a signal handler and from any thread (takes no lock)."""
+        self._stop_requested = True
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):  # the pipe is full (already woken) or closed: the flag suffices
+            pass
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep up to ``seconds`` or until a stop is requested; returns whether one was."""
+        if self._stop_requested or self.shutdown.is_set():
+            return True
+        try:
+            ready, _, _ = select.select([self._wake_r], [], [], seconds)
+        except InterruptedError:  # pragma: no cover - Python retries select after a signal (PEP 475)
+            ready = []
+        if ready:
+            try:
+                os.read(self._wake_r, 4096)
+            except (BlockingIOError, OSError):
+                pass
+        return self._stop_requested or self.shutdown.is_set()
+
     # -- main loop ----------------------------------------------------------------------------------------
     def run(self, parent_pid: int | None = None) -> None:
-        """Work until ``shutdown`` is set (or the parent process is gone); then stop jobs and return."""
+        """Work until a stop is requested (``request_stop``, SIGTERM) or the parent process is gone; then stop
+        the jobs (each saves its state) and return."""
         lock = open(self.store.data_dir / "worker.lock", "w")  # noqa: SIM115 - held for the process's life
         while True:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if self.shutdown.wait(0.2):
+                if self._sleep(0.2):
+                    lock.close()
                     return
         # Record who holds the lock, for operators (and tests) that need the worker's pid.
         (self.store.data_dir / "worker.pid").write_text(str(os.getpid()))
         log.info("worker %s started on %s", os.getpid(), self.store.data_dir)
         try:
-            while not self.shutdown.is_set():
+            while not self._stop_requested and not self.shutdown.is_set():
                 if parent_pid is not None and os.getppid() != parent_pid:
                     log.warning("parent server %s is gone; stopping", parent_pid)
                     break
                 self.tick()
-                self.shutdown.wait(self.settings.worker_poll_s)
+                self._sleep(self.settings.worker_poll_s)
         finally:
-            self.shutdown.set()
+            self.shutdown.set()  # in the main thread, never in a signal handler
             for thread in list(self.active.values()):
                 thread.join(timeout=120)
             if self._engine is not None:
@@ -93,6 +127,7 @@ class Worker:
         for job_id, thread in list(self.active.items()):
             if not thread.is_alive():
                 del self.active[job_id]
+                purge_deleted_files(self.store)
         for job in self.store.all("SELECT * FROM jobs WHERE status = 'validating_files' ORDER BY seq"):
             self.validate(job)
         # Jobs marked running but not ours were interrupted by a crash or a restart: they go first.
@@ -109,10 +144,14 @@ class Worker:
             thread.start()
 
     # -- validation ---------------------------------------------------------------------------------------
-    def _file_path(self, file_id: str | None, param: str = "training_file") -> Path | None:
+    def _file_path(self, file_id: str | None, param: str = "training_file", *, started: bool = False) -> Path | None:
+        """The file's path. A job that has ``started`` keeps using a file deleted through the API since: its bytes
+        stay while the job is unfinished (``files.delete_file`` leaves them, ``purge_deleted_files`` removes them
+        once no started job needs them). A job not started yet fails instead, as OpenAI's does."""
         if not file_id:
             return None
-        row = self.store.one("SELECT path FROM files WHERE id = ? AND deleted_at IS NULL", file_id)
+        row = self.store.one("SELECT path FROM files WHERE id = ?" + ("" if started else " AND deleted_at IS NULL"),
+                             file_id)
         if row is None or not Path(row["path"]).is_file():
             raise _JobError("invalid_file", f"File {file_id} was deleted before the job could use it.", param)
         return Path(row["path"])
@@ -189,6 +228,11 @@ class Worker:
             store.add_event(job_id, f"Training the local model '{job['local_model']}' (LoRA) on this machine"
                             + (f" as a stand-in for '{job['model']}'" if job["model"] != job["local_model"] else ""))
         last_check = [0.0, False]
+        # A resumed job trains again the steps after its last saved state: their metrics events are already
+        # there, once each (the dashboard and `jobs watch` read one per step).
+        row = store.one("SELECT MAX(CAST(json_extract(data, '$.step') AS INTEGER)) AS step FROM events "
+                        "WHERE job_id = ? AND type = 'metrics' AND message LIKE 'Step %'", job_id)
+        self._reported_step[job_id] = int(row["step"]) if row and row["step"] is not None else 0
 
         def stop() -> bool:
             if self.shutdown.is_set():
@@ -239,6 +283,7 @@ class Worker:
             return
         finally:
             self._last_metrics.pop(job_id, None)
+            self._reported_step.pop(job_id, None)
         self.finish(job, ft_name, result)
 
     def _train_config(self, job: dict[str, Any]):
@@ -246,8 +291,8 @@ class Worker:
 
         hyper = json.loads(job["hyperparameters"])
         return TrainConfig(
-            training_file=self._file_path(job["training_file"]),
-            validation_file=self._file_path(job["validation_file"], "validation_file"),
+            training_file=self._file_path(job["training_file"], started=True),
+            validation_file=self._file_path(job["validation_file"], "validation_file", started=True),
             model=job["local_model"], method="lora",
             n_epochs=hyper.get("n_epochs", "auto"), batch_size=hyper.get("batch_size", "auto"),
             learning_rate_multiplier=hyper.get("learning_rate_multiplier", "auto"),
@@ -257,6 +302,11 @@ class Worker:
         store, data = self.store, dict(event.data or {})
         if event.type == "metrics":
             step, total = data.get("step"), data.get("total_steps")
+            if isinstance(step, int) and step <= self._reported_step.get(job_id, 0):
+                self._last_metrics[job_id] = {k: v for k, v in data.items() if v is not None}
+                return
+            if isinstance(step, int):
+                self._reported_step[job_id] = step
             message = f"Step {step}/{total}: training loss={_fmt(data.get('train_loss'))}"
             if data.get("valid_loss") is not None:
                 message += f", validation loss={_fmt(data.get('valid_loss'))}"
@@ -296,7 +346,8 @@ class Worker:
         if stopped():  # cancelled, paused or shutting down: stop now, not after a minute of generation
             return
         try:
-            scores = score_checkpoint(path, self._file_path(spec["file"], "eval.file"), schema=spec.get("schema"),
+            scores = score_checkpoint(path, self._file_path(spec["file"], "eval.file", started=True),
+                                      schema=spec.get("schema"),
                                       limit=spec.get("limit"), engine=self.engine(),
                                       max_tokens=spec.get("max_tokens") or DEFAULT_MAX_TOKENS)
         except _JobError as exc:
@@ -328,6 +379,7 @@ class Worker:
         file_id = new_id("file-")
         target = store.files_dir / f"{file_id}.csv"
         shutil.copyfile(result.metrics_csv, target)
+        os.chmod(target, 0o600)
         data = target.read_bytes()
         kept = {int(c["step"]) for c in result.checkpoints}
         hyper = {k: result.hyperparameters[k] for k in ("batch_size", "learning_rate_multiplier", "n_epochs")
@@ -363,6 +415,25 @@ class Worker:
                         json.dumps({"type": "supervised", "supervised": {"hyperparameters": hyper}}), now(), job_id))
         store.add_event(job_id, f"New fine-tuned model created: {ft_name}")
         store.add_event(job_id, "The job has successfully completed")
+
+
+def purge_deleted_files(store: Store) -> int:
+    """Remove the bytes of files deleted through the API that no started, unfinished job uses any more;
+    returns how many were removed."""
+    active = ",".join("?" * len(ACTIVE))
+    rows = store.all(
+        "SELECT id, path FROM files WHERE deleted_at IS NOT NULL AND id NOT IN "
+        f"(SELECT training_file FROM jobs WHERE status IN ({active}) AND started_at IS NOT NULL UNION "
+        f"SELECT validation_file FROM jobs WHERE status IN ({active}) AND started_at IS NOT NULL AND "
+        f"validation_file IS NOT NULL UNION SELECT json_extract(eval, '$.file') FROM jobs WHERE status IN "
+        f"({active}) AND started_at IS NOT NULL AND eval IS NOT NULL)", *ACTIVE, *ACTIVE, *ACTIVE)
+    removed = 0
+    for row in rows:
+        path = Path(row["path"])
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 class _JobError(Exception):
@@ -437,11 +508,30 @@ def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:
 def run_worker(settings: Settings, parent_pid: int | None = None) -> None:
     """Run a worker in this process until SIGTERM/SIGINT (or the parent dies)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    _limit_train_threads(settings)
     worker = Worker(settings)
+    signals = [0]
 
     def on_signal(signum: int, frame: Any) -> None:
-        worker.shutdown.set()
+        # No locks here (see Worker.request_stop). A second signal while stopping ends the process at once:
+        # the kernel frees worker.lock, and the jobs resume from their last periodic save.
+        signals[0] += 1
+        if signals[0] > 1:
+            os._exit(128 + signum)
+        worker.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     worker.run(parent_pid=parent_pid)
+
+
+def _limit_train_threads(settings: Settings) -> None:
+    """Torch threads for training in this process (``train_num_threads``): with every core's thread on a
+    machine the server shares, training and serving slow each other down."""
+    n = settings.train_threads()
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return
+    torch.set_num_threads(n)

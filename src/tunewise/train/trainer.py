@@ -364,6 +364,11 @@ def _load_state(out: Path):
 # ---------------------------------------------------------------------------------------------------- train
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 epoch``, ``3 epochs``, ``34,950 tokens``: thousands separated, the noun agreeing with the number."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None) -> TrainResult:
     """Fine-tune ``config.model`` on ``config.training_file``; resume if ``config.output_dir`` holds a saved state.
 
@@ -510,8 +515,9 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
         progress = {"step": 0, "trained_tokens": 0, "rows": [], "checkpoints": [], "real_tokens": 0,
                     "padded_tokens": 0}
         start = 0
-        emit(TrainEvent("message", f"Training started: {len(train_set)} examples, {hyper['n_epochs']} epochs, "
-                        f"batch size {hyper['batch_size']}, {total} steps, {config.method} on {device} ({dtype})"
+        emit(TrainEvent("message", f"Training started: {_count(len(train_set), 'example')}, "
+                        f"{_count(hyper['n_epochs'], 'epoch')}, batch size {hyper['batch_size']}, "
+                        f"{_count(total, 'step')}, {config.method} on {device} ({dtype})"
                         + (f", {world} processes" if group is not None else "")))
     if main:
         _write_metrics(metrics_csv, progress["rows"])
@@ -623,7 +629,8 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
         shutil.rmtree(out / STATE, ignore_errors=True)
     if group is not None:
         group.barrier()  # no rank returns before rank 0 has written the result
-    emit(TrainEvent("message", f"Training finished: {total} steps, {progress['trained_tokens']} tokens, "
+    emit(TrainEvent("message", f"Training finished: {_count(total, 'step')}, "
+                    f"{_count(progress['trained_tokens'], 'token')}, "
                     f"padding waste {waste:.1%}; model in {final}"))
     return result
 

@@ -7,6 +7,7 @@ loop stays free. Streaming answers are Server-Sent Events of ``chat.completion.c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -21,12 +22,14 @@ from pydantic import BaseModel, ConfigDict
 from tunewise import __version__
 from tunewise.errors import TunewiseError, UsageError
 from tunewise.serve import naming
-from tunewise.serve.app import PrincipalDep, StateDep
+from tunewise.serve.deps import PrincipalDep, StateDep
 from tunewise.serve.errors import TYPES
 from tunewise.serve.errors import body as error_body
+from tunewise.serve.limits import check_model_name, check_schema_bounds
 from tunewise.serve.store import new_id
 
 router = APIRouter(tags=["chat"])
+DISCONNECT_POLL_S = 0.5  # how often a non-streaming completion checks that its client is still there
 log = logging.getLogger("tunewise.serve")
 
 
@@ -56,6 +59,8 @@ def _generation_request(body: ChatRequest, local: str, max_chat_tokens: int):
         raise UsageError(f"max_tokens={max_tokens} is more than this server's limit of {max_chat_tokens} "
                          "(setting max_chat_tokens, env TUNEWISE_MAX_CHAT_TOKENS).", param="max_tokens")
     response_format = body.response_format
+    if isinstance(response_format, dict) and isinstance(response_format.get("json_schema"), dict):
+        check_schema_bounds(response_format["json_schema"].get("schema"))  # before the body reaches a model
     if response_format and response_format.get("type") == "text":
         response_format = None
     return GenerationRequest(
@@ -65,6 +70,35 @@ def _generation_request(body: ChatRequest, local: str, max_chat_tokens: int):
         n=1 if body.n is None else body.n, response_format=response_format)
 
 
+async def _generate_while_connected(request: Request, engine: Any, req: Any) -> Any:
+    """``engine.generate``, but the rows stop decoding as soon as the client goes away (a client that timed
+    out must not keep the engine busy for minutes)."""
+    stream = await run_in_threadpool(engine.stream, req)
+    done = asyncio.ensure_future(run_in_threadpool(_collect, stream, req.n))
+    try:
+        while not done.done():
+            await asyncio.wait({done}, timeout=DISCONNECT_POLL_S)
+            if not done.done() and await request.is_disconnected():
+                stream.close()  # its rows leave the batch at the next step; the collector then ends
+                break
+        return await done
+    finally:
+        stream.close()
+
+
+def _collect(stream: Any, n: int) -> Any:
+    from tunewise.infer.types import Choice, GenerationResult
+
+    texts: dict[int, list[str]] = {i: [] for i in range(n)}
+    reasons: dict[int, str] = {}
+    for delta in stream:
+        texts[delta.index].append(delta.text)
+        if delta.finish_reason is not None:
+            reasons[delta.index] = delta.finish_reason
+    return GenerationResult([Choice(i, "".join(texts[i]), reasons.get(i, "stop")) for i in range(n)],
+                            stream.prompt_tokens, stream.completion_tokens, model=stream.model)
+
+
 def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -72,6 +106,7 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 @router.post("/chat/completions", response_model=None)
 async def create_chat_completion(body: ChatRequest, request: Request, state: StateDep,
                                  principal: PrincipalDep) -> dict[str, Any] | StreamingResponse:
+    check_model_name(body.model)
     target = naming.resolve(state.store, state.settings, principal.project, body.model)
     req = _generation_request(body, target.local, state.settings.max_chat_tokens)
     req.check(state.settings.engine_max_batch_size)
@@ -79,7 +114,7 @@ async def create_chat_completion(body: ChatRequest, request: Request, state: Sta
     completion_id, created = new_id("chatcmpl-"), int(time.time())
     fingerprint = f"fp_tunewise_{__version__}"
     if not body.stream:
-        result = await run_in_threadpool(engine.generate, req)
+        result = await _generate_while_connected(request, engine, req)
         return {
             "id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
             "system_fingerprint": fingerprint,

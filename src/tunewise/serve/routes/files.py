@@ -10,18 +10,22 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from tunewise.errors import NotFound, UsageError
-from tunewise.serve.app import PrincipalDep, State, StateDep
+from tunewise.serve.deps import PrincipalDep, State, StateDep
 from tunewise.serve.errors import ApiError
-from tunewise.serve.store import new_id, now
+from tunewise.serve.store import ACTIVE, new_id, now
 
 router = APIRouter(tags=["files"])
 
 PURPOSES = ("fine-tune", "assistants", "batch", "vision", "user_data", "evals")
 MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around the file in a multipart body
 SHOWN_FINDINGS = 5  # how many validation errors a refused upload lists
+MAX_FILENAME = 255  # characters of an uploaded file's name (a file system's usual limit)
+MAX_HEADER = 4096  # bytes of one part header kept (a longer file name is refused, not stored)
+MAX_FIELDS = 8  # form fields besides the file
 
 
 def file_object(row: dict[str, Any]) -> dict[str, Any]:
@@ -40,9 +44,11 @@ def get_file(state: State, project: str, file_id: str) -> dict[str, Any]:
 class _Upload:
     """Streams a multipart body: the ``file`` part goes straight to disk, hashed and checked line by line."""
 
-    def __init__(self, target: Path, max_bytes: int, max_line: int) -> None:
+    def __init__(self, target: Path, max_bytes: int, max_line: int, quota_left: int | None = None,
+                 quota: int = 0) -> None:
         self.target = target
         self.max_bytes = max_bytes
+        self.quota_left, self.quota = quota_left, quota
         self.max_line = max_line
         self.fields: dict[str, bytes] = {}
         self.filename: str | None = None
@@ -60,8 +66,8 @@ class _Upload:
     def callbacks(self) -> dict[str, Any]:
         return {
             "on_part_begin": self._part_begin,
-            "on_header_field": lambda d, s, e: setattr(self, "_field", self._field + d[s:e]),
-            "on_header_value": lambda d, s, e: setattr(self, "_value", self._value + d[s:e]),
+            "on_header_field": lambda d, s, e: setattr(self, "_field", (self._field + d[s:e])[:MAX_HEADER]),
+            "on_header_value": lambda d, s, e: setattr(self, "_value", (self._value + d[s:e])[:MAX_HEADER + 1]),
             "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._part_data,
@@ -72,27 +78,48 @@ class _Upload:
         self._headers, self._name = {}, None
 
     def _header_end(self) -> None:
-        self._headers[self._field.lower()] = self._value
+        if len(self._headers) < 16:
+            self._headers[self._field.lower()] = self._value[:MAX_HEADER]
         self._field, self._value = b"", b""
 
     def _headers_finished(self) -> None:
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = params.get(b"name", b"").decode("utf-8", "replace")
-        if self._name == "file" and self._out is None:
+        if self._name == "file":
+            if self._out is not None:
+                self.failure = ApiError(400, "The upload has more than one `file` part; send one file per "
+                                        "request.", code="invalid_request", param="file")
+                return
             raw = params.get(b"filename", b"upload.jsonl").decode("utf-8", "replace")
-            self.filename = os.path.basename(raw) or "upload.jsonl"
-            self._out = open(self.target, "wb")  # noqa: SIM115 - closed in _part_end / close()
+            self.filename = os.path.basename(raw).replace("\x00", "") or "upload.jsonl"
+            if len(self.filename) > MAX_FILENAME:
+                self.failure = ApiError(400, f"The file name is {len(self.filename)} characters long; the limit "
+                                        f"is {MAX_FILENAME}.", hint="Rename the file.", code="invalid_request",
+                                        param="file")
+                return
+            # Owner-only (0600), whatever the umask.
+            self._out = os.fdopen(os.open(self.target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+        elif len(self.fields) >= MAX_FIELDS:
+            self.failure = ApiError(400, f"The upload has more than {MAX_FIELDS} form fields; it takes `file` "
+                                    "and `purpose`.", code="invalid_request", param="purpose")
         else:
             self.fields[self._name] = b""
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
-        if self.failure is not None:
+        if self.failure is not None or self._name is None:
             return
         chunk = data[start:end]
         if self._name == "file" and self._out is not None:
             self.size += len(chunk)
             if self.size > self.max_bytes:
                 self.failure = _too_large(self.max_bytes)
+                return
+            if self.quota_left is not None and self.size > self.quota_left:
+                self.failure = ApiError(
+                    413, f"The upload would pass this project's storage quota of {self.quota} bytes "
+                    f"({self.quota_left} bytes left; setting storage_quota_bytes, env TUNEWISE_STORAGE_QUOTA_BYTES).",
+                    hint="Delete files the project no longer needs (client.files.delete) or raise the quota.",
+                    code="storage_quota_exceeded", param="file")
                 return
             self._check_lines(chunk)
             self.sha.update(chunk)
@@ -162,16 +189,28 @@ async def create_file(request: Request, state: StateDep, principal: PrincipalDep
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > settings.max_upload_bytes + MULTIPART_OVERHEAD:
         raise _too_large(settings.max_upload_bytes)
+    quota_left = None
+    if settings.storage_quota_bytes > 0:
+        used = state.store.one("SELECT COALESCE(SUM(bytes), 0) AS n FROM files WHERE project = ? AND "
+                               "deleted_at IS NULL", principal.project)["n"]
+        quota_left = max(0, settings.storage_quota_bytes - used)
     file_id = new_id("file-")
     tmp = state.store.files_dir / f".{file_id}.part"
-    upload = _Upload(tmp, settings.max_upload_bytes, settings.max_line_bytes)
+    upload = _Upload(tmp, settings.max_upload_bytes, settings.max_line_bytes, quota_left,
+                     settings.storage_quota_bytes)
     parser = MultipartParser(params[b"boundary"], upload.callbacks())
     try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-            if upload.failure is not None:
-                raise upload.failure
-        parser.finalize()
+        try:
+            async for chunk in request.stream():
+                parser.write(chunk)
+                if upload.failure is not None:
+                    raise upload.failure
+            parser.finalize()
+        except MultipartParseError as exc:
+            raise UsageError(f"The upload is not a valid multipart/form-data body ({exc}).", param="file",
+                             hint="Send the file as a multipart form: a `file` part and a `purpose` field.") from None
+        if upload.failure is not None:
+            raise upload.failure
         upload.close()
         if upload.filename is None:
             raise UsageError("The upload has no `file` part.", param="file", hint="Send the file as `file`.")
@@ -231,5 +270,17 @@ def file_content(file_id: str, state: StateDep, principal: PrincipalDep) -> File
 def delete_file(file_id: str, state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
     row = get_file(state, principal.project, file_id)
     state.store.db.execute("UPDATE files SET deleted_at = ? WHERE id = ?", (now(), file_id))
-    Path(row["path"]).unlink(missing_ok=True)
+    # An unfinished job that uses the file keeps its bytes until it ends (the worker removes them then).
+    if not in_use(state, file_id):
+        Path(row["path"]).unlink(missing_ok=True)
     return {"id": file_id, "object": "file", "deleted": True}
+
+
+def in_use(state: State, file_id: str) -> bool:
+    """Whether a started, unfinished job trains on, validates with or scores against the file (a job not
+    started yet fails when its file is gone, as OpenAI's does)."""
+    return state.store.one(
+        f"SELECT 1 AS x FROM jobs WHERE status IN ({','.join('?' * len(ACTIVE))}) AND started_at IS NOT NULL "
+        "AND (training_file = ? OR "
+        "validation_file = ? OR json_extract(eval, '$.file') = ?) LIMIT 1", *ACTIVE, file_id, file_id,
+        file_id) is not None

@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunewise.errors import Conflict, NotFound, Unsupported, UsageError
 from tunewise.serve import naming
-from tunewise.serve.app import PrincipalDep, State, StateDep
+from tunewise.serve.deps import PrincipalDep, State, StateDep
 from tunewise.serve.errors import ApiError
+from tunewise.serve.limits import check_metadata, check_model_name, check_schema_bounds, metadata_filter_key
 from tunewise.serve.store import ACTIVE, new_id, now
 
 router = APIRouter(tags=["fine-tuning"])
@@ -52,6 +53,19 @@ EVAL_MAX_TOKENS_RANGE = (1, 4096)
 """Longest answer generated per example (a rambling checkpoint is cut there and scores as invalid)."""
 EVAL_FILE_PURPOSES = ("evals", "fine-tune")
 """An eval set is uploaded as ``evals`` (a small one is fine) or is a ``fine-tune`` file held out of training."""
+
+
+def _type_name(value: Any) -> str:
+    from tunewise.data.reading import type_name
+
+    return type_name(value)
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr`` of a value for an error message, cut short (a 400-digit number or a long string)."""
+    text = repr(value) if not (isinstance(value, int) and abs(value) > 10**limit) else f"<an integer of " \
+        f"{len(str(abs(value)))} digits>"
+    return text if len(text) <= limit + 3 else text[:limit] + "..."
 
 
 def job_object(row: dict[str, Any]) -> dict[str, Any]:
@@ -98,6 +112,9 @@ def _hyperparameters(body: CreateJob) -> dict[str, Any]:
     """The supervised hyperparameters from ``method`` (or the deprecated top-level field), checked."""
     method = body.method or {"type": "supervised"}
     kind = method.get("type")
+    if not isinstance(kind, str):
+        raise UsageError(f"method.type must be a string, not {_type_name(kind)}.", param="method.type",
+                         hint="Use method={'type': 'supervised', 'supervised': {'hyperparameters': {...}}}.")
     if kind in ("dpo", "reinforcement"):
         raise Unsupported(f"Fine-tuning method '{kind}' is not supported yet: only 'supervised' is.",
                           hint="Use method={'type': 'supervised', ...} with chat-format training data.",
@@ -105,7 +122,16 @@ def _hyperparameters(body: CreateJob) -> dict[str, Any]:
     if kind != "supervised":
         raise UsageError(f"Unknown fine-tuning method type {kind!r}.", hint="Use 'supervised'.",
                          param="method.type")
-    hyper = dict((method.get("supervised") or {}).get("hyperparameters") or {})
+    supervised = method.get("supervised")
+    if supervised is not None and not isinstance(supervised, dict):
+        raise UsageError(f"method.supervised must be an object, not {_type_name(supervised)}.",
+                         param="method.supervised", hint="Use {'hyperparameters': {'n_epochs': 3, ...}}.")
+    hyper = (supervised or {}).get("hyperparameters")
+    if hyper is not None and not isinstance(hyper, dict):
+        raise UsageError(f"method.supervised.hyperparameters must be an object, not {_type_name(hyper)}.",
+                         param="method.supervised.hyperparameters",
+                         hint="Use {'n_epochs': 3, 'batch_size': 'auto', 'learning_rate_multiplier': 'auto'}.")
+    hyper = dict(hyper or {})
     if body.hyperparameters:
         if hyper:
             raise UsageError("Give hyperparameters either in `method` or in the deprecated `hyperparameters` "
@@ -121,13 +147,14 @@ def _hyperparameters(body: CreateJob) -> dict[str, Any]:
             out[name] = "auto"
             continue
         ok = isinstance(value, int | float) and not isinstance(value, bool)
+        # Compare before converting: a 400-digit integer is out of range, not a float overflow.
         if ok and kind_ is int:
-            ok = float(value).is_integer() and low <= value <= high
+            ok = low <= value <= high and float(value).is_integer()
         elif ok:
             ok = low < value <= high
         if not ok:
             limits = f"an integer from {low} to {high}" if kind_ is int else f"a number in ({low}, {high}]"
-            raise UsageError(f"Invalid {name} {value!r}: expected 'auto' or {limits}.",
+            raise UsageError(f"Invalid {name} {_shown(value)}: expected 'auto' or {limits}.",
                              param=f"hyperparameters.{name}")
         out[name] = int(value) if kind_ is int else float(value)
     for name in HYPERPARAMETER_RANGES:
@@ -153,9 +180,9 @@ def _eval_int(spec: dict[str, Any], name: str, default: int, limits: tuple[int, 
     if value is None:
         return default
     low, high = limits
-    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer() \
-            or not low <= value <= high:
-        raise UsageError(f"Invalid eval.{name} {value!r}: expected an integer from {low} to {high}.",
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high \
+            or not float(value).is_integer():
+        raise UsageError(f"Invalid eval.{name} {_shown(value)}: expected an integer from {low} to {high}.",
                          param=f"eval.{name}")
     return int(value)
 
@@ -184,6 +211,7 @@ def _eval_config(state: State, project: str, spec: Any) -> dict[str, Any] | None
 
         if not isinstance(schema, dict):
             raise UsageError("eval.schema must be a JSON Schema object.", param="eval.schema")
+        check_schema_bounds(schema, "eval.schema")
         try:
             jsonschema.validators.validator_for(schema).check_schema(schema)
         except jsonschema.SchemaError as exc:
@@ -199,6 +227,7 @@ def _eval_config(state: State, project: str, spec: Any) -> dict[str, Any] | None
 @router.post("/fine_tuning/jobs")
 def create_job(body: CreateJob, state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
     store, settings, project = state.store, state.settings, principal.project
+    check_model_name(body.model)
     hyper = _hyperparameters(body)
     if body.model.startswith("ft:"):
         raise Unsupported("Fine-tuning a fine-tuned model further is not supported yet.",
@@ -211,8 +240,7 @@ def create_job(body: CreateJob, state: StateDep, principal: PrincipalDep) -> dic
     if body.validation_file:
         _check_file(state, project, body.validation_file, "validation_file")
     eval_spec = _eval_config(state, project, body.eval)
-    if body.metadata and len(body.metadata) > 16:
-        raise UsageError("metadata may have at most 16 keys.", param="metadata")
+    check_metadata(body.metadata)
     job_id = new_id("ftjob-")
     seed = body.seed if body.seed is not None else random.randrange(2**31)
     method = {"type": "supervised", "supervised": {"hyperparameters": hyper}}
@@ -251,8 +279,9 @@ def list_jobs(request: Request, state: StateDep, principal: PrincipalDep, after:
     # metadata[key]=value filters, as the SDK sends them.
     for key, value in request.query_params.multi_items():
         if key.startswith("metadata[") and key.endswith("]"):
-            where += " AND json_extract(metadata, ?) = ?"
-            args += ['$."' + key[9:-1].replace('"', '') + '"', value]
+            # json_each compares the key exactly (no JSON-path quoting to get wrong).
+            where += " AND EXISTS (SELECT 1 FROM json_each(jobs.metadata) WHERE key = ? AND value = ?)"
+            args += [metadata_filter_key(key[9:-1]), value]
     rows, has_more = state.store.page("jobs", where, args, after=after, limit=limit,
                                       after_scope="project = ?", after_args=(principal.project,))
     return {"object": "list", "data": [job_object(r) for r in rows], "has_more": has_more}
