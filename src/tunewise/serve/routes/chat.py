@@ -24,6 +24,7 @@ from tunewise.serve import naming
 from tunewise.serve.app import PrincipalDep, StateDep
 from tunewise.serve.errors import TYPES
 from tunewise.serve.errors import body as error_body
+from tunewise.serve.routes.chat_fields import refuse_unsupported
 from tunewise.serve.store import new_id
 
 router = APIRouter(tags=["chat"])
@@ -31,9 +32,10 @@ log = logging.getLogger("tunewise.serve")
 
 
 class ChatRequest(BaseModel):
-    """The parameters of OpenAI's CreateChatCompletionRequest that the engine honours (others are ignored)."""
+    """The parameters of OpenAI's CreateChatCompletionRequest that the engine honours; the others are kept in
+    ``model_extra`` and checked by ``chat_fields.refuse_unsupported``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
     model: str
     messages: list[dict[str, Any]]
     max_tokens: int | None = None
@@ -46,6 +48,8 @@ class ChatRequest(BaseModel):
     stream: bool | None = None
     stream_options: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    store: bool | None = None
+    metadata: dict[str, Any] | None = None
 
 
 def _generation_request(body: ChatRequest, local: str, max_chat_tokens: int):
@@ -59,7 +63,8 @@ def _generation_request(body: ChatRequest, local: str, max_chat_tokens: int):
     if response_format and response_format.get("type") == "text":
         response_format = None
     return GenerationRequest(
-        model=local, messages=body.messages, max_tokens=max_tokens if max_tokens is not None else max_chat_tokens,
+        # Without max_tokens the answer may run to the context's end (at most max_chat_tokens): never refused.
+        model=local, messages=body.messages, max_tokens=max_tokens, default_max_tokens=max_chat_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p, stop=body.stop, seed=body.seed,
         n=1 if body.n is None else body.n, response_format=response_format)
@@ -72,6 +77,7 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 @router.post("/chat/completions", response_model=None)
 async def create_chat_completion(body: ChatRequest, request: Request, state: StateDep,
                                  principal: PrincipalDep) -> dict[str, Any] | StreamingResponse:
+    refuse_unsupported(body.model_extra or {})
     target = naming.resolve(state.store, state.settings, principal.project, body.model)
     req = _generation_request(body, target.local, state.settings.max_chat_tokens)
     req.check(state.settings.engine_max_batch_size)
