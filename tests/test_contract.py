@@ -71,6 +71,13 @@ def amend(spec: dict) -> dict:
     # CreateFileRequest accepts `evals`, but the file object it returns may not show it: a file keeps its purpose.
     if "evals" not in purposes:
         purposes.append("evals")
+    # A stored completion's messages are its inputs (OpenAI's own example lists a `user` one), but the list's items
+    # reuse the response message, whose role may only be `assistant`.
+    item = spec["components"]["schemas"]["ChatCompletionMessageList"]["properties"]["data"]["items"]
+    item["allOf"][1]["properties"]["role"] = {"type": "string",
+                                              "enum": ["developer", "system", "user", "assistant", "tool", "function"]}
+    message = spec["components"]["schemas"]["ChatCompletionResponseMessage"]
+    item["allOf"][0] = {**message, "properties": {k: v for k, v in message["properties"].items() if k != "role"}}
     # The list schemas require first_id and last_id as strings, but an empty page has neither: OpenAI answers null.
     for schema in spec["components"]["schemas"].values():
         for name in ("first_id", "last_id"):

@@ -24,6 +24,7 @@ from tunewise.serve import naming
 from tunewise.serve.app import PrincipalDep, StateDep
 from tunewise.serve.errors import TYPES
 from tunewise.serve.errors import body as error_body
+from tunewise.serve.routes import stored
 from tunewise.serve.routes.chat_fields import refuse_unsupported
 from tunewise.serve.store import new_id
 
@@ -78,6 +79,7 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 async def create_chat_completion(body: ChatRequest, request: Request, state: StateDep,
                                  principal: PrincipalDep) -> dict[str, Any] | StreamingResponse:
     refuse_unsupported(body.model_extra or {})
+    metadata = stored.check_metadata(body.metadata)
     target = naming.resolve(state.store, state.settings, principal.project, body.model)
     req = _generation_request(body, target.local, state.settings.max_chat_tokens)
     req.check(state.settings.engine_max_batch_size)
@@ -86,7 +88,7 @@ async def create_chat_completion(body: ChatRequest, request: Request, state: Sta
     fingerprint = f"fp_tunewise_{__version__}"
     if not body.stream:
         result = await run_in_threadpool(engine.generate, req)
-        return {
+        answer = {
             "id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
             "system_fingerprint": fingerprint,
             "choices": [{"index": c.index, "finish_reason": c.finish_reason, "logprobs": None,
@@ -94,6 +96,9 @@ async def create_chat_completion(body: ChatRequest, request: Request, state: Sta
                         for c in result.choices],
             "usage": _usage(result.prompt_tokens, result.completion_tokens),
         }
+        if body.store:
+            stored.save(state.store, principal.project, body.model_dump(exclude_none=True), answer, metadata)
+        return answer
 
     include_usage = bool((body.stream_options or {}).get("include_usage"))
     deltas = await run_in_threadpool(engine.stream, req)  # loads the model on first use
@@ -113,10 +118,16 @@ async def create_chat_completion(body: ChatRequest, request: Request, state: Sta
             yield first
         yield from deltas
 
+    texts: dict[int, list[str]] = {}
+    finished: dict[int, str] = {}
+
     async def events() -> AsyncIterator[str]:
         started: set[int] = set()
         try:
             async for delta in iterate_in_threadpool(rest()):
+                texts.setdefault(delta.index, []).append(delta.text)
+                if delta.finish_reason is not None:
+                    finished[delta.index] = delta.finish_reason
                 if delta.index not in started:
                     started.add(delta.index)
                     yield chunk([{"index": delta.index, "delta": {"role": "assistant", "content": ""},
@@ -137,6 +148,16 @@ async def create_chat_completion(body: ChatRequest, request: Request, state: Sta
             return
         finally:
             deltas.close()  # a client that went away stops the decoding of its rows
+        if body.store and len(finished) == req.n:  # a complete answer, as the non-streamed one is stored
+            usage = deltas.usage or {}
+            stored.save(state.store, principal.project, body.model_dump(exclude_none=True), {
+                "id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
+                "system_fingerprint": fingerprint,
+                "choices": [{"index": i, "finish_reason": finished[i], "logprobs": None,
+                             "message": {"role": "assistant", "content": "".join(texts.get(i, [])), "refusal": None,
+                                         "annotations": []}} for i in sorted(finished)],
+                "usage": _usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+            }, metadata)
         if include_usage:
             yield chunk([], deltas.usage)
         yield "data: [DONE]\n\n"
