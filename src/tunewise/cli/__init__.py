@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "keys": "tunewise.cli.serve:keys",
     "eval": "tunewise.cli.eval:eval_command",
     "decide": "tunewise.cli.eval:decide",
+    "distill": "tunewise.cli.distill:distill",
 }
 
 
