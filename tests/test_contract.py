@@ -93,7 +93,7 @@ def _known(status: int, body: str) -> str | None:
         return "422"
     if status == 500 and ("OverflowError" in body or "too large" in body or "too big" in body):
         return "500-overflow"
-    if status == 500 and ("AttributeError" in body or "TypeError" in body):
+    if status == 500 and ("AttributeError" in body or "TypeError" in body or "ValueError" in body):
         return "500-type"
     return None
 
@@ -201,3 +201,40 @@ def test_operation_keeps_openais_contract(schema, server, report, method, path):
         "\n".join(violations[:10])
     if known:
         pytest.xfail("known faults: " + "; ".join(KNOWN[k] for k in sorted(known)))
+
+
+# The known faults, asked for directly (the generated requests find them only by chance): each flips to a pass when
+# the change that fixes it is merged.
+HARDENING = "fixed by the serve hardening change"
+
+
+@pytest.mark.xfail(reason=f"a non-object method.supervised or hyperparameters answers 500 ({HARDENING})")
+@pytest.mark.parametrize("method", [{"type": "supervised", "supervised": "x"},
+                                    {"type": "supervised", "supervised": {"hyperparameters": "x"}}])
+def test_job_with_a_malformed_method_is_a_400(server, method):
+    import httpx
+
+    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {server.api_key}"}) as http:
+        response = http.post("/fine_tuning/jobs", json={"model": "gpt-4o-mini", "training_file":
+                                                        server.ids["file_id"], "method": method})
+    assert response.status_code == 400 and response.json()["error"]["param"].startswith("method.supervised")
+
+
+@pytest.mark.xfail(reason=f"a huge integer answers 500 ({HARDENING})")
+def test_job_with_a_huge_integer_is_a_400(server):
+    import httpx
+
+    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {server.api_key}"}) as http:
+        response = http.post("/fine_tuning/jobs", content=json.dumps(
+            {"model": "gpt-4o-mini", "training_file": server.ids["file_id"], "hyperparameters": {"n_epochs": 2**1100}}),
+            headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["param"].startswith("hyperparameters")
+
+
+@pytest.mark.xfail(reason=f"malformed parameters answer 422 where OpenAI answers 400 ({HARDENING})")
+def test_a_malformed_parameter_is_a_400_naming_it(server):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as err:
+        server.client().files.list(limit=-1)
+    assert err.value.param == "limit"
