@@ -115,16 +115,17 @@ def distill(inputs, out_path, teacher, teacher_prompt, candidates_file, student_
         return
     left = sum(result.left_out.values())
     detail = ", ".join(f"{n} {reason}" for reason, n in sorted(result.left_out.items()))
-    click.echo(f"Kept {result.n_kept} of {result.n_inputs} answers; left out {left}" + (f" ({detail})" if detail
-                                                                                           else "") + ".")
+    click.echo(f"Kept {result.n_kept} of {result.n_inputs} answers; "
+               + (f"left out {left} ({detail})." if left else "none left out."))
     if result.requests or result.cache_hits:
         click.echo(f"{result.requests} requests sent, {result.cache_hits} answered from the cache.")
     click.echo(f"Training file: {result.out_path}" + (f"; left out: {result.rejected_path}" if result.rejected_path
                                                      else ""))
     if result.report is not None:
-        click.echo(f"Validation ({student_model}): {len(result.report.errors)} errors, "
-                   f"{len(result.report.warnings)} warnings" + ("" if result.report.ok else
-                                                                f" (tunewise validate {result.out_path})"))
+        errors, warnings = len(result.report.errors), len(result.report.warnings)
+        click.echo(f"Validation ({student_model}): {errors} error{'s' * (errors != 1)}, {warnings} "
+                   f"warning{'s' * (warnings != 1)}" + ("" if result.report.ok else
+                                                        f" (tunewise validate {result.out_path})"))
     if result.estimate is not None:
         e = result.estimate
         click.echo(f"Training estimate: {e.billed_tokens:,} billed tokens ({e.n_epochs} epochs) = "
