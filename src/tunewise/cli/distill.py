@@ -69,7 +69,8 @@ def _teacher(teacher: str | None, teacher_prompt: str | None, candidates_file: s
 @click.option("--stored-model", default=None, help="With --from-stored: only completions of this model.")
 @click.option("--student-model", default="gpt-4o-mini", show_default=True,
               help="Model the file is validated and priced for (the one to fine-tune).")
-@click.option("--epochs", default="auto", show_default=True, help="Epochs for the price estimate, or 'auto'.")
+@click.option("--epochs", "--n-epochs", "epochs", default="auto", show_default=True,
+              help="Epochs for the price estimate, or 'auto'.")
 @click.option("--concurrency", type=int, default=4, show_default=True, help="Teacher requests in flight at once.")
 @click.option("--limit", type=int, default=None, help="Only the first N inputs (or stored completions).")
 @click.option("--no-cache", is_flag=True, help="Send every request, ignoring the eval cache.")
