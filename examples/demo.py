@@ -65,6 +65,9 @@ def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = Non
     from tunewise.serve.testing import running_server
 
     local_model = local_model or models.DEFAULT_MODEL
+    # Every path handed between stages is absolute, so none is resolved twice (a relative --out against the
+    # candidates file's own directory, say).
+    out = Path(out).expanduser().resolve()
     hyperparameters = {**GUIDE_HYPERPARAMETERS, "n_epochs": epochs}
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages()
@@ -143,7 +146,7 @@ def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = Non
 def _candidates_file(out: Path, data: Path, local_model: str) -> Path:
     """The example candidates file, pointed at this run's data and model."""
     text = (HERE / "candidates.yaml").read_text()
-    text = text.replace("receipts/", f"{data}/").replace("smollm2-135m-instruct", local_model)
+    text = text.replace("receipts/", f"{data.resolve()}/").replace("smollm2-135m-instruct", local_model)
     path = out / "candidates.yaml"
     path.write_text(text)
     return path
@@ -177,11 +180,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=None, help="local model to fine-tune (default: the registry default)")
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS,
                         help=f"epochs to train locally (default {DEMO_EPOCHS}; the guide's snippet says 3)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     args = parser.parse_args(argv)
+    if args.debug:
+        os.environ["TUNEWISE_DEBUG"] = "1"
+    from tunewise.cli import exit_code
+    from tunewise.cli.crash import EXIT_INTERNAL, crash_message, debug_enabled
+    from tunewise.errors import TunewiseError
+
     try:
         run(args.out, limit=args.limit or None, local_model=args.model, epochs=args.epochs)
     except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except TunewiseError as exc:  # one line, as the CLI prints it
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exit_code(exc))
+    except Exception as exc:  # a fault, not the user's: one line and a log file (the traceback with --debug)
+        if debug_enabled():
+            raise
+        print(crash_message(exc, "the demo (examples/demo.py)"), file=sys.stderr)
+        sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

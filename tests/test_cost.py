@@ -44,19 +44,25 @@ def receipts(n: int) -> list[dict]:
 # --- auto epochs ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n, epochs", [
-    (1, 25), (3, 25), (4, 25), (5, 20), (10, 10), (30, 4), (33, 4), (34, 3), (50, 3), (200, 3),
+    (1, 25), (3, 25), (4, 25), (5, 20), (8, 12), (10, 10), (30, 3), (33, 3), (34, 3), (50, 3), (200, 3),
     (8_333, 3), (8_334, 2), (12_500, 2), (12_501, 1), (25_000, 1), (100_000, 1),
 ])
 def test_auto_epochs(n, epochs):
     assert cost.auto_epochs(n) == epochs
 
 
-def test_auto_epochs_keeps_examples_seen_within_bounds_wherever_the_clamp_allows():
+def test_auto_epochs_is_openais_rule_exactly():
+    # The cookbook's code, rounding down on both sides: 30 examples get 3 epochs (90 seen), not 4.
     for n in range(1, 30_000, 7):
+        expected = 3
+        if n * 3 < 100:
+            expected = min(25, 100 // n)
+        elif n * 3 > 25_000:
+            expected = max(1, 25_000 // n)
         e = cost.auto_epochs(n)
-        assert 1 <= e <= 25
+        assert e == expected, n
         if 4 <= n <= 25_000:
-            assert 100 <= n * e <= 25_000, n
+            assert 100 - n < n * e <= 25_000, n
 
 
 def test_auto_epochs_refuses_an_empty_set():
@@ -96,13 +102,13 @@ def test_local_models_cost_nothing():
 def test_risky_epoch_choices_are_warned(tmp_path):
     few = write_examples(tmp_path / "few.jsonl", receipts(12))
     low = cost.estimate_training(few, MINI, epochs=2)
-    assert any("24 examples seen" in w and "auto would pick 9" in w for w in low.warnings)
+    assert any("24 examples seen" in w and "auto would pick 8" in w for w in low.warnings)
     assert any("under 50" in w for w in low.warnings)
     many = cost.estimate_training(TRAIN, MINI, epochs=25)
     assert not any("examples seen" in w for w in many.warnings)  # 5,000 seen is within bounds
     assert any("memorise" in w for w in many.warnings)
     auto = cost.estimate_training(few, MINI)
-    assert auto.n_epochs == 9 and not any("memorise" in w or "examples seen" in w for w in auto.warnings)
+    assert auto.n_epochs == 8 and not any("memorise" in w or "examples seen" in w for w in auto.warnings)
 
 
 def test_examples_over_the_context_limit_are_billed_up_to_it(tmp_path):
@@ -244,7 +250,7 @@ def test_estimate_command_errors_are_one_line(capsys, tmp_path):
     code, _, err = run(capsys, "estimate", str(TRAIN), "--epochs", "lots")
     assert code == 2 and "--epochs" in err
     code, _, err = run(capsys, "estimate", str(TRAIN), "--model", "gpt-9")
-    assert code == 1 and "not in the catalog" in err
+    assert code == 2 and "not in the catalog" in err  # an unknown model is a usage error
 
 
 def test_breakeven_command_from_numbers(capsys):
@@ -312,3 +318,31 @@ def test_usd_formatting():
     assert usd(0.0000974) == "$0.0000974"
     assert usd(-0.072) == "-$0.072"
     assert usd(0) == "$0"
+
+
+def test_breakeven_prices_each_side_with_its_own_output_and_cached_tokens():
+    # Prompting answers in 200 tokens, the fine-tuned model in 20; 1,000 of prompting's 1,500 input tokens cached.
+    b = cost.breakeven(MINI, 1500, 300, 200, 100_000, training_cost=1.0, ft_output_tokens=20, cached_tokens=1000)
+    assert b.base_per_call == pytest.approx((500 * 0.15 + 1000 * 0.075 + 200 * 0.60) / 1e6)
+    assert b.ft_per_call == pytest.approx((300 * 0.30 + 20 * 1.20) / 1e6)
+    assert b.ft_output_tokens == 20
+    # A model without a cached-input price bills cached tokens at the full price.
+    plain = cost.breakeven("gpt-3.5-turbo", 1500, 300, 200, 100_000, cached_tokens=1000)
+    assert plain.base_per_call == pytest.approx((1500 * 0.50 + 200 * 1.50) / 1e6)
+    with pytest.raises(UsageError, match="cached tokens at most the prompt"):
+        cost.breakeven(MINI, 100, 50, 20, 1000, cached_tokens=200)
+
+
+def test_price_ratio_note_does_not_contradict_itself():
+    # gpt-3.5-turbo's fine-tuned prices are 6x its base prices: the note must not say they are not.
+    note = next(n for n in cost.breakeven("gpt-3.5-turbo", 900, 60, 20, 1000).notes if "x the base" in n)
+    assert "6x the base input price" in note and "not the guide" not in note and "holds for input only" in note
+    note = next(n for n in cost.breakeven(MINI, 900, 60, 20, 1000).notes if "x the base" in n)
+    assert "2x the base input price" in note and "not the guide's '~6x'" in note
+
+
+def test_catalog_has_cached_input_prices_where_openai_has_them():
+    from tunewise.catalog import get_model
+
+    assert get_model("gpt-4o-mini").cached_input == 0.075 and get_model("gpt-4.1").cached_input == 0.50
+    assert get_model("gpt-3.5-turbo").cached_input is None  # no cache discount there

@@ -148,6 +148,71 @@ def chart_points(driver, chart_id: str) -> int:
     return sum(int(n) for n in (svgs[0].get_attribute("data-points") or "0").split(",") if n)
 
 
+# Where a chart's legend and its data are drawn, measured by the browser: the legend's box (SVG user units,
+# transforms applied) against each series' box, the plot area and the drawing's viewBox, and every legend label's
+# rendered box against the svg's (a label outside it would be clipped).
+CHART_LAYOUT = """
+const svg = document.querySelector(`#${arguments[0]} svg`);
+if (!svg) return null;
+const box = (el) => { const b = el.getBBox(); return { x0: b.x, y0: b.y, x1: b.x + b.width, y1: b.y + b.height }; };
+const rect = (el) => { const b = el.getBoundingClientRect(); return { x0: b.left, y0: b.top, x1: b.right, y1: b.bottom }; };
+const legend = svg.querySelector('.chart-legend');
+const axis = [...svg.querySelectorAll('.chart-axes line.axis')].map(box);
+return {
+  viewBox: svg.viewBox.baseVal && { x0: 0, y0: 0, x1: svg.viewBox.baseVal.width, y1: svg.viewBox.baseVal.height },
+  legend: legend && legend.children.length ? box(legend) : null,
+  series: [...svg.querySelectorAll('g.series')].filter((g) => g.children.length).map(box),
+  plotBottom: Math.max(...axis.map((a) => a.y1)),
+  svg: rect(svg),
+  labels: [...svg.querySelectorAll('.chart-legend text')].map((t) => ({ text: t.textContent, ...rect(t) })),
+};
+"""
+
+
+def overlaps(a, b) -> bool:
+    return a["x0"] < b["x1"] and b["x0"] < a["x1"] and a["y0"] < b["y1"] and b["y0"] < a["y1"]
+
+
+def inside(a, outer, slack=0.5) -> bool:
+    return (a["x0"] >= outer["x0"] - slack and a["y0"] >= outer["y0"] - slack
+            and a["x1"] <= outer["x1"] + slack and a["y1"] <= outer["y1"] + slack)
+
+
+def assert_legend_clear(driver, chart_id: str, n_series: int) -> None:
+    """The chart's legend covers no data, sits below the plot area and is not clipped."""
+    got = driver.execute_script(CHART_LAYOUT, chart_id)
+    assert got and got["legend"], f"#{chart_id} has no legend"
+    assert len(got["series"]) == n_series, got["series"]
+    for series in got["series"]:
+        assert not overlaps(got["legend"], series), f"#{chart_id}: the legend {got['legend']} covers {series}"
+    assert got["legend"]["y0"] >= got["plotBottom"], f"#{chart_id}: the legend is not below the plot area"
+    assert inside(got["legend"], got["viewBox"]), f"#{chart_id}: the legend {got['legend']} leaves {got['viewBox']}"
+    assert len(got["labels"]) == n_series
+    for lab in got["labels"]:
+        assert inside(lab, got["svg"]), f"#{chart_id}: the legend label {lab['text']!r} is clipped"
+
+
+def assert_names_wrap_only_at_colons(driver, selector: str, names: list[str], min_lines: int = 1,
+                                     max_lines: int = 99) -> None:
+    """Each model name under ``selector`` reads as itself, and no part between ':' is split over two lines;
+    each name takes ``min_lines`` to ``max_lines`` lines."""
+    got = driver.execute_script("""
+        return [...document.querySelectorAll(arguments[0])].map((code) => ({
+          text: code.textContent,
+          parts: [...code.querySelectorAll(':scope > span')].map((s) => ({
+            text: s.textContent, lines: s.getClientRects().length, ws: getComputedStyle(s).whiteSpace })),
+          lines: new Set([...code.getClientRects()].map((r) => Math.round(r.top))).size,
+        }));""", selector)
+    assert [g["text"] for g in got] == names
+    for name in got:
+        assert "".join(p["text"] for p in name["parts"]) == name["text"]
+        for part in name["parts"]:
+            assert part["ws"] == "nowrap", part
+            assert part["lines"] == 1, f"{part['text']!r} of {name['text']} is split over {part['lines']} lines"
+            assert part["text"].count(":") <= 1 and (":" not in part["text"] or part["text"].endswith(":"))
+        assert min_lines <= name["lines"] <= max_lines, f"{name['text']} takes {name['lines']} lines"
+
+
 def test_sign_in_asks_for_the_key_once_and_keeps_it_in_the_tab(server, driver):
     driver.get(server.base_url.removesuffix("/v1") + "/")
     driver.execute_script("sessionStorage.clear()")
@@ -206,15 +271,33 @@ def test_new_job_shows_the_estimate_then_the_chart_updates_pause_resume_and_canc
         write_receipts(longer, [(f"Item {i}", 1.0 + i / 4) for i in range(60)])
         file_id = server.client().files.create(file=longer.open("rb"), purpose="fine-tune").id
         go(page, f"#/new?file={file_id}", "new-model")
+        # The form opens on the guide's model and says what OpenAI would charge for it, as `tunewise jobs
+        # create` does, and that this server trains it for free on its local stand-in.
         model = page.find_element(By.ID, "new-model")
+        assert model.get_attribute("value") == "gpt-4o-mini-2024-07-18"
+        local_note = wait(page, lambda d: d.find_element(By.ID, "new-estimate-local"), timeout=90,
+                          message="the estimate for the default model")
+        assert "free" in local_note.text and "tunewise-tiny" in local_note.text, local_note.text
+        openai = cost.estimate_training(str(longer), "gpt-4o-mini-2024-07-18")
+        shown = page.find_element(By.ID, "new-estimate-cost").text
+        assert "on OpenAI" in shown, shown
+        assert float(shown.split()[0].lstrip("$").replace(",", "")) == pytest.approx(openai.cost_usd, abs=5e-5)
+        assert openai.cost_usd > 0
+        shot(page, "new-job-openai")
+
         model.clear()
         model.send_keys("tunewise-tiny")
         page.find_element(By.ID, "new-epochs").send_keys("25")
         page.find_element(By.ID, "new-suffix").send_keys("dash")
         epochs = "//div[@id='new-estimate']//dt[text()='Epochs']/following-sibling::dd[1]"
-        wait(page, lambda d: d.find_element(By.XPATH, epochs).text == "25", timeout=90,
-             message="the estimate for 25 epochs")
-        assert page.find_element(By.ID, "new-estimate-cost").text.startswith("$0.00")
+        wait(page, lambda d: d.find_element(By.XPATH, epochs).text == "25"
+             and d.find_element(By.ID, "new-estimate-cost").text.startswith("$0.00"), timeout=90,
+             message="the estimate for 25 epochs of the local model")
+        # A local model is free here; the estimate still says what OpenAI would charge for its counterpart.
+        there = cost.estimate_training(str(longer), "gpt-4o-mini-2024-07-18", epochs=25)
+        note = page.find_element(By.ID, "new-estimate-openai").text
+        assert "OpenAI would charge" in note and "gpt-4o-mini-2024-07-18" in note, note
+        assert f"{there.billed_tokens:,} tokens" in note, note
         shot(page, "new-job")
         page.find_element(By.ID, "new-submit").click()
         wait(page, lambda d: "#/jobs/ftjob-" in d.current_url, message="the job page")
@@ -232,6 +315,16 @@ def test_new_job_shows_the_estimate_then_the_chart_updates_pause_resume_and_canc
             return len(counts) >= 2
         wait(page, growing, timeout=120, message="the training-loss chart to update")
         assert "step" in page.find_element(By.ID, "job-progress").text
+        assert_legend_clear(page, "chart-train-loss", 1)
+        assert_legend_clear(page, "chart-accuracy", 1)
+        # No validation file: the validation chart says so, in lines that fit its (narrow) card.
+        lines = page.execute_script("""
+            const svg = document.querySelector('#chart-valid-loss svg'), r = svg.getBoundingClientRect();
+            return [...svg.querySelectorAll('.chart-empty tspan')].map((t) => {
+              const b = t.getBoundingClientRect();
+              return [t.textContent, b.left >= r.left - 0.5 && b.right <= r.right + 0.5]; });""")
+        assert " ".join(t for t, _ in lines) == "No validation loss (yet): add a validation file to see it"
+        assert all(fits for _, fits in lines), lines
         shot(page, "job-running")
 
         # Pause and resume through the buttons; the buttons follow the status.
@@ -265,6 +358,16 @@ def test_new_job_shows_the_estimate_then_the_chart_updates_pause_resume_and_canc
         shot(page, "jobs")
 
 
+def test_calculator_opens_on_the_guide_s_model(page):
+    go(page, "#/calculator", "calc-model")
+    assert Select(page.find_element(By.ID, "calc-model")).first_selected_option.get_attribute("value") \
+        == "gpt-4o-mini-2024-07-18"
+    want = cost.breakeven("gpt-4o-mini-2024-07-18", 1500, 200, 150, 100000)
+    wait(page, lambda d: d.find_element(By.ID, "calc-base-monthly").text == f"${want.base_monthly:,.2f}",
+         message="the base monthly cost of gpt-4o-mini")
+    assert page.find_element(By.ID, "calc-ft-monthly").text == f"${want.ft_monthly:,.2f}"
+
+
 def test_calculator_shows_the_library_s_numbers(page):
     go(page, "#/calculator", "calc-model")
     Select(page.find_element(By.ID, "calc-model")).select_by_value("gpt-4o-mini-2024-07-18")
@@ -275,11 +378,15 @@ def test_calculator_shows_the_library_s_numbers(page):
         box.send_keys(value)
     page.find_element(By.ID, "calc-run").click()
     want = cost.breakeven("gpt-4o-mini-2024-07-18", 1500, 200, 150, 100000, training_cost=2.5)
-    wait(page, lambda d: d.find_element(By.ID, "calc-base-monthly").text == f"${want.base_monthly:,.2f}",
-         message="the base monthly cost")
+    # The page opened on these same inputs without a training cost: wait for the answer that includes it.
+    wait(page, lambda d: d.find_element(By.ID, "calc-base-monthly").text == f"${want.base_monthly:,.2f}"
+         and d.find_element(By.ID, "calc-breakeven-calls").text == f"{want.breakeven_calls_per_month:,}",
+         message="the monthly costs and break-even with the training cost")
     assert page.find_element(By.ID, "calc-ft-monthly").text == f"${want.ft_monthly:,.2f}"
     assert page.find_element(By.ID, "calc-breakeven-calls").text == f"{want.breakeven_calls_per_month:,}"
     assert chart_points(page, "calc-chart") > 0
+    wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#calc-chart .chart-legend"), message="the chart")
+    assert_legend_clear(page, "calc-chart", 2)
     shot(page, "calculator")
 
 
@@ -305,6 +412,37 @@ def test_reports_page_shows_a_report_in_a_sandboxed_frame(page, server):
     finally:
         page.switch_to.default_content()
     shot(page, "report")
+
+
+def test_reports_page_shows_a_written_report_with_its_plots(page, server, tmp_path):
+    # A report as `tunewise decide` writes it (tunewise.eval.report), shown in the frame with its three plots.
+    from test_decide import BASE, FT, METRICS_CSV, build_run, kinds
+
+    from tunewise.eval import decide, write_report
+
+    n = 40
+    run = build_run(tmp_path, {"base": {**BASE, "kinds": kinds(n, 0.45, 0.35, seed=1)},
+                               "ft": {**FT, "kinds": ["right"] * 38 + ["content"] * 2}}, n)
+    (tmp_path / "m.csv").write_text(METRICS_CSV)
+    decision = decide(run, calls_per_month=50_000, training_cost=3.0, metrics_csv=tmp_path / "m.csv")
+    write_report(decision, Path(server.data_dir) / "reports" / "receipts-decided")
+    go(page, "#/reports", "reports-list")
+    wait(page, lambda d: d.find_element(By.LINK_TEXT, "receipts-decided"), message="the report link").click()
+    frame = wait(page, lambda d: d.find_element(By.ID, "report-frame"), message="the report frame")
+    page.switch_to.frame(frame)
+    try:
+        images = wait(page, lambda d: [i for i in d.find_elements(By.TAG_NAME, "img")
+                                       if d.execute_script("return arguments[0].naturalWidth", i)],
+                      message="the report's plots")
+        assert len(images) == 3
+        # Each plot fits the frame's width: nothing of it (its legend included) is cut off at the side.
+        width = page.execute_script("return document.documentElement.clientWidth")
+        for img in images:
+            assert page.execute_script("return arguments[0].getBoundingClientRect().right", img) <= width
+        page.execute_script("arguments[0].scrollIntoView()", images[1])
+    finally:
+        page.switch_to.default_content()
+    shot(page, "report-decided")
 
 
 def test_models_page_lists_the_served_models(page):
@@ -361,6 +499,9 @@ def test_finished_job_charts_checkpoints_and_side_by_side_chat(page, server, fil
              message=f"the answer in #{out}")
         assert not page.find_elements(By.CSS_SELECTOR, f"#{out} .error"), page.find_element(By.ID, out).text
         assert "completion tokens" in page.find_element(By.ID, out).text
+        # However long the answer, its box stays a readable height and the token counts show beneath it.
+        box = page.find_element(By.CSS_SELECTOR, f"#{out} pre.answer-text")
+        assert box.size["height"] <= 0.5 * page.get_window_size()["height"], box.size
     shot(page, "models-chat")
 
     delete = page.find_element(By.CSS_SELECTOR, f'#models-table tr[data-model="{done.fine_tuned_model}"] '
@@ -389,6 +530,34 @@ def test_a_job_with_an_eval_set_shows_each_checkpoints_scores(page, server, file
         assert {"Valid JSON", "Schema", "Exact match"} <= set(heads)
         cell = page.find_element(By.CSS_SELECTOR, "#checkpoints-table .eval-valid-json").text
         assert cell.endswith("%"), cell
+        # Checkpoint names break only after a ':', never mid-word: on a wide page they fit on one line, and in
+        # a narrow window, where the cell is narrower than the name, they wrap at the colons.
+        names = [c.fine_tuned_model_checkpoint for c in client.fine_tuning.jobs.checkpoints.list(job.id).data]
+        tuned = [client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model]
+        assert_names_wrap_only_at_colons(page, "#checkpoints-table code.model-name", names, max_lines=1)
+        assert_names_wrap_only_at_colons(page, "#job-facts code.model-name", tuned, max_lines=1)
+        size = page.get_window_size()
+        page.set_window_size(600, size["height"])
+        try:
+            wait(page, lambda d: d.execute_script("return document.documentElement.clientWidth") <= 600,
+                 message="the narrow window")
+            assert_names_wrap_only_at_colons(page, "#checkpoints-table code.model-name", names, min_lines=2)
+            assert_names_wrap_only_at_colons(page, "#job-facts code.model-name", tuned)
+            # The charts are drawn again at their new width (their text keeps its size), legends still clear.
+            wait(page, lambda d: d.execute_script("""
+                const box = document.getElementById('chart-train-loss');
+                const svg = box.querySelector('svg');
+                return Math.abs(svg.viewBox.baseVal.width - Math.min(760, box.clientWidth)) < 24;"""),
+                 message="the charts drawn at the narrow width")
+            assert_legend_clear(page, "chart-train-loss", 1)
+            shot(page, "job-eval-narrow")
+            # Nothing spills sideways: the page itself does not scroll horizontally (wide tables scroll in
+            # their cards).
+            widths = page.execute_script(
+                "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+            assert widths[0] <= widths[1], f"the page is {widths[0]}px wide in a {widths[1]}px window"
+        finally:
+            page.set_window_size(size["width"], size["height"])
         # The scoring event shows although step messages are hidden.
         assert "scored on the eval set" in page.find_element(By.ID, "job-events").text
         shot(page, "job-eval")

@@ -137,6 +137,19 @@ def test_stored_file_validation_and_estimate(http, good_file, tmp_path):
 
     bad = http.get(f"/dashboard/files/{good_file}/estimate", params={"model": "gpt-4o-mini", "n_epochs": "many"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "n_epochs"
+    assert got["openai"] is None  # an OpenAI name is priced at OpenAI's rate already
+
+
+def test_a_local_model_s_estimate_says_what_openai_would_charge(http, good_file, tmp_path):
+    # tunewise-tiny trains here for nothing; the estimate also prices the OpenAI model it stands in for.
+    local = tmp_path / "good.jsonl"
+    local.write_text(GOOD)
+    got = http.get(f"/dashboard/files/{good_file}/estimate", params={"model": "tunewise-tiny"}).json()
+    assert got["provider"] == "local" and got["cost_usd"] == 0
+    there = cost.estimate_training(str(local), "gpt-4o-mini-2024-07-18")
+    assert got["openai"]["model"] == "gpt-4o-mini-2024-07-18"
+    assert got["openai"]["billed_tokens"] == there.billed_tokens and got["openai"]["n_epochs"] == there.n_epochs
+    assert got["openai"]["cost_usd"] == pytest.approx(there.cost_usd) and there.cost_usd > 0
 
 
 def test_another_project_cannot_see_the_file(server, http, good_file):
@@ -167,6 +180,7 @@ def test_catalog_lists_models_and_aliases(http):
     assert {"gpt-4o-mini-2024-07-18", "tunewise-tiny"} <= names
     assert body["aliases"]["gpt-4o-mini"] == "tunewise-tiny"
     assert body["default_local_model"] == "tunewise-tiny"
+    assert body["default_model"] == "gpt-4o-mini-2024-07-18"  # the guide's model: the pages open on it
 
 
 def test_reports_are_listed_and_read(server, http):

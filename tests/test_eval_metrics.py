@@ -132,6 +132,54 @@ def test_mcnemar_exact():
     # 3 vs 3 discordant: no evidence.
     assert M.mcnemar_p([1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]) == 1.0
     assert M.mcnemar_p([1, 0], [1, 0]) == 1.0
+    # The same as statsmodels' exact McNemar on the 2x2 table.
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    a = [1] * 30 + [1] * 9 + [0] * 3 + [0] * 8
+    b = [1] * 30 + [0] * 9 + [1] * 3 + [0] * 8
+    assert M.mcnemar_p(a, b) == pytest.approx(mcnemar([[30, 9], [3, 8]], exact=True).pvalue)
+
+
+def test_newcombe_paired_interval():
+    # Both right on 5 of 5: the Wilson bound of 5/5 on each side, about +-43 points (not [0, 0]).
+    low, high = M.newcombe_paired_interval([1] * 5, [1] * 5)
+    wilson_low = 5 / (5 + M.Z95 ** 2)
+    assert low == pytest.approx(-(1 - wilson_low)) and high == pytest.approx(1 - wilson_low)
+    assert high == pytest.approx(0.4345, abs=1e-4)
+    # Its coverage, simulated: at least about 95% for small and moderate n, correlated or not.
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    for n, cells in ((20, (0.6, 0.15, 0.05, 0.2)), (50, (0.3, 0.2, 0.2, 0.3)), (100, (0.85, 0.08, 0.02, 0.05))):
+        true = cells[1] - cells[2]
+        covered = 0
+        for _ in range(400):
+            both, b_only, c_only, neither = rng.multinomial(n, cells)
+            a = [1] * both + [1] * b_only + [0] * c_only + [0] * neither
+            b = [1] * both + [0] * b_only + [1] * c_only + [0] * neither
+            low, high = M.newcombe_paired_interval(a, b)
+            covered += low <= true <= high
+        assert covered / 400 >= 0.925, (n, covered)
+
+
+def _every_table(largest: int):
+    for n in range(1, largest + 1):
+        for b_only in range(n + 1):
+            for c_only in range(n + 1 - b_only):
+                for both in {0, n - b_only - c_only}:
+                    yield n, both, b_only, c_only, n - both - b_only - c_only
+
+
+@pytest.mark.parametrize("largest", [12, pytest.param(60, marks=pytest.mark.slow)])
+def test_paired_interval_never_contradicts_the_exact_test(largest):
+    # Every 2x2 table with up to 12 pairs (60 in the slow run): the printed interval excludes 0 exactly
+    # when McNemar's exact p < 5%.
+    for n, both, b_only, c_only, neither in _every_table(largest):
+        a = [1] * both + [1] * b_only + [0] * c_only + [0] * neither
+        b = [1] * both + [0] * b_only + [1] * c_only + [0] * neither
+        c = M.compare("exact_match", "a", a, "b", b)
+        assert (c.low > 0 or c.high < 0) == (c.p_value < 0.05), (n, both, b_only, c_only)
+        assert c.low <= c.diff <= c.high
 
 
 def test_compare_clear_and_noise():
@@ -139,12 +187,51 @@ def test_compare_clear_and_noise():
     assert clear.significant and clear.outcome == "better"
     assert clear.diff == pytest.approx(0.5) and clear.low > 0
     noise = M.compare("exact_match", "a", [1, 0] * 10, "b", [0, 1] * 10)
-    assert not noise.significant and noise.outcome == "same"
+    assert not noise.significant and noise.outcome == "inconclusive" and not noise.equivalent
     worse = M.compare("field_f1", "a", [0.2] * 30, "b", [0.9] * 30)
-    assert worse.test == "paired-bootstrap" and worse.outcome == "worse"
-    # Pairs where either side does not apply are dropped.
+    assert worse.test == "paired-permutation" and worse.outcome == "worse"
+    # Pairs where either side does not apply are dropped, and counted.
     partial = M.compare("schema_adherence", "a", [1, None, 1], "b", [0, 0, None])
-    assert partial.n == 1
+    assert partial.n == 1 and partial.n_excluded == 2
+    # Equivalence: two one-sided tests, the whole 95% interval within the margin.
+    same = [1] * 380 + [0] * 20
+    eq = M.compare("exact_match", "a", same, "b", same)
+    assert eq.equivalent and eq.outcome == "equivalent" and -0.05 < eq.eq_low < 0 < eq.eq_high < 0.05
+    assert not M.compare("exact_match", "a", same, "b", same, margin=0.005).equivalent
+
+
+def test_permutation_test_is_exact_at_small_n_and_its_interval_inverts_it():
+    from scipy.stats import ttest_1samp
+
+    d = [0.5, 0.25, 0.75, 0.5, 1.0, -0.25, 0.5, 0.25]
+    p = M.permutation_p(d)
+    # Exact: 2**8 = 256 sign flips, so p is a multiple of 1/256 (the observed flip included).
+    assert p * 256 == pytest.approx(round(p * 256))
+    assert p < 0.05 and ttest_1samp(d, 0).pvalue < 0.05
+    low, high = M.permutation_interval(d)
+    assert low < sum(d) / len(d) < high
+    assert M.permutation_p(d, low - 0.01) < 0.05 <= M.permutation_p(d, low + 0.01)
+    assert M.permutation_p(d, high + 0.01) < 0.05 <= M.permutation_p(d, high - 0.01)
+    assert M.permutation_p([0.0] * 5) == 1.0
+
+
+def test_permutation_test_keeps_its_level_at_small_n():
+    # The paired bootstrap's p was anti-conservative (11% type I error at n=8); the exact test is not.
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    rejections = sum(M.permutation_p(rng.normal(size=8) - rng.normal(size=8)) < 0.05 for _ in range(300))
+    assert rejections / 300 <= 0.07  # 5% nominal; 300 draws
+
+
+def test_holm_matches_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    cs = [M.compare("exact_match", "a", [1] * k + [0] * (30 - k), "b", [0] * 30) for k in (3, 6, 9)]
+    adjusted = M.holm(cs)
+    expected = multipletests([c.p_value for c in cs], method="holm")[1]
+    assert [c.p_adjusted for c in adjusted] == pytest.approx(list(expected))
+    assert [c.significant for c in adjusted] == [q < 0.05 for q in expected]
 
 
 def test_pairs_needed():

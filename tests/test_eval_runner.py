@@ -264,8 +264,10 @@ def test_run_eval_against_server_then_rerun_from_cache(server, tmp_path):
     assert m["latency_p95_s"] >= m["latency_p50_s"] > 0
     # Everything is on disk, the key redacted.
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 6 and {"candidate", "line", "prompt", "answer", "reference", "exact_match", "latency_s",
-                               "input_tokens", "output_tokens", "error"} <= set(rows[0])
+    assert len(rows) == 6 and {"candidate", "line", "example_id", "prompt", "answer", "reference", "exact_match",
+                               "latency_s", "input_tokens", "output_tokens", "error", "failed"} <= set(rows[0])
+    # Candidates are paired by example id: the same example has the same id for every candidate.
+    assert [r["example_id"] for r in run.rows("plain")] == [r["example_id"] for r in run.rows("structured")]
     saved = json.loads((out / "candidates.json").read_text())
     assert saved[0]["api_key"] == "***" and server.api_key not in (out / "candidates.json").read_text()
     assert json.loads((out / "config.json").read_text())["n_examples"] == 3
@@ -394,11 +396,14 @@ def test_transient_errors_are_retried_with_backoff(tmp_path, monkeypatch, failur
         assert flaky.requests == 3 and row["error"] is None and row["exact_match"] == 1
         assert row["input_tokens"] == 5 and row["output_tokens"] == 7
     else:
-        # Gave up after our retries: recorded as a failed answer, not cached, the run goes on.
+        # Gave up after our retries: recorded as a failed call, not as a wrong answer (no score at all), not
+        # cached, and the run goes on.
         assert flaky.requests == runner.BACKOFF_RETRIES + 1
-        assert row["error"].startswith("InternalServerError") and row["exact_match"] == 0
+        assert row["error"].startswith("InternalServerError") and row["failed"] is True
+        assert row["exact_match"] is None and row["valid_json"] is None
         assert len(CompletionCache(tmp_path / "c.sqlite")) == 0
-        assert run.metrics["candidates"]["c"]["n_errors"] == 1
+        summary = run.metrics["candidates"]["c"]
+        assert summary["n_failed"] == 1 and summary["failure_rate"] == 1.0 and summary["exact_match"] is None
 
 
 @pytest.mark.slow

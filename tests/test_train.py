@@ -302,7 +302,7 @@ def test_cli_trains_and_reports(data, tmp_path):
 
 def test_cli_bad_input_is_one_line(tmp_path):
     proc = run_cli("train", str(tmp_path / "missing.jsonl"), "--model", TINY)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a missing file is a usage error, as in every command
     assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
     proc = run_cli("train", str(tmp_path / "missing.jsonl"), "--n-epochs", "lots")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

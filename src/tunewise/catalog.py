@@ -13,9 +13,9 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from tunewise.errors import NotFound, UsageError
+from tunewise.errors import ModelNotFound, UsageError
 
-PRICE_FIELDS = ("training", "input", "output", "ft_input", "ft_cached_input", "ft_output")
+PRICE_FIELDS = ("training", "input", "cached_input", "output", "ft_input", "ft_cached_input", "ft_output")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ class ModelInfo:
     """Fine-tuned model input price, USD per 1M tokens."""
     ft_output: float
     """Fine-tuned model output price, USD per 1M tokens."""
+    cached_input: float | None = None
+    """Base model cached-input price (a prompt prefix served from OpenAI's prompt cache), USD per 1M tokens
+    (None where OpenAI offers no cache discount)."""
     ft_cached_input: float | None = None
     """Fine-tuned model cached-input price, USD per 1M tokens (None where OpenAI offers no cache discount)."""
     aliases: tuple[str, ...] = ()
@@ -64,7 +67,7 @@ class Catalog:
         """The model for a name, an alias, or a fine-tuned id (``ft:BASE:...`` resolves through BASE)."""
         info = self.find(name)
         if info is None:
-            raise NotFound(
+            raise ModelNotFound(
                 f"Model '{name}' is not in the catalog.",
                 hint="Known models: " + ", ".join(self.names())
                 + ". Add it to a prices file (--prices FILE or TUNEWISE_PRICES).",
@@ -139,6 +142,7 @@ def _build(raw: dict, sources: tuple[str, ...]) -> Catalog:
             output=float(entry["output"]),
             ft_input=float(entry["ft_input"]),
             ft_output=float(entry["ft_output"]),
+            cached_input=None if entry.get("cached_input") is None else float(entry["cached_input"]),
             ft_cached_input=None if entry.get("ft_cached_input") is None else float(entry["ft_cached_input"]),
             aliases=tuple(entry.get("aliases", ())),
             checked=str(entry.get("checked", raw.get("checked", ""))),

@@ -30,6 +30,8 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 DEFAULT_TIMEOUT_S = 60.0
 """Per-request timeout; uploads of large files are streamed and may take longer on slow links."""
+LOCAL_CONNECT_RETRIES = 4
+"""Connection attempts retried against a server on this machine (0 + 0.5 + 1 + 2 s of back-off): it may be starting."""
 WATCH_INTERVAL_S = 2.0
 """How often ``watch_job`` polls the job and its events."""
 
@@ -41,9 +43,17 @@ class ServiceError(TunewiseError):
 @dataclass(frozen=True)
 class Target:
     base_url: str
-    api_key: str
+    api_key: str = field(repr=False)
     source: str
     """Where the settings came from: ``arguments``, ``environment``, ``credentials`` (the file's path)."""
+    note: str | None = None
+    """Something the user should be told about the choice (an environment key that was not used, ...)."""
+
+    @property
+    def is_local(self) -> bool:
+        """True when the service runs on this machine (a loopback address)."""
+        host = urlparse(self.base_url).hostname or ""
+        return host in ("localhost", "::1") or host.startswith("127.")
 
     @property
     def is_openai(self) -> bool:
@@ -56,6 +66,7 @@ def resolve_target(base_url: str | None = None, api_key: str | None = None) -> T
     env_url = os.environ.get("OPENAI_BASE_URL") or None
     env_key = os.environ.get("OPENAI_API_KEY") or None
     url, key, source = base_url, api_key, "arguments"
+    note = None
     if url is None and env_url:
         url, source = env_url, "environment"
     if url is None:
@@ -64,6 +75,10 @@ def resolve_target(base_url: str | None = None, api_key: str | None = None) -> T
             # The credentials file pairs the local server with its own key: a global OPENAI_API_KEY is
             # meant for OpenAI, so it does not override this one.
             url, source = creds["base_url"], str(paths.credentials_file())
+            if key is None and env_key and env_key != creds["api_key"]:
+                note = (f"using the local server {creds['base_url']} with its saved key; OPENAI_API_KEY is set "
+                        "but is not used without OPENAI_BASE_URL (pass --api-key, or set OPENAI_BASE_URL "
+                        "to the service that key belongs to)")
             key = key or creds["api_key"]
         elif key or env_key:
             url, source = OPENAI_BASE_URL, "environment"
@@ -79,7 +94,7 @@ def resolve_target(base_url: str | None = None, api_key: str | None = None) -> T
         raise UsageError(f"No API key for {url}.",
                          hint="Set OPENAI_API_KEY (a local server prints its key on first start; "
                               "`tunewise keys create` makes another).")
-    return Target(base_url=url.rstrip("/"), api_key=key, source=source)
+    return Target(base_url=url.rstrip("/"), api_key=key, source=source, note=note)
 
 
 def _error_text(exc: openai.APIStatusError) -> tuple[str, str | None, str | None]:
@@ -115,9 +130,10 @@ def sdk_errors(target: Target):
         raise ServiceError(f"{target.base_url} did not answer in time.",
                            hint="Check the server is running and not overloaded, then retry.") from None
     except openai.APIConnectionError as exc:
-        raise ServiceError(f"Cannot reach {target.base_url} ({exc.__cause__ or exc}).",
-                           hint="Start the server with `tunewise serve`, or point OPENAI_BASE_URL at a "
-                                "running one.") from None
+        hint = ("Start the local server with `tunewise serve`, or point OPENAI_BASE_URL at a running service."
+                if target.is_local else
+                "Check the address (OPENAI_BASE_URL or --base-url) and the network; the service may be down.")
+        raise ServiceError(f"Cannot reach {target.base_url} ({exc.__cause__ or exc}).", hint=hint) from None
 
 
 def _plain(obj: Any) -> Any:
@@ -142,6 +158,16 @@ def _read_schema(schema: dict | str | os.PathLike) -> dict:
     if not isinstance(value, dict):
         raise UsageError(f"The eval schema {path} must hold a JSON object (a JSON Schema).")
     return value
+
+
+def check_job_settings(hyperparameters: dict[str, Any], suffix: str | None = None) -> None:
+    """What the service would refuse in a job's settings, refused here first (before any upload)."""
+    from tunewise.hyperparameters import check_hyperparameter
+
+    for name, value in hyperparameters.items():
+        check_hyperparameter(name, value)
+    if suffix is not None and len(suffix) > 64:
+        raise UsageError(f"The suffix is {len(suffix)} characters; at most 64.", param="suffix")
 
 
 @dataclass
@@ -184,15 +210,30 @@ class Progress:
         return self.status in TERMINAL_STATUSES
 
 
+def _retrying_http_client():
+    """The SDK's own HTTP client, with a transport that retries refused connections (the SDK's HTTP library is
+    httpx or its fork httpx2 depending on the SDK's version: the transport comes from the same one)."""
+    import importlib
+
+    root = next(c.__module__ for c in openai.DefaultHttpxClient.__mro__ if not c.__module__.startswith("openai"))
+    library = importlib.import_module(root.split(".")[0])
+    return openai.DefaultHttpxClient(transport=library.HTTPTransport(retries=LOCAL_CONNECT_RETRIES))
+
+
 class Client:
     """Files and fine-tuning jobs on one service (``tunewise serve`` or OpenAI), through the official SDK."""
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
                  timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.target = resolve_target(base_url, api_key)
-        # A local server either answers at once or is down: retrying only delays the clear error.
+        # A local server either answers or is down: its errors are not retried, they only delay the clear one.
+        # But one started a moment ago (`tunewise serve &` and the next command) may not listen yet, so a refused
+        # connection is tried again a few times over about 3.5 s (httpx retries connection failures only).
+        http_client = None
+        if self.target.is_local:
+            http_client = _retrying_http_client()
         self.sdk = openai.OpenAI(base_url=self.target.base_url, api_key=self.target.api_key, timeout=timeout,
-                                 max_retries=2 if self.target.is_openai else 0)
+                                 max_retries=2 if self.target.is_openai else 0, http_client=http_client)
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         with sdk_errors(self.target):
@@ -236,6 +277,7 @@ class Client:
         ``validation_file`` is validated too (it is not billed).
         """
         plan = JobPlan(training_file=training_file, model=model, target=self.target)
+        check_job_settings({"n_epochs": n_epochs} if n_epochs is not None else {})
         if not Path(training_file).is_file():
             if not str(training_file).startswith("file-"):
                 raise UsageError(f"{training_file} is neither a local file nor a file id (file-...).")
@@ -283,9 +325,33 @@ class Client:
         """
         hyper = {k: v for k, v in (("n_epochs", n_epochs), ("batch_size", batch_size),
                                    ("learning_rate_multiplier", learning_rate_multiplier)) if v is not None}
-        kwargs: dict[str, Any] = {"model": model, "training_file": self._file_id(training_file)}
+        check_job_settings(hyper, suffix)  # before anything is uploaded
+        if eval_file is None and (eval_schema is not None or eval_limit is not None or eval_max_tokens is not None):
+            raise UsageError("An eval schema, limit or max tokens needs an eval file.",
+                             hint="Add --eval-file with held-out chat examples.")
+        uploaded: list[str] = []  # deleted again if the job is refused: no orphan uploads
+        try:
+            return self._create_job(training_file, model, validation_file, hyper, suffix, seed, metadata,
+                                    eval_file, eval_schema, eval_limit, eval_max_tokens, uploaded)
+        except BaseException:
+            for file_id in uploaded:
+                try:
+                    self.sdk.files.delete(file_id)
+                except Exception:  # the refusal is what the caller needs to see
+                    pass
+            raise
+
+    def _create_job(self, training_file, model, validation_file, hyper, suffix, seed, metadata, eval_file,
+                    eval_schema, eval_limit, eval_max_tokens, uploaded: list[str]) -> dict:
+        def file_id(file_or_id: str, purpose: str = "fine-tune") -> str:
+            fid = self._file_id(file_or_id, purpose=purpose)
+            if fid != file_or_id:
+                uploaded.append(fid)
+            return fid
+
+        kwargs: dict[str, Any] = {"model": model, "training_file": file_id(training_file)}
         if validation_file:
-            kwargs["validation_file"] = self._file_id(validation_file)
+            kwargs["validation_file"] = file_id(validation_file)
         if hyper:
             kwargs["hyperparameters"] = hyper
         for key, value in (("suffix", suffix), ("seed", seed), ("metadata", metadata)):
@@ -293,7 +359,7 @@ class Client:
                 kwargs[key] = value
         if eval_file:
             # Uploaded as `evals`: fine-tune uploads must hold 10+ examples, a held-out set may be smaller.
-            spec: dict[str, Any] = {"file": self._file_id(eval_file, purpose="evals")}
+            spec: dict[str, Any] = {"file": file_id(eval_file, purpose="evals")}
             if eval_schema is not None:
                 spec["schema"] = _read_schema(eval_schema)
             for key, value in (("limit", eval_limit), ("max_tokens", eval_max_tokens)):
@@ -301,9 +367,6 @@ class Client:
                     spec[key] = value
             # Not an OpenAI parameter: the SDK sends it unchanged in the request body.
             kwargs["extra_body"] = {"eval": spec}
-        elif eval_schema is not None or eval_limit is not None or eval_max_tokens is not None:
-            raise UsageError("An eval schema, limit or max tokens needs an eval file.",
-                             hint="Add --eval-file with held-out chat examples.")
         return _plain(self._call(self.sdk.fine_tuning.jobs.create, **kwargs))
 
     def list_jobs(self, limit: int | None = None) -> list[dict]:

@@ -47,21 +47,20 @@ TOO_LONG = "too_long"  # tunewise.data's code for an example over the model's co
 
 
 def auto_epochs(n_examples: int) -> int:
-    """OpenAI's default epochs for a training set of ``n_examples``.
+    """OpenAI's default epochs for a training set of ``n_examples``, exactly as its cookbook computes them.
 
-    3 epochs, unless that shows the model fewer than 100 examples (then raised until it shows at least 100) or
-    more than 25,000 (then lowered until it shows at most 25,000), clamped to 1..25. The cookbook rounds the
-    raised value down (30 examples -> 3 epochs -> 90 seen); rounding up keeps the stated bound (4 epochs).
+    3 epochs, unless that shows the model fewer than 100 examples (then ``100 // n``, at most 25) or more than
+    25,000 (then ``25000 // n``, at least 1). Both divisions round down, so a small set can be shown slightly
+    fewer than 100 examples: 30 examples get 3 epochs (90 seen), not 4.
     """
     if n_examples <= 0:
         raise UsageError(f"Cannot choose epochs for {n_examples} examples.",
                          hint="The training file needs at least one example.")
-    epochs = TARGET_EPOCHS
-    if n_examples * epochs < MIN_TARGET_EXAMPLES:
-        epochs = math.ceil(MIN_TARGET_EXAMPLES / n_examples)
-    elif n_examples * epochs > MAX_TARGET_EXAMPLES:
-        epochs = MAX_TARGET_EXAMPLES // n_examples
-    return max(MIN_EPOCHS, min(MAX_EPOCHS, epochs))
+    if n_examples * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
+        return min(MAX_EPOCHS, MIN_TARGET_EXAMPLES // n_examples)
+    if n_examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
+        return max(MIN_EPOCHS, MAX_TARGET_EXAMPLES // n_examples)
+    return TARGET_EPOCHS
 
 
 def _usd(tokens: float, price_per_1m: float) -> float:
@@ -208,6 +207,7 @@ class Breakeven:
     prompt_tokens: int = 0
     ft_prompt_tokens: int = 0
     output_tokens: float = 0
+    ft_output_tokens: float = 0
     calls_per_month: float = 0
     saving_per_call: float = 0.0
     breakeven_calls: int | None = None
@@ -221,6 +221,16 @@ class Breakeven:
         return asdict(self)
 
 
+def input_cost(info: ModelInfo, tokens: float, cached: float = 0.0, fine_tuned: bool = False) -> float:
+    """USD for one call's ``tokens`` input tokens, ``cached`` of them at the cached-input price (where the
+    model has one; at the full price otherwise)."""
+    full = info.ft_input if fine_tuned else info.input
+    cached_price = info.ft_cached_input if fine_tuned else info.cached_input
+    if cached_price is None:
+        cached_price = full
+    return _usd(tokens - cached, full) + _usd(cached, cached_price)
+
+
 def _ratio(ft: float, base: float) -> float | None:
     return ft / base if base else None
 
@@ -228,11 +238,15 @@ def _ratio(ft: float, base: float) -> float | None:
 def breakeven(model: str, prompt_tokens: float, ft_prompt_tokens: float, output_tokens: float,
               calls_per_month: float, training_cost: float | None = None, prices: str | os.PathLike | None = None,
               *, training_tokens: int | None = None,
-              horizon_months: float = DEFAULT_HORIZON_MONTHS) -> Breakeven:
+              horizon_months: float = DEFAULT_HORIZON_MONTHS, ft_output_tokens: float | None = None,
+              cached_tokens: float = 0.0, ft_cached_tokens: float = 0.0) -> Breakeven:
     """Compare the base ``model`` with a long prompt against its fine-tuned version with a short one.
 
     ``prompt_tokens``/``ft_prompt_tokens`` are the input tokens of one call (system prompt, examples, the user's
-    input), ``output_tokens`` the answer's. Training cost is ``training_cost`` (USD) or else priced from
+    input), ``output_tokens`` the answer's (``ft_output_tokens`` the fine-tuned model's, when its answers are
+    shorter or longer: each side is priced with its own tokens). ``cached_tokens``/``ft_cached_tokens``: the
+    part of each prompt served from the prompt cache, billed at the catalog's cached-input price where the
+    model has one. Training cost is ``training_cost`` (USD) or else priced from
     ``training_tokens`` (billed tokens, epochs included); with neither it is taken as zero and a note says so.
     """
     for name, value in (("prompt_tokens", prompt_tokens), ("ft_prompt_tokens", ft_prompt_tokens),
@@ -246,8 +260,11 @@ def breakeven(model: str, prompt_tokens: float, ft_prompt_tokens: float, output_
     info = get_model(model, prices)
     notes: list[str] = []
 
-    base_call = _usd(prompt_tokens, info.input) + _usd(output_tokens, info.output)
-    ft_call = _usd(ft_prompt_tokens, info.ft_input) + _usd(output_tokens, info.ft_output)
+    ft_out = output_tokens if ft_output_tokens is None else ft_output_tokens
+    if ft_out < 0 or not 0 <= cached_tokens <= prompt_tokens or not 0 <= ft_cached_tokens <= ft_prompt_tokens:
+        raise UsageError("Output and cached tokens must be non-negative, and cached tokens at most the prompt.")
+    base_call = input_cost(info, prompt_tokens, cached_tokens) + _usd(output_tokens, info.output)
+    ft_call = input_cost(info, ft_prompt_tokens, ft_cached_tokens, fine_tuned=True) + _usd(ft_out, info.ft_output)
     saving_call = base_call - ft_call
 
     if training_cost is None and training_tokens is not None:
@@ -260,9 +277,16 @@ def breakeven(model: str, prompt_tokens: float, ft_prompt_tokens: float, output_
 
     ratio_in, ratio_out = _ratio(info.ft_input, info.input), _ratio(info.ft_output, info.output)
     if ratio_in is not None and ratio_out is not None:
-        notes.append(f"Fine-tuned {info.name} costs {ratio_in:.3g}x the base input price and {ratio_out:.3g}x "
-                     "the base output price in the catalog (the guide's '~6x' is not what its own price "
-                     "table shows); these figures use the catalog.")
+        note = (f"Fine-tuned {info.name} costs {ratio_in:.3g}x the base input price and {ratio_out:.3g}x "
+                "the base output price in the catalog")
+        six_in, six_out = abs(ratio_in - 6) <= 0.5, abs(ratio_out - 6) <= 0.5
+        if six_in and six_out:
+            note += " (the guide's '~6x')"
+        elif six_in or six_out:
+            note += f" (the guide's '~6x' holds for {'input' if six_in else 'output'} only)"
+        else:
+            note += " (not the guide's '~6x')"
+        notes.append(note + "; these figures use the catalog.")
     if info.is_local:
         notes.append(f"{info.name} is a local model with no token price: compare it on quality and latency.")
 
@@ -292,7 +316,7 @@ def breakeven(model: str, prompt_tokens: float, ft_prompt_tokens: float, output_
         monthly_saving=monthly_saving, training_cost=training_cost, months_to_recover=months,
         breakeven_calls_per_month=per_month, never_pays=never_pays, notes=notes,
         prompt_tokens=int(round(prompt_tokens)), ft_prompt_tokens=int(round(ft_prompt_tokens)),
-        output_tokens=output_tokens, calls_per_month=calls_per_month, saving_per_call=saving_call,
+        output_tokens=output_tokens, ft_output_tokens=ft_out, calls_per_month=calls_per_month, saving_per_call=saving_call,
         breakeven_calls=breakeven_calls, horizon_months=horizon_months, price_ratio_input=ratio_in,
         price_ratio_output=ratio_out,
     )

@@ -39,6 +39,10 @@ class NotFound(TunewiseError):
     status = 404
 
 
+class LocalFileNotFound(NotFound):
+    """A local file the user named (a path on this machine) that does not exist: a usage error in the CLI."""
+
+
 class ModelNotFound(NotFound):
     """A model name or path that neither the registry, the disk nor a reachable hub knows."""
 

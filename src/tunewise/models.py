@@ -18,12 +18,18 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunewise.errors import ModelNotFound
+
+# PEFT asks transformers' deprecated `is_gradient_checkpointing` whenever it wraps or loads an adapter (training,
+# export, checkpoint scoring, serving an adapter): the library never prints, so that FutureWarning is silenced
+# once here, where every path that loads a model passes.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tunewise-tiny"

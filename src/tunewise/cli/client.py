@@ -32,13 +32,21 @@ def _client(ctx: click.Context) -> Client:
     obj = ctx.ensure_object(dict)  # the group's dict: it holds --base-url/--api-key
     if "client" not in obj:
         obj["client"] = Client(obj.get("base_url"), obj.get("api_key"))
+        if obj["client"].target.note:
+            click.echo(f"note: {obj['client'].target.note}", err=True)
     return obj["client"]
 
 
+def _remember(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """--base-url/--api-key are taken before or after the subcommand (`jobs --api-key K list` = `jobs list --api-key K`)."""
+    if value is not None:
+        ctx.ensure_object(dict)[param.name] = value
+
+
 def _connection_options(fn):
-    fn = click.option("--api-key", default=None,
+    fn = click.option("--api-key", default=None, expose_value=False, callback=_remember,
                       help="API key (default: OPENAI_API_KEY, else the local server's credentials).")(fn)
-    fn = click.option("--base-url", default=None,
+    fn = click.option("--base-url", default=None, expose_value=False, callback=_remember,
                       help="Service URL ending in /v1 (default: OPENAI_BASE_URL, else the local server).")(fn)
     return fn
 
@@ -48,12 +56,20 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 
 # --- files -------------------------------------------------------------------------------------------------
 
-@click.group()
+class _ConnectedGroup(click.Group):
+    """A group whose every subcommand takes --base-url/--api-key too."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        _connection_options(cmd)
+        super().add_command(cmd, name)
+
+
+@click.group(cls=_ConnectedGroup)
 @_connection_options
 @click.pass_context
-def files(ctx: click.Context, base_url: str | None, api_key: str | None) -> None:
+def files(ctx: click.Context) -> None:
     """Upload, list, show and delete files on the fine-tuning service."""
-    ctx.ensure_object(dict).update(base_url=base_url, api_key=api_key)
+    ctx.ensure_object(dict)
 
 
 @files.command("upload")
@@ -120,12 +136,12 @@ def files_delete(ctx: click.Context, file_id: str) -> None:
 
 # --- jobs --------------------------------------------------------------------------------------------------
 
-@click.group()
+@click.group(cls=_ConnectedGroup)
 @_connection_options
 @click.pass_context
-def jobs(ctx: click.Context, base_url: str | None, api_key: str | None) -> None:
+def jobs(ctx: click.Context) -> None:
     """Create, follow and control fine-tuning jobs."""
-    ctx.ensure_object(dict).update(base_url=base_url, api_key=api_key)
+    ctx.ensure_object(dict)
 
 
 def _job_rows(job: dict) -> list[tuple[str, str]]:
@@ -155,7 +171,7 @@ def _job_rows(job: dict) -> list[tuple[str, str]]:
 @click.argument("file_or_id")
 @click.option("--model", "-m", required=True, help="Base model (e.g. gpt-4o-mini-2024-07-18, tunewise-tiny).")
 @click.option("--validation-file", default=None, help="A local JSONL file or a file id.")
-@click.option("--n-epochs", default=None, help="Epochs (1-25) or 'auto'.")
+@click.option("--epochs", "--n-epochs", "n_epochs", default=None, help="Epochs (1-25) or 'auto'.")
 @click.option("--batch-size", default=None, help="Batch size or 'auto'.")
 @click.option("--learning-rate-multiplier", default=None, help="Scales the base learning rate, or 'auto'.")
 @click.option("--suffix", default=None, help="Up to 64 characters added to the fine-tuned model's name.")
@@ -178,6 +194,11 @@ def jobs_create(ctx: click.Context, file_or_id: str, model: str, validation_file
                 eval_schema: str | None, eval_limit: int | None, eval_max_tokens: int | None, watch: bool,
                 as_json: bool) -> None:
     """Validate FILE_OR_ID, show the cost estimate, upload it and create a fine-tuning job."""
+    from tunewise.client import check_job_settings
+
+    hyper = {"n_epochs": _hyper(n_epochs), "batch_size": _hyper(batch_size),
+             "learning_rate_multiplier": _hyper(learning_rate_multiplier, float)}
+    check_job_settings({k: v for k, v in hyper.items() if v is not None}, suffix)  # before any upload
     client = _client(ctx)
     epochs = _epochs(n_epochs) if n_epochs is not None else None
     plan = client.plan_job(file_or_id, model, n_epochs=epochs, prices=prices, validation_file=validation_file)
@@ -197,9 +218,9 @@ def jobs_create(ctx: click.Context, file_or_id: str, model: str, validation_file
                 click.echo(f"warning: {w}", file=out)
     for note in plan.notes:
         click.echo(f"note: {note}", file=out)
-    job = client.create_job(file_or_id, model, validation_file=validation_file, n_epochs=_hyper(n_epochs),
-                            batch_size=_hyper(batch_size),
-                            learning_rate_multiplier=_hyper(learning_rate_multiplier, float),
+    job = client.create_job(file_or_id, model, validation_file=validation_file, n_epochs=hyper["n_epochs"],
+                            batch_size=hyper["batch_size"],
+                            learning_rate_multiplier=hyper["learning_rate_multiplier"],
                             suffix=suffix, seed=seed, eval_file=eval_file, eval_schema=eval_schema,
                             eval_limit=eval_limit, eval_max_tokens=eval_max_tokens)
     if as_json:
@@ -221,7 +242,7 @@ def _hyper(value: str | None, kind: type = int) -> Any:
     except ValueError:
         from tunewise.errors import UsageError
 
-        raise UsageError(f"Expected a number or 'auto', not {value!r}.") from None
+        raise UsageError(f"Expected a number or 'auto', not {value!r}.", hint="e.g. --epochs 3 or --epochs auto.") from None
 
 
 @jobs.command("list")
@@ -345,6 +366,12 @@ def _watch(client: Client, job_id: str, interval: float) -> None:
             if progress.valid_loss is not None:
                 postfix["valid"] = f"{progress.valid_loss:.4f}"
             bar.set_postfix(postfix, refresh=True)
+    except KeyboardInterrupt:  # Ctrl-C stops the watching, not the job, and says so
+        bar.close()
+        status = f" ({progress.status})" if progress is not None else ""
+        click.echo(f"stopped watching; job {job_id} goes on{status} on the service. "
+                   f"Watch it again: tunewise jobs watch {job_id}; stop it: tunewise jobs cancel {job_id}", err=True)
+        sys.exit(130)
     finally:
         bar.close()
     job = progress.job if progress is not None else client.get_job(job_id)

@@ -59,7 +59,7 @@ def _rows(rows: list[tuple[str, str]]) -> None:
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Model to price (name or alias).")
-@click.option("--epochs", default="auto", show_default=True,
+@click.option("--epochs", "--n-epochs", "epochs", default="auto", show_default=True,
               help="Epochs (1-25), or 'auto' for OpenAI's default rule.")
 @prices_option
 @json_option
@@ -101,7 +101,8 @@ def estimate(file: str, model: str, epochs: str, prices: str | None, as_json: bo
               help="The fine-tuned model's (short) system prompt (default: the one in --data).")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False),
               help="The training set: its size gives the training cost, its answers the output tokens.")
-@click.option("--epochs", default="auto", show_default=True, help="Epochs for the training cost from --data.")
+@click.option("--epochs", "--n-epochs", "epochs", default="auto", show_default=True,
+              help="Epochs for the training cost from --data.")
 @click.option("--training-cost", type=float, help="Training cost in USD (overrides the one from --data).")
 @click.option("--horizon-months", type=float, default=cost.DEFAULT_HORIZON_MONTHS, show_default=True,
               help="Break-even volume: calls per month that pay training back within this many months.")
@@ -200,7 +201,7 @@ def models(prices: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"sources": list(catalog.sources), "models": [
             {"name": m.name, "provider": m.provider, "aliases": list(m.aliases), "encoding": m.encoding,
-             "context_limit": m.context_limit, "training": m.training, "input": m.input, "output": m.output,
+             "context_limit": m.context_limit, "training": m.training, "input": m.input, "cached_input": m.cached_input, "output": m.output,
              "ft_input": m.ft_input, "ft_cached_input": m.ft_cached_input, "ft_output": m.ft_output,
              "checked": m.checked} for m in infos]}, indent=2))
         return
@@ -210,10 +211,10 @@ def models(prices: str | None, as_json: bool) -> None:
             return "-"
         return f"{x:.2f}" if round(x, 2) == x else f"{x:g}"
 
-    header = ("name", "provider", "encoding", "context", "training", "input", "output", "ft input",
+    header = ("name", "provider", "encoding", "context", "training", "input", "cached", "output", "ft input",
               "ft cached", "ft output", "checked")
     rows = [(m.name, m.provider, m.encoding, f"{m.context_limit:,}", price(m.training), price(m.input),
-             price(m.output), price(m.ft_input), price(m.ft_cached_input), price(m.ft_output), m.checked)
-            for m in infos]
-    table(header, rows, left=(0, 1, 2, 10))
+             price(m.cached_input), price(m.output), price(m.ft_input), price(m.ft_cached_input),
+             price(m.ft_output), m.checked) for m in infos]
+    table(header, rows, left=(0, 1, 2, 11))
     click.echo("Prices in USD per 1M tokens; override with --prices FILE or TUNEWISE_PRICES.")

@@ -102,4 +102,14 @@ def tokens(text: str | None, path: str | None, model: str | None, encoding: str 
                 raise UsageError(f"File {path} does not exist.") from None
             except UnicodeDecodeError as exc:
                 raise UsageError(f"File {path} is not UTF-8 text (byte {exc.start + 1}).") from None
+    if model and not encoding:
+        import os
+
+        from tunewise.catalog import load_catalog
+        from tunewise.tokens import encoding_name_for_model
+
+        if load_catalog().find(model) is None and not os.path.isdir(os.path.expanduser(model)):
+            # Not a catalog name: counted by its name's prefix, which a typo can match too. Say so.
+            click.echo(f"note: '{model}' is not in the catalog; counted with {encoding_name_for_model(model)}, "
+                       "the encoding of models whose names begin like it (see `tunewise models`).", err=True)
     click.echo(count_text(text, model or DEFAULT_COUNT_MODEL, encoding=encoding))

@@ -70,7 +70,7 @@ def _candidates(candidates_file, models, prompts, specs, schema, max_tokens, str
               help="YAML or TOML file listing the candidates (model, prompt, endpoint, response_format, ...).")
 @click.option("--schema", type=click.Path(exists=True, dir_okay=False),
               help="JSON Schema the answers must follow (adherence metric; 'response_format: schema').")
-@click.option("--model", "models", multiple=True, help="A candidate model (repeatable); the simple case.")
+@click.option("--model", "-m", "models", multiple=True, help="A candidate model (repeatable); the simple case.")
 @click.option("--system-prompt", "prompts", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="System prompt file for --model (one for all, or one per --model in order).")
 @click.option("--candidate", "specs", multiple=True, metavar="NAME=MODEL[:PROMPT_FILE]",
@@ -98,7 +98,7 @@ def eval_command(test_file, candidates_file, schema, models, prompts, specs, str
         click.echo(json.dumps(run.metrics, indent=2))
         return
     header = ("candidate", "role", "valid JSON", "schema", "exact", "field F1", "text F1", "in tok", "out tok",
-              "p50 s", "p95 s", "$/1k calls", "errors")
+              "p50 s", "p95 s", "$/1k calls", "failed")
     rows = []
     for name, s in run.metrics["candidates"].items():
         cost = s.get("cost_per_1k_usd")
@@ -125,18 +125,29 @@ def eval_command(test_file, candidates_file, schema, models, prompts, specs, str
 @click.option("--training-cost", type=float, default=None, help="Training cost in USD, if known.")
 @click.option("--training-file", type=click.Path(exists=True, dir_okay=False),
               help="Training data to estimate the training cost from (with --model and --epochs).")
-@click.option("--model", default=None, help="Model to price training on (with --training-file).")
-@click.option("--epochs", default="auto", show_default=True, help="Epochs for --training-file, or 'auto'.")
+@click.option("--model", "-m", default=None, help="Model to price training on (with --training-file).")
+@click.option("--epochs", "--n-epochs", "epochs", default="auto", show_default=True,
+              help="Epochs for --training-file, or 'auto'.")
 @click.option("--job", default=None, help="Fine-tuning job id: fetches its metrics CSV for the loss plot.")
 @click.option("--metrics-csv", type=click.Path(exists=True, dir_okay=False),
               help="OpenAI-format step metrics CSV for the loss plot.")
+@click.option("--primary", type=click.Choice(["format", "accuracy"]), default=None,
+              help="The primary measure, named up front (default: format for JSON answers, token F1 for text).")
+@click.option("--margin", type=float, default=0.05, show_default=True,
+              help="Equivalence margin: a difference within +-MARGIN (0.05 = 5 points) counts as no difference.")
+@click.option("--cache-hit-rate", type=float, default=0.0, show_default=True,
+              help="Share of calls whose static prompt prefix (1,024+ tokens) the prompt cache serves.")
+@click.option("--max-failure-rate", type=float, default=0.05, show_default=True,
+              help="No verdict when more than this share of a deciding candidate's calls failed.")
+@click.option("--horizon-months", type=float, default=12, show_default=True,
+              help="Months over which training is amortised when cost decides.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Report directory (default: EVAL_DIR/report).")
 @click.option("--prices", type=click.Path(dir_okay=False), default=None,
               help="TOML file overriding catalog prices (default: $TUNEWISE_PRICES).")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
-def decide(eval_dir, calls_per_month, training_cost, training_file, model, epochs, job, metrics_csv, out_dir,
-           prices, as_json) -> None:
+def decide(eval_dir, calls_per_month, training_cost, training_file, model, epochs, job, metrics_csv, primary,
+           margin, cache_hit_rate, max_failure_rate, horizon_months, out_dir, prices, as_json) -> None:
     """The verdict from an evaluation (fine-tune / keep prompting / use structured outputs / not enough
     evidence), with reasons, monthly cost, break-even and an HTML + Markdown report."""
     from tunewise.cli.cost import _epochs
@@ -146,7 +157,9 @@ def decide(eval_dir, calls_per_month, training_cost, training_file, model, epoch
 
     decision = decide_fn(eval_dir, calls_per_month=calls_per_month, training_cost=training_cost,
                          training_file=training_file, model=model, epochs=_epochs(epochs), job=job,
-                         metrics_csv=metrics_csv, prices=prices)
+                         metrics_csv=metrics_csv, prices=prices, primary=primary, margin=margin,
+                         cache_hit_rate=cache_hit_rate, max_failure_rate=max_failure_rate,
+                         horizon_months=horizon_months)
     paths = write_report(decision, out_dir or Path(eval_dir) / "report")
     if as_json:
         click.echo(json.dumps(_jsonable({**decision.to_dict(), "report": {k: str(v) for k, v in paths.items()}}),

@@ -76,6 +76,7 @@ def serve(host, port, data_dir, worker_only, no_worker, parent_pid) -> None:
         worker.start()
     click.echo(f"tunewise serve: {base_url} (data in {settings.data_dir}"
                f"{', with a worker process' if worker else ', no worker'})", err=True)
+    click.echo(f"dashboard: {base_url[:-len('/v1')]}/ (sign in with the API key)", err=True)
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
     finally:
@@ -154,12 +155,16 @@ def keys_create(project: str, data_dir: Path | None) -> None:
 @_data_dir_option
 def keys_list(data_dir: Path | None) -> None:
     """List keys (id, project, secret prefix, status); secrets are not stored, so not shown."""
+    from tunewise.cli.cost import table
     from tunewise.serve import auth
     from tunewise.serve.store import Store
 
-    for row in auth.list_keys(Store(_settings(data_dir=data_dir).data_dir)):
-        status = "revoked" if row["revoked_at"] else "active"
-        click.echo(f"{row['id']}\t{row['project']}\t{row['prefix']}...\t{status}")
+    rows = [(row["id"], row["project"], f"{row['prefix']}...", "revoked" if row["revoked_at"] else "active")
+            for row in auth.list_keys(Store(_settings(data_dir=data_dir).data_dir))]
+    if not rows:
+        click.echo("no keys (one is created when `tunewise serve` first starts; or `tunewise keys create`)")
+        return
+    table(("id", "project", "secret", "status"), rows, left=(0, 1, 2, 3))
 
 
 @keys.command("revoke")

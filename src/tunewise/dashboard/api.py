@@ -12,7 +12,8 @@ reports are the one thing shared by every project of a server: they are files it
 ``POST /v1/dashboard/validate?model=``          the validator's report on a JSONL body (nothing stored), with the
                                                 text of every line a finding names
 ``GET  /v1/dashboard/files/{id}/validation``    the same report for an uploaded file
-``GET  /v1/dashboard/files/{id}/estimate``      training cost estimate (``model``, ``n_epochs``: ``auto`` or 1-25)
+``GET  /v1/dashboard/files/{id}/estimate``      training cost estimate (``model``, ``n_epochs``: ``auto`` or 1-25);
+                                                for a local model also what OpenAI would charge (``openai``)
 ``GET  /v1/dashboard/breakeven``                monthly costs and break-even (``tunewise.cost.breakeven``'s arguments)
 ``GET  /v1/dashboard/reports``                  evaluation reports under the server's ``DATA_DIR/reports/``
 ``GET  /v1/dashboard/reports/{name}``           one report: its HTML, Markdown and metrics
@@ -32,7 +33,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from tunewise.errors import NotFound, TunewiseError, UsageError
-from tunewise.serve.app import PrincipalDep, StateDep
+from tunewise.serve.deps import PrincipalDep, StateDep
 from tunewise.serve.errors import ApiError
 
 router = APIRouter(prefix="/v1/dashboard", tags=["dashboard"])
@@ -137,11 +138,15 @@ def catalog(state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
     from dataclasses import asdict
 
     from tunewise.catalog import load_catalog
+    from tunewise.data import DEFAULT_MODEL
 
     cat = load_catalog()
     models = [asdict(cat.models[name]) for name in cat.names()]
+    default = cat.find(DEFAULT_MODEL)
+    # default_model: the guide's model, which the calculator and the new-job form open on (what the CLI assumes).
     return {"object": "list", "data": models, "checked": cat.checked,
-            "aliases": state.settings.alias_table(), "default_local_model": state.settings.default_local_model}
+            "aliases": state.settings.alias_table(), "default_local_model": state.settings.default_local_model,
+            "default_model": default.name if default else None}
 
 
 @router.post("/validate")
@@ -193,7 +198,32 @@ def file_estimate(file_id: str, state: StateDep, principal: PrincipalDep, model:
         body["local_model"] = base_local_model(state.settings, model) if not model.startswith("ft:") else None
     except TunewiseError:  # a strict server refuses unknown names; the estimate is still worth showing
         body["local_model"] = None
+    # A local model costs nothing here; say what fine-tuning the OpenAI model it stands in for would cost there.
+    body["openai"] = None
+    if body["provider"] == "local":
+        openai_name = _openai_counterpart(state, body["model"])
+        if openai_name:
+            with _HEAVY:
+                there = estimate_training(row["path"], openai_name, epochs=epochs)
+            body["openai"] = {"model": there.model, "billed_tokens": there.billed_tokens,
+                              "n_epochs": there.n_epochs, "price_per_1m": there.price_per_1m,
+                              "cost_usd": there.cost_usd}
     return body
+
+
+def _openai_counterpart(state, local_model: str) -> str | None:
+    """The priced OpenAI model this server trains on ``local_model`` (first in its alias table), else the
+    guide's model; None where the catalog has neither."""
+    from tunewise.catalog import load_catalog
+    from tunewise.data import DEFAULT_MODEL
+
+    cat = load_catalog()
+    names = [name for name, local in state.settings.alias_table().items() if local == local_model]
+    for name in [*names, DEFAULT_MODEL]:
+        info = cat.find(name)
+        if info is not None and info.provider != "local":
+            return info.name
+    return None
 
 
 def _int(value: str, name: str) -> int:

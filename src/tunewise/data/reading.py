@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunewise.errors import DataError, NotFound, UsageError
+from tunewise.errors import DataError, LocalFileNotFound, UsageError
 
 BOM = b"\xef\xbb\xbf"
 _DECODER = json.JSONDecoder()
@@ -56,7 +56,7 @@ def open_checked(path: str | os.PathLike):
     try:
         return open(path, "rb")
     except FileNotFoundError:
-        raise NotFound(f"File {path} does not exist.", hint="Check the path.", param="file") from None
+        raise LocalFileNotFound(f"File {path} does not exist.", hint="Check the path.", param="file") from None
     except PermissionError:
         raise UsageError(f"File {path} cannot be read (permission denied).", param="file") from None
 

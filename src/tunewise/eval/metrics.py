@@ -6,8 +6,10 @@ recall and F1 (the answer flattened to path=value leaves; list items paired with
 order-insensitively, best overlap first), and for free text a normalised exact match and token F1.
 
 Per candidate (``summarize``): rates get Wilson intervals, means a percentile bootstrap, latencies p50/p95.
-Between two candidates on the same examples (``compare``): McNemar's exact test for rates and a paired
-bootstrap for means, so a verdict rests on a significant difference, not on two point estimates.
+Between two candidates on the same examples (``compare``): McNemar's exact test for rates (with the exact
+interval that goes with it, and Newcombe's paired interval for equivalence) and a paired permutation test for
+means (with the interval that inverts it), so a verdict rests on a significant difference, not on two point
+estimates, and a printed interval never contradicts its p-value.
 """
 
 from __future__ import annotations
@@ -251,6 +253,8 @@ def bootstrap_mean(values: list[float], resamples: int = BOOTSTRAP_RESAMPLES, se
     x = np.asarray([v for v in values if v is not None], dtype=float)
     if x.size == 0:
         return Estimate(None, None, None, 0, "bootstrap")
+    if (x == x[0]).all():  # every resample has the same mean
+        return Estimate(float(x[0]), float(x[0]), float(x[0]), int(x.size), "bootstrap")
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
@@ -264,38 +268,132 @@ def percentile(values: list[float], q: float) -> float | None:
 
 # ---------------------------------------------------------------- paired tests
 
-def mcnemar_p(a: list[int], b: list[int]) -> float:
-    """Two-sided exact McNemar test (binomial on the discordant pairs) for paired 0/1 outcomes."""
+def _discordant(a: list[int], b: list[int]) -> tuple[int, int]:
+    """(examples only ``a`` got right, examples only ``b`` got right)."""
     b_only = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
     c_only = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
-    n = b_only + c_only
-    if n == 0:
+    return b_only, c_only
+
+
+def mcnemar_p(a: list[int], b: list[int]) -> float:
+    """Two-sided exact McNemar test (binomial on the discordant pairs, scipy's ``binomtest``) for paired 0/1
+    outcomes."""
+    from scipy.stats import binomtest
+
+    b_only, c_only = _discordant(a, b)
+    if b_only + c_only == 0:
         return 1.0
-    k = min(b_only, c_only)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
+    return float(binomtest(b_only, b_only + c_only, 0.5).pvalue)
 
 
-def paired_bootstrap(a: list[float], b: list[float], resamples: int = BOOTSTRAP_RESAMPLES,
-                     seed: int = 0) -> tuple[float, float, float, float]:
-    """Mean of a - b over paired examples, its 95% interval, and a two-sided bootstrap p-value."""
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if d.size == 0:
-        return 0.0, 0.0, 0.0, 1.0
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, size=(resamples, d.size))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    # Share of resampled means on the other side of zero, doubled: 0 when every resample agrees in sign.
-    if d.mean() == 0 and not d.any():
-        p = 1.0
-    else:
-        p = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
-    return float(d.mean()), float(low), float(high), p
+def exact_paired_interval(b_only: int, c_only: int, n: int, alpha: float = ALPHA) -> tuple[float, float]:
+    """The interval of a paired rate difference that goes with the exact McNemar test.
+
+    Conditional on the ``m = b + c`` discordant pairs, ``b ~ Binomial(m, pi)`` and the difference is
+    ``(m / n)(2 pi - 1)``; the Clopper-Pearson interval of ``pi`` maps onto it. It excludes 0 exactly when the
+    two-sided exact test rejects at ``alpha``, so the printed interval and the p-value never disagree. It says
+    nothing about equivalence (with no discordant pair it is [0, 0]): that is ``newcombe_paired_interval``'s job.
+    """
+    from scipy.stats import binomtest
+
+    m = b_only + c_only
+    if m == 0 or n == 0:
+        return 0.0, 0.0
+    ci = binomtest(b_only, m, 0.5).proportion_ci(confidence_level=1 - alpha, method="exact")
+    return m / n * (2 * ci.low - 1), m / n * (2 * ci.high - 1)
+
+
+def newcombe_paired_interval(a: list[int], b: list[int], alpha: float = ALPHA) -> tuple[float, float]:
+    """Newcombe's hybrid score interval (his method 10, 1998) for the difference of two paired rates.
+
+    Built from the Wilson intervals of each rate (statsmodels' ``proportion_confint``) and the phi correlation
+    of the pairs (continuity-corrected when positive). Unlike the conditional interval it accounts for the
+    uncertainty of the rates themselves: both right on 5 of 5 gives about +-43 points, not [0, 0].
+    """
+    from statsmodels.stats.proportion import proportion_confint
+
+    n = len(a)
+    if n == 0:
+        return -1.0, 1.0
+    both = sum(1 for x, y in zip(a, b, strict=True) if x and y)
+    b_only, c_only = _discordant(a, b)
+    neither = n - both - b_only - c_only
+    p1, p2 = (both + b_only) / n, (both + c_only) / n
+    l1, u1 = proportion_confint(both + b_only, n, alpha=alpha, method="wilson")
+    l2, u2 = proportion_confint(both + c_only, n, alpha=alpha, method="wilson")
+    # Exact at 0% and 100%, whatever the rounding.
+    l1, u1 = (0.0 if p1 == 0 else l1), (1.0 if p1 == 1 else u1)
+    l2, u2 = (0.0 if p2 == 0 else l2), (1.0 if p2 == 1 else u2)
+    denom = (both + b_only) * (c_only + neither) * (both + c_only) * (b_only + neither)
+    num = both * neither - b_only * c_only
+    if num > 0:
+        num = max(num - n / 2, 0.0)
+    phi = num / math.sqrt(denom) if denom else 0.0
+    d = p1 - p2
+    lower = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    upper = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return max(-1.0, d - lower), min(1.0, d + upper)
+
+
+PERMUTATION_RESAMPLES = 4999
+"""Sign flips for the paired permutation test (p resolves to 1/5000, well under the smallest Holm threshold
+of 6 tests at 5%); every one of the 2**n flips is enumerated when 2**n is fewer (n <= 12)."""
+
+
+def permutation_p(d: list[float] | np.ndarray, shift: float = 0.0, resamples: int = PERMUTATION_RESAMPLES,
+                  seed: int = 0) -> float:
+    """Two-sided paired permutation (sign-flip) test of mean(d) = ``shift`` (scipy's ``permutation_test``).
+
+    Exact (every flip enumerated) at small n; seeded Monte Carlo otherwise, so a report is reproducible.
+    """
+    from scipy.stats import permutation_test
+
+    x = np.asarray(d, dtype=float) - shift
+    if x.size == 0:
+        return 1.0
+    if not x.any():
+        return 1.0
+    res = permutation_test((x,), lambda v, axis: np.mean(v, axis=axis), permutation_type="samples",
+                           vectorized=True, n_resamples=resamples, alternative="two-sided",
+                           random_state=np.random.default_rng(seed))
+    return float(min(1.0, res.pvalue))
+
+
+def permutation_interval(d: list[float] | np.ndarray, alpha: float = ALPHA, tol: float = 5e-4) -> tuple[float, float]:
+    """The shifts the permutation test does not reject at ``alpha``: the interval that goes with its p-value.
+
+    Found by bisection from a bracket twice the width of the t interval (widened until the test rejects at
+    its edge), to within ``tol``.
+    """
+    x = np.asarray(d, dtype=float)
+    if x.size == 0:
+        return -1.0, 1.0
+    est = float(x.mean())
+    se = float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else 0.0
+    step = max(4 * se, 4 * tol, 0.01)
+    limit = float(np.abs(x).max()) + 1.0
+
+    def bound(direction: int) -> float:
+        inside, outside = est, est + direction * step
+        while permutation_p(x, outside) >= alpha:  # not rejected yet: widen the bracket
+            inside = outside
+            if abs(outside - est) > limit:  # nothing rejected that far out (tiny n)
+                return outside
+            outside = est + 2 * (outside - est)
+        while abs(outside - inside) > tol:
+            mid = (inside + outside) / 2
+            if permutation_p(x, mid) >= alpha:
+                inside = mid
+            else:
+                outside = mid
+        return inside
+
+    return bound(-1), bound(+1)
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """Candidate ``a`` against ``b`` on one metric, over the examples both answered."""
+    """Candidate ``a`` against ``b`` on one metric, over the examples both answered (paired by example id)."""
 
     metric: str
     a: str
@@ -305,16 +403,36 @@ class Comparison:
     """Mean of a - b (a rate difference for 0/1 metrics)."""
     low: float
     high: float
+    """The 95% interval of the difference that goes with ``p_value`` (it excludes 0 exactly when p < 5%)."""
     p_value: float
     test: str
     significant: bool
+    """Significant after the multiple-comparison adjustment (``p_adjusted < alpha``)."""
+    p_adjusted: float | None = None
+    """Holm-adjusted p over the comparisons that decide the verdict (None: not part of that family)."""
+    interval: str = ""
+    """How ``low``/``high`` were computed."""
+    eq_low: float = -1.0
+    eq_high: float = 1.0
+    """The 95% interval used for equivalence (the same as ``low``/``high``)."""
+    margin: float = 0.05
+    equivalent: bool = False
+    """Two one-sided tests at 2.5% each: the whole equivalence interval lies within +-margin."""
+    discordant: int | None = None
+    """Rates: examples where exactly one of the two is right."""
+    n_excluded: int = 0
+    """Examples left out because a call failed (or the metric does not apply) on either side."""
+    a_value: float | None = None
+    b_value: float | None = None
+    """Each side's mean over the paired examples."""
 
     @property
     def outcome(self) -> str:
-        """``better`` / ``worse`` (a against b, significant at 5%) or ``same`` (not significant)."""
-        if not self.significant:
-            return "same"
-        return "better" if self.diff > 0 else "worse"
+        """``better`` / ``worse`` (a against b, significant after adjustment), ``equivalent`` (TOST) or
+        ``inconclusive``."""
+        if self.significant:
+            return "better" if self.diff > 0 else "worse"
+        return "equivalent" if self.equivalent else "inconclusive"
 
     def to_dict(self) -> dict[str, Any]:
         d = self.__dict__.copy()
@@ -323,25 +441,68 @@ class Comparison:
 
 
 def compare(metric: str, a_name: str, a_values: list, b_name: str, b_values: list,
-            alpha: float = ALPHA) -> Comparison:
-    """Paired comparison of two candidates' per-example values (same example order; None pairs dropped)."""
+            alpha: float = ALPHA, margin: float = 0.05) -> Comparison:
+    """Paired comparison of two candidates' per-example values (same example order; None pairs dropped).
+
+    Rates: the exact McNemar test, and Newcombe's paired interval joined with the test's exact interval (so the
+    interval excludes 0 exactly when the test rejects). Means: the paired permutation test and the interval
+    that inverts it. The same interval decides equivalence (two one-sided tests at alpha/2: it lies within
+    +-margin).
+    ``significant`` here is unadjusted (``p < alpha``); ``decide`` replaces it with the Holm-adjusted call.
+    """
     pairs = [(x, y) for x, y in zip(a_values, b_values, strict=True) if x is not None and y is not None]
+    excluded = len(a_values) - len(pairs)
     a = [x for x, _ in pairs]
     b = [y for _, y in pairs]
-    diff, low, high, p_boot = paired_bootstrap(a, b)
+    n = len(pairs)
+    if n == 0:
+        return Comparison(metric, a_name, b_name, 0, 0.0, -1.0, 1.0, 1.0, "none", False, interval="none",
+                          margin=margin, n_excluded=excluded)
+    diff = (sum(a) - sum(b)) / n
     if metric in RATE_METRICS:
-        p, test = mcnemar_p(a, b), "mcnemar-exact"
+        b_only, c_only = _discordant(a, b)
+        p = mcnemar_p(a, b)
+        # One interval for everything: Newcombe's (the uncertainty of both rates) joined with the exact
+        # interval of McNemar's test. It covers at least 95%, and it excludes 0 exactly when the exact test
+        # rejects (Newcombe's alone is slightly more liberal than the exact test).
+        e_low, e_high = exact_paired_interval(b_only, c_only, n, alpha)
+        n_low, n_high = newcombe_paired_interval(a, b, alpha)
+        low, high = min(e_low, n_low), max(e_high, n_high)
+        eq_low, eq_high = low, high
+        test, interval, disc = "mcnemar-exact", "Newcombe score interval joined with McNemar's exact interval", \
+            b_only + c_only
     else:
-        p, test = p_boot, "paired-bootstrap"
-    return Comparison(metric, a_name, b_name, len(pairs), diff, low, high, p, test,
-                      significant=bool(pairs) and p < alpha)
+        d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+        p = permutation_p(d)
+        low, high = permutation_interval(d, alpha)
+        eq_low, eq_high = low, high
+        test, interval, disc = "paired-permutation", "permutation-test inversion", None
+    equivalent = -margin <= eq_low and eq_high <= margin
+    return Comparison(metric, a_name, b_name, n, float(diff), float(low), float(high), float(p), test,
+                      significant=p < alpha, interval=interval, eq_low=float(eq_low), eq_high=float(eq_high),
+                      margin=margin, equivalent=bool(equivalent), discordant=disc, n_excluded=excluded,
+                      a_value=sum(a) / n, b_value=sum(b) / n)
+
+
+def holm(comparisons: list[Comparison], alpha: float = ALPHA) -> list[Comparison]:
+    """The comparisons with Holm-adjusted p-values (statsmodels' ``multipletests``) and significance by them."""
+    from dataclasses import replace
+
+    from statsmodels.stats.multitest import multipletests
+
+    if not comparisons:
+        return []
+    reject, adjusted, _, _ = multipletests([c.p_value for c in comparisons], alpha=alpha, method="holm")
+    return [replace(c, p_adjusted=float(q), significant=bool(r)) for c, r, q in
+            zip(comparisons, reject, adjusted, strict=True)]
 
 
 def pairs_needed(p_a: float, p_b: float, discordant: float) -> int | None:
     """Rough number of paired examples McNemar needs to find a difference ``p_a - p_b`` (80% power, 5% level).
 
-    ``discordant`` is the observed share of examples where the two disagree. None when there is no
-    difference to find.
+    Connor's formula, *assuming* the observed difference and the observed share of discordant examples
+    (where the two disagree) are the true ones; None when there is no difference to find. With few
+    discordant pairs observed, both are rough, and so is the answer.
     """
     d = abs(p_a - p_b)
     if d == 0 or discordant <= 0:

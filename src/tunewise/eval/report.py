@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tunewise.eval.decide import Decision
+from tunewise.eval.decide import Decision, _p, usd
 
 PLOT_DPI = 110
 
@@ -37,34 +37,55 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def plot_loss(rows: list[dict]) -> bytes | None:
-    """Training (and validation, where measured) loss by step."""
+def _legend_below(fig, ncols: int) -> None:
+    """The figure's legend under the axes (outside them: it never covers a bar, a line or a point)."""
+    handles, labels = [], []
+    for ax in fig.axes:
+        h, lab = ax.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=max(1, min(ncols, len(handles))),
+                   frameon=False, fontsize=9)
+
+
+def loss_figure(rows: list[dict]):
+    """The loss plot as a matplotlib figure (None without losses); ``plot_loss`` renders it."""
     train = [(r["step"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
     valid = [(r["step"], r["valid_loss"]) for r in rows if r.get("valid_loss") is not None]
     if not train and not valid:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = plt.subplots(figsize=(6.4, 3.9), layout="constrained")
     if train:
         ax.plot(*zip(*train, strict=True), label="training loss", color="#4c72b0", linewidth=1.2)
     if valid:
         ax.plot(*zip(*valid, strict=True), label="validation loss", color="#dd8452", marker="o", markersize=3)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no 2.5 or 7.5
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title("Training and validation loss")
     ax.grid(alpha=0.3)
-    ax.legend()
-    return _png(fig)
+    _legend_below(fig, ncols=2)
+    return fig
 
 
-def plot_quality(decision: Decision) -> bytes | None:
-    """Format adherence and accuracy per candidate, bars with 95% interval whiskers."""
+def plot_loss(rows: list[dict]) -> bytes | None:
+    """Training (and validation, where measured) loss by step."""
+    fig = loss_figure(rows)
+    return None if fig is None else _png(fig)
+
+
+def quality_figure(decision: Decision):
+    """The quality plot as a matplotlib figure (None without candidates); ``plot_quality`` renders it."""
     metrics = [m for m in (decision.format_metric, decision.accuracy_metric) if m]
     names = list(decision.candidates)
     if not names:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(names) + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(names) + 2), 4.2), layout="constrained")
     width = 0.8 / len(metrics)
     colors = ["#55a868", "#4c72b0"]
     for k, metric in enumerate(metrics):
@@ -83,17 +104,23 @@ def plot_quality(decision: Decision) -> bytes | None:
     ax.set_ylabel("% of examples (95% CI)")
     ax.set_title("Format adherence and accuracy per candidate")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower right")
-    return _png(fig)
+    _legend_below(fig, ncols=len(metrics))
+    return fig
 
 
-def plot_cost(decision: Decision) -> bytes | None:
-    """Monthly cost against calls per month; the fine-tuned line carries training amortised over the horizon."""
+def plot_quality(decision: Decision) -> bytes | None:
+    """Format adherence and accuracy per candidate, bars with 95% interval whiskers."""
+    fig = quality_figure(decision)
+    return None if fig is None else _png(fig)
+
+
+def cost_figure(decision: Decision):
+    """The cost plot as a matplotlib figure (None without per-call costs); ``plot_cost`` renders it."""
     import numpy as np
 
     be = decision.breakeven
-    per_call = {n: (s.get("cost_per_1k_usd") or {}).get("value") for n, s in decision.candidates.items()}
-    per_call = {n: v / 1000 for n, v in per_call.items() if v is not None}
+    per_call = {n: s.get("cost_per_call_usd") for n, s in decision.candidates.items()}
+    per_call = {n: v for n, v in per_call.items() if v is not None}
     if not per_call:
         return None
     top = max(decision.calls_per_month, 1.0) * 10
@@ -103,7 +130,7 @@ def plot_cost(decision: Decision) -> bytes | None:
     horizon = (be or {}).get("horizon_months") or 12
     training = decision.training_cost or 0.0
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     for name, cost in per_call.items():
         role = decision.candidates[name].get("role")
         y = cost * x
@@ -111,6 +138,8 @@ def plot_cost(decision: Decision) -> bytes | None:
         if role == "fine-tuned" and training:
             y = y + training / horizon
             label += f" (+ training over {horizon:g} months)"
+        elif role == "fine-tuned" and decision.training_cost is None:
+            label += " (training cost unknown, not included)"
         ax.plot(x, y, label=label, linewidth=1.4)
     ax.axvline(decision.calls_per_month, color="grey", linestyle=":", label="your volume")
     if be and be.get("breakeven_calls_per_month"):
@@ -123,12 +152,23 @@ def plot_cost(decision: Decision) -> bytes | None:
     if all(v > 0 for v in per_call.values()):
         # Costs span orders of magnitude with volume: on a log scale the lines stay apart and the crossing shows.
         ax.set_yscale("log")
+    elif not training and not any(per_call.values()):
+        # Nothing is priced (local models): a flat line at $0, on an axis that does not go below it.
+        ax.set_ylim(0, 1)
+        ax.text(0.5, 0.55, "every candidate costs $0 here (local models, no price)", transform=ax.transAxes,
+                ha="center", va="center", color="#555555", bbox={"facecolor": "white", "edgecolor": "none"})
     ax.set_xlabel("calls per month")
     ax.set_ylabel("USD per month")
     ax.set_title("Monthly cost against volume")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    return _png(fig)
+    _legend_below(fig, ncols=2)
+    return fig
+
+
+def plot_cost(decision: Decision) -> bytes | None:
+    """Monthly cost against calls per month; the fine-tuned line carries training amortised over the horizon."""
+    fig = cost_figure(decision)
+    return None if fig is None else _png(fig)
 
 
 def _fmt_est(e: dict | None, pct: bool = True, digits: int = 1) -> str:
@@ -141,29 +181,56 @@ def _fmt_est(e: dict | None, pct: bool = True, digits: int = 1) -> str:
 
 
 def _table_rows(decision: Decision) -> tuple[list[str], list[list[str]]]:
-    head = ["candidate", "role", "model", "n", "errors", "valid JSON", "schema", "exact match", "field F1",
+    head = ["candidate", "role", "model", "n", "failed calls", "valid JSON", "schema", "exact match", "field F1",
             "text F1", "input tok", "output tok", "p50 ms", "p95 ms", "$ / 1k calls", "$ / month"]
     rows = []
     for name, s in decision.candidates.items():
         p50, p95 = s.get("latency_p50_s"), s.get("latency_p95_s")
         cost = (s.get("cost_per_1k_usd") or {}).get("value")
         monthly = s.get("monthly_cost_usd")
-        rows.append([name, s.get("role", ""), s.get("model", ""), str(s.get("n", "")), str(s.get("n_errors", 0)),
+        per_call = s.get("cost_per_call_usd")
+        if per_call is not None:
+            cost = per_call * 1000
+        failed = s.get("n_failed", s.get("n_errors", 0))
+        rows.append([name, s.get("role", ""), s.get("model", ""), str(s.get("n", "")), str(failed),
                      _fmt_est(s.get("valid_json")), _fmt_est(s.get("schema_adherence")),
                      _fmt_est(s.get("exact_match")), _fmt_est(s.get("field_f1")), _fmt_est(s.get("text_f1")),
                      _fmt_est(s.get("priced_input_tokens"), pct=False, digits=0),
                      _fmt_est(s.get("priced_output_tokens"), pct=False, digits=0),
                      "n/a" if p50 is None else f"{p50 * 1000:.0f}", "n/a" if p95 is None else f"{p95 * 1000:.0f}",
-                     "n/a" if cost is None else f"{cost:.4f}", "n/a" if monthly is None else f"{monthly:,.2f}"])
+                     usd(cost), usd(monthly)])
     return head, rows
 
 
 def _comparison_rows(decision: Decision) -> tuple[list[str], list[list[str]]]:
-    head = ["metric", "a", "b", "n", "a - b", "95% CI", "test", "p", "outcome"]
-    rows = [[c["metric"], c["a"], c["b"], str(c["n"]), f"{100 * c['diff']:+.1f}",
-             f"{100 * c['low']:+.1f} to {100 * c['high']:+.1f}", c["test"], f"{c['p_value']:.3g}", c["outcome"]]
-            for c in decision.comparisons]
+    head = ["metric", "a", "b", "n", "left out (failed)", "a - b (points)", "95% CI (with the test)", "test", "p",
+            "Holm p", "equivalence 95% CI", f"within +-{100 * decision.margin:g}", "outcome"]
+    rows = []
+    for c in decision.comparisons:
+        primary = " (primary)" if c["metric"] == decision.primary_metric else ""
+        rows.append([c["metric"] + primary, c["a"], c["b"], str(c["n"]), str(c.get("n_excluded", 0)),
+                     f"{100 * c['diff']:+.1f}", f"{100 * c['low']:+.1f} to {100 * c['high']:+.1f}", c["test"],
+                     _p(c["p_value"]), _p(c.get("p_adjusted")),
+                     f"{100 * c.get('eq_low', -1):+.1f} to {100 * c.get('eq_high', 1):+.1f}",
+                     "yes" if c.get("equivalent") else "no", c["outcome"]])
     return head, rows
+
+
+def _procedure(decision: Decision) -> str:
+    """The decision procedure in one paragraph, with this evaluation's settings."""
+    primary = (decision.primary_metric or "").replace("_", " ")
+    secondary = ", ".join(m.replace("_", " ") for m in decision.secondary_metrics) or "none"
+    split = ""
+    if decision.selection:
+        split = (f" Roles with several candidates were represented by the one chosen on "
+                 f"{decision.selection['n_select']} examples (seeded random half); comparisons use the other "
+                 f"{decision.selection['n_compare']}.")
+    return (f"Primary measure: {primary}; secondary: {secondary}. Paired by example id; failed calls left out "
+            f"(no verdict above {100 * decision.max_failure_rate:g}% failed). Rates: exact McNemar test with its "
+            "exact interval; means: paired permutation test with the interval that inverts it. All tests that "
+            f"feed the verdict Holm-adjusted ({100 * decision.alpha:g}% family-wise). Equivalence: two one-sided "
+            f"tests, the 95% interval (Newcombe's for rates) within +-{100 * decision.margin:g} points. Any "
+            "significant regression of the fine-tuned model blocks fine-tuning." + split)
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
@@ -212,12 +279,15 @@ def write_report(decision: Decision, out_dir: str | os.PathLike) -> dict[str, Pa
     head, rows = _table_rows(decision)
     chead, crows = _comparison_rows(decision)
     volume = f"{decision.calls_per_month:,.0f}" + (" (assumed)" if decision.calls_per_month_assumed else "")
-    training = "not given" if decision.training_cost is None else f"${decision.training_cost:,.2f}"
+    if decision.depends_on_volume:
+        volume += ", and the verdict depends on it"
+    training = "unknown (not counted as $0)" if decision.training_cost is None else usd(decision.training_cost)
 
     md = [f"# Should I fine-tune? {decision.verdict}", "", f"**{decision.headline}**", "", "## Why", ""]
     md += [f"- {r}" for r in decision.reasons]
     md += ["", "## Candidates", "", f"{decision.n_examples} held-out examples; calls per month {volume}; "
            f"training cost {training}. Rates and means with 95% intervals.", "", _md_table(head, rows), ""]
+    md += ["## How this was decided", "", _procedure(decision), ""]
     if crows:
         md += ["## Paired comparisons", "", _md_table(chead, crows), ""]
     if plots:
@@ -240,6 +310,7 @@ def write_report(decision: Decision, out_dir: str | os.PathLike) -> dict[str, Pa
         f"<h2>Candidates</h2><p>{decision.n_examples} held-out examples; calls per month {html.escape(volume)}; "
         f"training cost {html.escape(training)}. Rates and means with 95% intervals.</p>", _html_table(head, rows),
     ]
+    page += ["<h2>How this was decided</h2>", f"<p>{html.escape(_procedure(decision))}</p>"]
     if crows:
         page += ["<h2>Paired comparisons</h2>", _html_table(chead, crows)]
     if imgs:

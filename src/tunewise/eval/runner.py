@@ -4,8 +4,10 @@ Requests run concurrently (a thread pool), each retried on transient errors (the
 exponential backoff of ours on 429, 5xx and connection errors), and each successful answer is cached in SQLite
 so a rerun only pays for what changed. Results land in an output directory:
 
-- ``results.jsonl``: one row per (candidate, example): the prompt sent, the answer, the reference, every
-  metric, latency, tokens, cost and error, so every failure can be read;
+- ``results.jsonl``: one row per (candidate, example): the example's id, the prompt sent, the answer, the
+  reference, every metric, latency, tokens, cost and error, so every failure can be read. A call that still
+  failed after the retries is ``"failed": true`` with every metric ``null``: it is not an answer, so it is
+  left out of the candidate's rates and of every paired comparison (and counted, in ``n_failed``);
 - ``metrics.json``: per-candidate summaries with 95% intervals;
 - ``candidates.json`` and ``config.json``: the resolved candidates (keys redacted) and run settings.
 """
@@ -50,6 +52,16 @@ class Example:
     """The messages before the reference answer, as written in the file."""
     reference: str
     """The last assistant message: the answer the candidates are scored against."""
+
+    @property
+    def id(self) -> str:
+        """A stable id of the example (its prompt and reference): candidates are paired by it."""
+        return example_id(self.prompt, self.reference)
+
+
+def example_id(prompt: list[dict], reference: str) -> str:
+    blob = json.dumps([prompt, reference], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 def load_examples(path: str | os.PathLike, limit: int | None = None) -> list[Example]:
@@ -115,7 +127,7 @@ def _fatal(exc: Exception, candidate: Candidate, base_url: str) -> TunewiseError
                           "to refresh credentials.json.")
     if isinstance(exc, openai.NotFoundError):
         return NotFound(f"Candidate '{candidate.name}': {base_url} answered 404 for model '{candidate.model}'.",
-                        hint="List the endpoint's models (client.models.list()) and fix the candidate's model; "
+                        hint=f"Check the candidate's model against the endpoint's models (GET {base_url}/models); "
                         "if the model is right, check that base_url ends in /v1.", param="model")
     return None
 
@@ -227,9 +239,40 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def is_failed(row: dict) -> bool:
+    """A call that failed after its retries (older results: an error recorded)."""
+    return bool(row.get("failed") or row.get("error"))
+
+
+def static_prefix_tokens(rows: list[dict], model: str | None) -> int | None:
+    """Tokens of the leading messages every prompt of ``rows`` shares (system prompt, few-shot turns): the part
+    a provider's prompt cache can serve. None when it cannot be counted (no OpenAI encoding for ``model``)."""
+    prompts = [r.get("prompt") or [] for r in rows]
+    if not prompts or not model:
+        return None
+    # The example's own last message (the user's input) is never part of the prefix.
+    longest = min(len(p) for p in prompts) - 1
+    k = 0
+    while k < longest and all(p[k] == prompts[0][k] for p in prompts):
+        k += 1
+    try:
+        from tunewise.tokens import count_messages
+
+        return count_messages(prompts[0][:k], model=model) - 3 if k else 0
+    except Exception:  # no encoding for this model (a local one): nothing a cache would price
+        return None
+
+
 def summarize(rows: list[dict], pricing: Pricing | None = None) -> dict[str, Any]:
-    """One candidate's metrics over its rows: rates with Wilson intervals, means with bootstrap intervals."""
-    out: dict[str, Any] = {"n": len(rows), "n_errors": sum(1 for r in rows if r.get("error"))}
+    """One candidate's metrics over its rows: rates with Wilson intervals, means with bootstrap intervals.
+
+    Failed calls are not answers: they are counted (``n_failed``, ``failure_rate``) and left out of every
+    metric, whose ``n`` is the number of answers scored.
+    """
+    failed = sum(1 for r in rows if is_failed(r))
+    out: dict[str, Any] = {"n": len(rows), "n_errors": failed, "n_failed": failed,
+                           "failure_rate": failed / len(rows) if rows else 0.0}
+    rows = [r for r in rows if not is_failed(r)]
     for name in M.RATE_METRICS:
         values = [r[name] for r in rows if r.get(name) is not None]
         out[name] = M.wilson(sum(values), len(values)).to_dict() if values else None
@@ -247,6 +290,8 @@ def summarize(rows: list[dict], pricing: Pricing | None = None) -> dict[str, Any
     out["cost_per_1k_usd"] = M.bootstrap_mean([c * 1000 for c in costs]).to_dict() if costs else None
     if pricing is not None:
         out["pricing"] = pricing.to_dict()
+        if pricing.price_model and pricing.input:
+            out["static_prefix_tokens"] = static_prefix_tokens(rows, pricing.recount_model or pricing.price_model)
     return out
 
 
@@ -307,9 +352,13 @@ def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schem
                 if store is not None:
                     store.put(key, ep.base_url, candidate.model, response)
         row: dict[str, Any] = {"candidate": candidate.name, "index": index, "line": example.line,
-                               "prompt": messages, "answer": response["answer"],
-                               "reference": example.reference}
-        row.update(M.score_answer(response["answer"], example.reference, validator))
+                               "example_id": example.id, "prompt": messages, "answer": response["answer"],
+                               "reference": example.reference, "failed": error is not None}
+        scores = M.score_answer(response["answer"], example.reference, validator)
+        if error is not None:
+            # A failed call is not an answer: no score, so it is neither right nor wrong anywhere.
+            scores = {k: None for k in scores}
+        row.update(scores)
         row.update({k: response[k] for k in ("latency_s", "input_tokens", "output_tokens", "finish_reason")})
         pricing = pricings[candidate.name]
         priced = (response["input_tokens"], response["output_tokens"])

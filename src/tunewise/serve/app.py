@@ -6,60 +6,17 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import FastAPI, Request
 
 from tunewise import __version__
 from tunewise.serve import errors
-from tunewise.serve.auth import Principal, authenticate
+from tunewise.serve.deps import PrincipalDep, State, StateDep
 from tunewise.serve.errors import ApiError
 from tunewise.serve.settings import Settings
-from tunewise.serve.store import Store
-
-
-class State:
-    """What the routes share: settings, the store, and the generation engine (built on first use)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.store = Store(settings.data_dir)
-        self._engine: Any = None
-        self._engine_lock = threading.Lock()
-
-    def engine(self) -> Any:
-        # One engine per server process: it batches concurrent requests and caches loaded models.
-        # Imported late so that starting the server never pays for torch.
-        with self._engine_lock:
-            if self._engine is None:
-                from tunewise.infer import Engine
-
-                self._engine = Engine(max_batch_size=self.settings.engine_max_batch_size,
-                                      num_threads=self.settings.engine_threads())
-            return self._engine
-
-    def close(self) -> None:
-        """Stop the engine's scheduler threads (at server shutdown)."""
-        with self._engine_lock:
-            if self._engine is not None:
-                self._engine.close()
-                self._engine = None
-        self.store.close()
-
-
-def get_state(request: Request) -> State:
-    return request.app.state.tunewise
-
-
-def get_principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    return authenticate(get_state(request).store, authorization)
-
-
-StateDep = Annotated[State, Depends(get_state)]
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -93,9 +50,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.store.one("SELECT 1 AS ok")
         return {"status": "ok", "version": __version__}
 
-    from tunewise.serve.routes import chat, files, jobs, models, stored
+    from tunewise.serve.routes import chat, files, graders, jobs, models, stored
 
-    for module in (files, jobs, models, chat, stored):
+    for module in (files, jobs, models, chat, graders, stored):
         app.include_router(module.router, prefix="/v1")
     from tunewise.dashboard import mount  # the web page at / and its read-only /v1/dashboard endpoints
 

@@ -80,6 +80,18 @@ class Settings:
     """Whether ``tunewise serve`` starts the job worker process (off when a ``--worker-only`` process runs)."""
     worker_poll_s: float = 0.5
     """How often the worker looks for new jobs and the training loop for cancel/pause flags (seconds)."""
+    python_graders: bool = False
+    """Whether ``/v1/fine_tuning/alpha/graders/run`` and ``/validate`` accept ``python`` graders (alone or inside
+    a ``multi``). Off: 400 with code ``python_grader_disabled``. A python grader runs the caller's code on this
+    machine (in a subprocess with a time limit, not a sandbox): enable it only for callers you trust."""
+    python_grader_timeout_s: float = 120.0
+    """Time limit of one ``python`` grader call (seconds; OpenAI's is 2 minutes); past it the grader scores 0
+    with ``python_grader_server_error``."""
+    grader_base_url: str = ""
+    """OpenAI-compatible endpoint that ``score_model``/``label_model`` graders ask; empty: this server itself
+    (127.0.0.1 on its port, with the caller's API key)."""
+    grader_api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key for ``grader_base_url`` (unused when that is empty)."""
     log_level: str = "warning"
     """uvicorn's log level (``info`` logs every request)."""
 

@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from tunewise import models
-from tunewise.errors import Cancelled, Conflict, DataError, NotFound, Unsupported, UsageError
+from tunewise.errors import (
+    Cancelled,
+    Conflict,
+    DataError,
+    LocalFileNotFound,
+    Unsupported,
+    UsageError,
+)
 from tunewise.train.batching import micro_batches, plan
 from tunewise.train.config import TrainConfig, TrainEvent, TrainResult, resolve_hyperparameters
 from tunewise.train.render import IGNORE, Rendered, Renderer, read_examples
@@ -126,11 +133,7 @@ def _load(config: TrainConfig, seed: int, device: str, dtype: str):
     model = models.load_model(config.model, dtype=load_dtype, device=device)
     model.config.use_cache = False
     if config.method == "lora":
-        import warnings
-
         from peft import LoraConfig, get_peft_model
-
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
         target = config.lora_target_modules
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
@@ -326,6 +329,11 @@ def _load_state(out: Path):
 # ---------------------------------------------------------------------------------------------------- train
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 epoch``, ``3 epochs``, ``34,950 tokens``: thousands separated, the noun agreeing with the number."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None) -> TrainResult:
     """Fine-tune ``config.model`` on ``config.training_file``; resume if ``config.output_dir`` holds a saved state.
 
@@ -339,7 +347,7 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None)
     for param in ("training_file", "validation_file"):
         path = getattr(config, param)
         if path is not None and not Path(path).is_file():
-            raise NotFound(f"The {param.replace('_', ' ')} {path} does not exist.", hint="Check the path.",
+            raise LocalFileNotFound(f"The {param.replace('_', ' ')} {path} does not exist.", hint="Check the path.",
                            param=param)
     spec = models.resolve(config.model)
     device, dtype = _device_and_dtype(config)
@@ -422,8 +430,9 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None)
         progress = {"step": 0, "trained_tokens": 0, "rows": [], "checkpoints": [], "real_tokens": 0,
                     "padded_tokens": 0}
         start = 0
-        emit(TrainEvent("message", f"Training started: {len(train_set)} examples, {hyper['n_epochs']} epochs, "
-                        f"batch size {hyper['batch_size']}, {total} steps, {config.method} on {device} ({dtype})"))
+        emit(TrainEvent("message", f"Training started: {_count(len(train_set), 'example')}, "
+                        f"{_count(hyper['n_epochs'], 'epoch')}, batch size {hyper['batch_size']}, "
+                        f"{_count(total, 'step')}, {config.method} on {device} ({dtype})"))
     _write_metrics(metrics_csv, progress["rows"])
 
     meta_base = {"base_model": resolved["base_model"], "method": config.method, "suffix": config.suffix,
@@ -435,8 +444,10 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None)
             if last_saved != i:
                 _save_state(out, model, optimizer, progress)
             emit(TrainEvent("message", f"Training stopped at step {i}/{total}; state saved", level="warn"))
-            raise Cancelled(f"Training stopped at step {i} of {total}.",
-                            hint=f"Train again with output_dir={out} to resume.")
+            stopped = Cancelled(f"Training stopped at step {i} of {total}; the state is saved in {out}.",
+                                hint=f"Train again with output_dir={out} to resume.")
+            stopped.output_dir = out
+            raise stopped
         epoch, indices = steps[i]
         batch = [train_set[j] for j in indices]
         n_labels = sum(e.n_labels for e in batch)
@@ -498,7 +509,8 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None)
         checkpoints=progress["checkpoints"], metrics=openai_metrics(progress["rows"][-1]), padding_waste=waste, steps=total)
     _write_json(out / "result.json", result.to_dict())
     shutil.rmtree(out / STATE, ignore_errors=True)
-    emit(TrainEvent("message", f"Training finished: {total} steps, {progress['trained_tokens']} tokens, "
+    emit(TrainEvent("message", f"Training finished: {_count(total, 'step')}, "
+                    f"{_count(progress['trained_tokens'], 'token')}, "
                     f"padding waste {waste:.1%}; model in {final}"))
     return result
 

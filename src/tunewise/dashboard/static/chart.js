@@ -1,10 +1,16 @@
-// A small SVG line chart: a few series of (x, y) points, axes with rounded ticks, a legend.
+// A small SVG line chart: a few series of (x, y) points, axes with rounded ticks, a legend below the plot.
 // Redrawn whole on every update: a few hundred points per chart is nothing for the browser.
+// The chart is drawn at the width its box has (within MIN_W..MAX_W), so its text is shown at its own size
+// whether the chart fills a page or half a card; the legend sits under the x axis, outside the plot area, and
+// the drawing grows downwards to hold every legend row.
 
 const NS = "http://www.w3.org/2000/svg";
-const W = 640;
-const H = 260;
+const MIN_W = 300;
+const MAX_W = 760;
+const PLOT_H = 260; // title, plot area and x axis; the legend comes below
 const PAD = { left: 56, right: 16, top: 28, bottom: 36 };
+const LEGEND_ROW = 18;
+const LEGEND_GAP = 18; // between legend items on one row
 export const COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed"];
 
 function s(tag, attrs = {}, text) {
@@ -46,14 +52,47 @@ function stepOf(values) {
  * The svg carries data-points="n1,n2,..." so a test (or a person with devtools) can see how many points each
  * series holds.
  */
-export function lineChart(container, { title, series, xLabel = "", yLabel = "", marks = [], empty = "No data yet",
+export function lineChart(container, options) {
+  const svg = draw(container, options);
+  redrawOnResize(container, options, svg.viewBox.baseVal.width);
+  return svg;
+}
+
+// A chart whose box changes width (a window resized, a grid that reflows) is drawn again at the new width, so
+// its text keeps its size; small changes only scale it.
+const drawn = new WeakMap();
+function redrawOnResize(container, options, width) {
+  const known = drawn.get(container);
+  if (known) { known.options = options; known.width = width; return; }
+  if (typeof ResizeObserver === "undefined") return;
+  const state = { options, width };
+  drawn.set(container, state);
+  new ResizeObserver(() => {
+    const now = Math.round(Math.min(MAX_W, Math.max(MIN_W, container.clientWidth || 0)));
+    if (!container.isConnected || !container.clientWidth || Math.abs(now - state.width) < 24) return;
+    state.width = draw(container, state.options).viewBox.baseVal.width;
+  }).observe(container);
+}
+
+function draw(container, { title, series, xLabel = "", yLabel = "", marks = [], empty = "No data yet",
   integerX = false }) {
+  const W = Math.round(Math.min(MAX_W, Math.max(MIN_W, container.clientWidth || 640)));
+  const H = PLOT_H;
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": title || "chart" });
   svg.dataset.points = series.map((x) => x.points.length).join(",");
   if (title) svg.append(s("text", { x: PAD.left, y: 18, class: "chart-title" }, title));
   const all = series.flatMap((x) => x.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
   if (!all.length) {
-    svg.append(s("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "chart-empty" }, empty));
+    // The message in as many centred lines as the width needs (a half-width card is narrow).
+    const text = s("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "chart-empty" });
+    const perLine = Math.max(12, Math.floor((W - 24) / 7.5));
+    const lines = [];
+    for (const word of empty.split(" ")) {
+      if (lines.length && (lines[lines.length - 1] + " " + word).length <= perLine) lines[lines.length - 1] += " " + word;
+      else lines.push(word);
+    }
+    lines.forEach((line, i) => text.append(s("tspan", { x: W / 2, dy: i ? "1.3em" : `${-0.65 * (lines.length - 1)}em` }, line)));
+    svg.append(text);
     container.replaceChildren(svg);
     return svg;
   }
@@ -92,6 +131,7 @@ export function lineChart(container, { title, series, xLabel = "", yLabel = "", 
     if (m.label) svg.append(s("text", { x: px(m.x) + 4, y: PAD.top + 12, class: "mark-label" }, m.label));
   }
 
+  const legend = s("g", { class: "chart-legend" });
   series.forEach((ser, i) => {
     const color = ser.color || COLORS[i % COLORS.length];
     const pts = ser.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
@@ -107,13 +147,35 @@ export function lineChart(container, { title, series, xLabel = "", yLabel = "", 
       for (const [x, y] of pts) g.append(s("circle", { cx: px(x), cy: py(y), r: 2.5, fill: color }));
     }
     svg.append(g);
-    const lx = W - PAD.right - 150;
-    const ly = PAD.top + 4 + i * 16;
-    svg.append(s("line", { x1: lx, x2: lx + 18, y1: ly, y2: ly, stroke: color, "stroke-width": 2.5,
-      "stroke-dasharray": ser.dashed ? "6 4" : "none" }));
     const last = pts.length ? ` (${label(pts[pts.length - 1][1])})` : "";
-    svg.append(s("text", { x: lx + 24, y: ly + 4, class: "legend" }, `${ser.label || ser.name}${last}`));
+    const item = s("g", { class: "legend-item", "data-series": ser.name });
+    item.append(s("line", { x1: 0, x2: 18, y1: 0, y2: 0, stroke: color, "stroke-width": 2.5,
+      "stroke-dasharray": ser.dashed ? "6 4" : "none" }));
+    item.append(s("text", { x: 24, y: 4, class: "legend" }, `${ser.label || ser.name}${last}`));
+    legend.append(item);
   });
+  svg.append(legend);
   container.replaceChildren(svg);
+  svg.setAttribute("viewBox", `0 0 ${W} ${layoutLegend(legend, W, PLOT_H + 4)}`);
   return svg;
 }
+
+// Lay the legend items out in rows under the plot (left to right, a new row when one is full) and return the
+// height the drawing needs. Widths are measured where the chart is shown; an estimate stands in where it is not.
+function layoutLegend(legend, W, top) {
+  let x = PAD.left;
+  let row = 0;
+  for (const item of legend.children) {
+    const text = item.querySelector("text");
+    let width = 0;
+    try { width = text.getComputedTextLength(); } catch { width = 0; }
+    if (!(width > 0)) width = 7 * text.textContent.length;
+    const w = 24 + width;
+    if (x > PAD.left && x + w > W - PAD.right) { x = PAD.left; row += 1; }
+    const y = top + LEGEND_ROW * (row + 0.5);
+    item.setAttribute("transform", `translate(${x.toFixed(1)},${y.toFixed(1)})`);
+    x += w + LEGEND_GAP;
+  }
+  return legend.children.length ? Math.ceil(top + LEGEND_ROW * (row + 1) + 4) : PLOT_H;
+}
+

@@ -74,6 +74,19 @@ export const fmt = {
   },
 };
 
+// A model name (ft:BASE:PROJECT:SUFFIX:ID[:ckpt-step-N]) as code that wraps only after a ':', never inside a
+// part: each part is kept whole (white-space: nowrap in the stylesheet) and <wbr> marks where a line may end.
+// The text stays the name itself, so copying it copies the name.
+export function modelName(name, attrs = {}) {
+  const parts = String(name).split(/(?<=:)/);
+  const code = h("code", { ...attrs, class: `model-name${attrs.class ? ` ${attrs.class}` : ""}` });
+  parts.forEach((part, i) => {
+    if (i) code.append(document.createElement("wbr"));
+    code.append(h("span", {}, part));
+  });
+  return code;
+}
+
 export function statusBadge(status) {
   return h("span", { class: `badge status-${status}` }, status);
 }

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from tunewise import __version__
 from tunewise.errors import TunewiseError, UsageError
 from tunewise.serve import naming
-from tunewise.serve.app import PrincipalDep, StateDep
+from tunewise.serve.deps import PrincipalDep, StateDep
 from tunewise.serve.errors import TYPES
 from tunewise.serve.errors import body as error_body
 from tunewise.serve.routes import stored

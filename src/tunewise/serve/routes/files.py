@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from tunewise.errors import NotFound, UsageError
-from tunewise.serve.app import PrincipalDep, State, StateDep
+from tunewise.serve.deps import PrincipalDep, State, StateDep
 from tunewise.serve.errors import ApiError
 from tunewise.serve.store import new_id, now
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunewise.errors import Conflict, NotFound, Unsupported, UsageError
 from tunewise.serve import naming
-from tunewise.serve.app import PrincipalDep, State, StateDep
+from tunewise.serve.deps import PrincipalDep, State, StateDep
 from tunewise.serve.errors import ApiError
 from tunewise.serve.store import ACTIVE, new_id, now
 
@@ -160,7 +160,7 @@ def _check_file(state: State, project: str, file_id: str, param: str,
                           file_id, project)
     if row is None:
         raise UsageError(f"File '{file_id}' not found.", param=param, code="invalid_file",
-                         hint=f"Upload it first with client.files.create(file=..., purpose='{purposes[0]}').")
+                         hint=f"Upload it first with purpose '{purposes[0]}' (POST /v1/files; `tunewise files upload FILE`).")
     if row["purpose"] not in purposes:
         raise UsageError(f"File '{file_id}' has purpose '{row['purpose']}', not "
                          f"{' or '.join(repr(p) for p in purposes)}.", param=param, code="invalid_file")

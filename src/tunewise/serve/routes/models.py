@@ -11,7 +11,7 @@ from fastapi import APIRouter
 
 from tunewise import models
 from tunewise.errors import ModelNotFound
-from tunewise.serve.app import PrincipalDep, State, StateDep
+from tunewise.serve.deps import PrincipalDep, State, StateDep
 from tunewise.serve.errors import ApiError
 from tunewise.serve.store import now
 

@@ -8,9 +8,13 @@ import { clear, field, flash, fmt, h, table } from "../dom.js";
 export async function render(ctx) {
   const [catalog, files] = await Promise.all([api("/dashboard/catalog"), listAll("/files", { purpose: "fine-tune" })]);
   const priced = catalog.data.filter((m) => m.provider !== "local");
+  const usd = (x) => fmt.usd(x ?? 0);
   const model = h("select", { id: "calc-model" },
     [...priced, ...catalog.data.filter((m) => m.provider === "local")].map((m) =>
-      h("option", { value: m.name }, `${m.name} (in $${m.input}/out $${m.output}; ft in $${m.ft_input}/out $${m.ft_output}; training $${m.training} per 1M)`)));
+      h("option", { value: m.name }, `${m.name} (in ${usd(m.input)}/out ${usd(m.output)}; ft in ${usd(m.ft_input)}/out ${usd(m.ft_output)}; training ${usd(m.training)} per 1M)`)));
+  // The guide's model, as `tunewise breakeven` assumes; the first priced model where a catalog lacks it.
+  const start = priced.find((m) => m.name === catalog.default_model) || priced[0] || catalog.data[0];
+  if (start) model.value = start.name;
   const num = (id, value) => h("input", { id, type: "number", min: 0, step: "any", value: String(value) });
   const prompt = num("calc-prompt", 1500);
   const ftPrompt = num("calc-ft-prompt", 200);

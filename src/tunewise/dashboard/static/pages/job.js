@@ -3,7 +3,7 @@
 
 import { api, download } from "../api.js";
 import { lineChart } from "../chart.js";
-import { clear, flash, fmt, h, statusBadge, table } from "../dom.js";
+import { clear, flash, fmt, h, modelName, statusBadge, table } from "../dom.js";
 import { ACTIVE } from "./jobs.js";
 
 const POLL_MS = 1500;
@@ -49,10 +49,10 @@ export async function render(ctx, id) {
     h("p", {}, h("a", { href: "#/jobs" }, "← All jobs")),
     h("div", { class: "row spread" }, h("h1", {}, "Job ", h("code", {}, id)), el.status),
     h("section", { class: "card" }, el.facts, el.buttons, h("div", { class: "row" }, el.bar, el.progress), el.error),
-    h("section", { class: "grid2" }, h("div", { class: "card" }, el.trainChart), h("div", { class: "card" }, el.validChart)),
-    h("section", { class: "grid2" },
-      h("div", { class: "card" }, el.accChart),
-      h("div", { class: "card" }, h("h2", {}, "Checkpoints"), el.checkpoints)),
+    h("section", { class: "grid3" }, h("div", { class: "card" }, el.trainChart), h("div", { class: "card" }, el.validChart),
+      h("div", { class: "card" }, el.accChart)),
+    // Full width: a checkpoint's name (and, with an eval set, three more columns) fit on one line.
+    h("section", { class: "card", id: "job-checkpoints-card" }, h("h2", {}, "Checkpoints"), el.checkpoints),
     h("section", { class: "card" }, h("div", { class: "row spread" }, h("h2", {}, "Events"),
       h("label", {}, el.showSteps, " show step messages")), el.events));
   el.showSteps.addEventListener("change", () => drawEvents(el.events, events, el.showSteps.checked));
@@ -114,7 +114,7 @@ function drawJob(el, actions, job) {
   const facts = [
     ["Model", job.model],
     ["Fine-tuned model", job.fine_tuned_model
-      ? h("a", { href: `#/models?model=${encodeURIComponent(job.fine_tuned_model)}` }, h("code", {}, job.fine_tuned_model)) : "—"],
+      ? h("a", { href: `#/models?model=${encodeURIComponent(job.fine_tuned_model)}` }, modelName(job.fine_tuned_model)) : "—"],
     ["Training file", h("code", {}, job.training_file)],
     ["Validation file", job.validation_file ? h("code", {}, job.validation_file) : "—"],
     ["Epochs", hp.n_epochs], ["Batch size", hp.batch_size], ["LR multiplier", hp.learning_rate_multiplier],
@@ -197,7 +197,7 @@ function drawCheckpoints(el, ckpts) {
         h("td", { class: "num eval-exact" }, pct(m.eval_exact_match))] : [];
       return h("tr", { "data-step": c.step_number },
         h("td", { class: "num" }, c.step_number),
-        h("td", {}, h("code", {}, c.fine_tuned_model_checkpoint)),
+        h("td", {}, modelName(c.fine_tuned_model_checkpoint)),
         h("td", { class: "num" }, fmt.num(m.train_loss)),
         h("td", { class: "num" }, fmt.num(m.valid_loss)),
         ...evalCells,

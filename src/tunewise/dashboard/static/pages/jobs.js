@@ -1,7 +1,7 @@
 // Jobs: every fine-tuning job of the project, newest first; refreshed while any is still active.
 
 import { api } from "../api.js";
-import { clear, flash, fmt, h, statusBadge, table } from "../dom.js";
+import { clear, flash, fmt, h, modelName, statusBadge, table } from "../dom.js";
 
 export const ACTIVE = ["validating_files", "queued", "running", "paused"];
 const PAGE = 50;
@@ -29,7 +29,7 @@ export async function render(ctx) {
           h("td", {}, h("a", { href: `#/jobs/${j.id}` }, h("code", {}, j.id))),
           h("td", {}, j.model),
           h("td", {}, statusBadge(j.status)),
-          h("td", {}, j.fine_tuned_model ? h("code", {}, j.fine_tuned_model) : ""),
+          h("td", {}, j.fine_tuned_model ? modelName(j.fine_tuned_model) : ""),
           h("td", {}, fmt.time(j.created_at)),
           h("td", { class: "num" }, fmt.num(j.trained_tokens)))),
         { id: "jobs-table" }));

@@ -1,7 +1,7 @@
 // Models: the list (delete a fine-tuned one), and a side-by-side chat with a fine-tuned model and its base.
 
 import { api } from "../api.js";
-import { clear, field, flash, fmt, h, table } from "../dom.js";
+import { clear, field, flash, fmt, h, modelName, table } from "../dom.js";
 
 // ft:BASE:PROJECT:SUFFIX:ID[:ckpt-step-N] -> BASE
 export function baseOf(name) {
@@ -48,7 +48,7 @@ export async function render(ctx) {
     }
     clear(list, table(["Model", "Owned by", "Runs on", "Created", ""], models.data.map((m) => {
       const standIn = catalog.aliases[m.id];
-      const cells = [h("td", {}, h("code", {}, m.id)), h("td", {}, m.owned_by),
+      const cells = [h("td", {}, modelName(m.id)), h("td", {}, m.owned_by),
         h("td", { class: "muted" }, m.id.startsWith("ft:") ? "its adapter" : standIn ? `stand-in: ${standIn}` : "itself"),
         h("td", {}, fmt.time(m.created))];
       const tryIt = h("button", { type: "button", class: "small", onclick: () => {

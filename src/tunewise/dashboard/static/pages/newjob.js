@@ -21,8 +21,9 @@ export async function render(ctx) {
   const training = h("select", { id: "new-training-file", required: true }, fileOptions());
   const validation = h("select", { id: "new-validation-file" }, fileOptions("none"));
   const model = h("input", { id: "new-model", list: "new-model-list", required: true, spellcheck: "false",
-    // What this server trains by default (an OpenAI name would train the same stand-in).
-    value: catalog.default_local_model || models.data.find((m) => !m.id.startsWith("ft:"))?.id || "" });
+    // The guide's model, as `tunewise jobs create` shows it: priced at OpenAI's rate, trained here on its
+    // local stand-in for free. A server without a catalog falls back to what it trains by default.
+    value: catalog.default_model || catalog.default_local_model || models.data.find((m) => !m.id.startsWith("ft:"))?.id || "" });
   const epochs = h("input", { id: "new-epochs", placeholder: "auto", inputmode: "numeric" });
   const batch = h("input", { id: "new-batch-size", placeholder: "auto", inputmode: "numeric" });
   const lr = h("input", { id: "new-lr", placeholder: "auto", inputmode: "decimal" });
@@ -116,11 +117,22 @@ function drawEstimate(el, e) {
     ["Billed tokens", fmt.num(e.billed_tokens)],
     ["Price", `${fmt.usd(e.price_per_1m)} per 1M training tokens (${e.model})`],
   ];
+  // As `tunewise jobs create` says it: what OpenAI would charge for the named OpenAI model, and that this
+  // (local) service trains it for free.
   const local = e.provider === "local";
+  const there = local ? e.openai : e;
   clear(el,
-    h("p", { class: "big", id: "new-estimate-cost" }, local ? "$0.00" : fmt.usd(e.cost_usd),
-      h("span", { class: "muted" }, local ? " (a local model: no token charge)" : ` at ${e.model}'s price on OpenAI`)),
-    e.local_model && !local ? h("p", { class: "muted" }, `Trained here on the local stand-in ${e.local_model}, at no token charge.`) : null,
+    local
+      ? h("p", { class: "big", id: "new-estimate-cost" }, "$0.00",
+        h("span", { class: "muted" }, ` here: ${e.model} is a local model, trained on this server for free`))
+      : h("p", { class: "big", id: "new-estimate-cost" }, fmt.usd(e.cost_usd),
+        h("span", { class: "muted" }, ` on OpenAI, at ${e.model}'s training price`)),
+    local
+      ? (there ? h("p", { id: "new-estimate-openai" }, `OpenAI would charge ${fmt.usd(there.cost_usd)} for `
+        + `${fmt.num(there.billed_tokens)} tokens to fine-tune ${there.model} on this file `
+        + `(${fmt.usd(there.price_per_1m)} per 1M training tokens).`) : null)
+      : h("p", { id: "new-estimate-local" }, "This server trains it for free: $0.00 here",
+        e.local_model ? [", on its local stand-in ", h("code", {}, e.local_model)] : null, "."),
     h("dl", { class: "facts" }, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
     (e.warnings || []).length ? h("ul", { class: "warnings" }, e.warnings.map((w) => h("li", {}, w))) : null);
 }

@@ -1,0 +1,33 @@
+"""OpenAI's fine-tuning hyperparameters and the values a job accepts, in one place for the client and the server.
+
+Imports nothing heavy, so the client commands can check a job's settings before they upload anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunewise.errors import UsageError
+
+HYPERPARAMETER_RANGES: dict[str, tuple[float, float, type]] = {
+    "n_epochs": (1, 25, int), "batch_size": (1, 256, int), "learning_rate_multiplier": (0, 100, float)}
+"""name -> (low, high, kind): integers in [low, high], multipliers in (low, high]."""
+
+
+def check_hyperparameter(name: str, value: Any) -> int | float | str:
+    """``value`` checked against ``HYPERPARAMETER_RANGES`` ('auto' and None pass as 'auto'); raises ``UsageError``."""
+    if name not in HYPERPARAMETER_RANGES:
+        raise UsageError(f"Unknown hyperparameter {name!r}.", param=f"hyperparameters.{name}",
+                         hint="Supervised fine-tuning takes " + ", ".join(HYPERPARAMETER_RANGES) + ".")
+    low, high, kind = HYPERPARAMETER_RANGES[name]
+    if value == "auto" or value is None:
+        return "auto"
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if ok and kind is int:
+        ok = float(value).is_integer() and low <= value <= high
+    elif ok:
+        ok = low < value <= high
+    if not ok:
+        limits = f"an integer from {low:g} to {high:g}" if kind is int else f"a number in ({low:g}, {high:g}]"
+        raise UsageError(f"Invalid {name} {value!r}: expected 'auto' or {limits}.", param=f"hyperparameters.{name}")
+    return int(value) if kind is int else float(value)
