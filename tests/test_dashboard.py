@@ -417,7 +417,6 @@ def test_reports_page_shows_a_report_in_a_sandboxed_frame(page, server):
 def test_reports_page_shows_a_written_report_with_its_plots(page, server, tmp_path):
     # A report as `tunewise decide` writes it (tunewise.eval.report), shown in the frame with its three plots.
     from test_decide import BASE, FT, METRICS_CSV, build_run, kinds
-
     from tunewise.eval import decide, write_report
 
     n = 40

@@ -149,3 +149,28 @@ def test_distill_from_stored_completions(server, tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(capsys, "distill", "--from-stored", "--metadata", "task=none", "--out",
                            str(tmp_path / "n.jsonl"))
     assert code == 1 and "No stored chat completions matching task=none" in err
+
+
+def test_openai_shaped_graders_check_the_answers(server, inputs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", server.api_key)
+    (tmp_path / "schema.json").write_text(json.dumps(SCHEMA))
+    keep = tmp_path / "keep.yaml"
+    keep.write_text(json.dumps({"type": "string_check", "name": "has-items", "input": "{{ sample.output_text }}",
+                                "reference": "items", "operation": "like"}))
+    refuse = tmp_path / "refuse.json"
+    refuse.write_text(json.dumps({"type": "string_check", "name": "echoes-input", "operation": "eq",
+                                  "input": "{{ sample.output_text }}", "reference": "{{ item.input }}"}))
+    args = ("distill", str(inputs), "--teacher", "gpt-4o-mini", "--schema", str(tmp_path / "schema.json"),
+            "--structured", "--max-tokens", "48", "--json")
+    code, stdout, err = run_cli(capsys, *args, "--out", str(tmp_path / "a.jsonl"), "--grader", str(keep))
+    assert code == 0, err
+    assert "grader" not in json.loads(stdout)["left_out"]
+    code, stdout, err = run_cli(capsys, *args, "--out", str(tmp_path / "b.jsonl"), "--grader", str(keep),
+                                "--grader", str(refuse))
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["n_kept"] == 0 and summary["left_out"].get("grader", 0) + summary["left_out"].get(
+        "truncated", 0) == len(ITEMS) and summary["left_out"].get("grader", 0) > 0
+    rejected = [json.loads(line) for line in (tmp_path / "b.rejected.jsonl").read_text().splitlines()]
+    assert any(r["reason"] == "grader" and r["detail"].startswith("echoes-input: reward 0") for r in rejected)

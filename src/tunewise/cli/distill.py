@@ -61,6 +61,9 @@ def _teacher(teacher: str | None, teacher_prompt: str | None, candidates_file: s
 @click.option("--structured", is_flag=True, help="Ask the teacher for structured outputs from --schema.")
 @click.option("--must-match", "patterns", multiple=True, metavar="REGEX",
               help="A grader: kept answers must match this regular expression (repeatable).")
+@click.option("--grader", "grader_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="OpenAI-shaped graders (YAML or JSON, as `tunewise graders`) every kept answer must pass "
+              "(repeatable).")
 @click.option("--max-tokens", type=int, default=None, help="Longest teacher answer; a cut-off answer is left out.")
 @click.option("--from-stored", is_flag=True,
               help="Build the file from the server's stored completions instead of asking a teacher.")
@@ -78,16 +81,40 @@ def _teacher(teacher: str | None, teacher_prompt: str | None, candidates_file: s
               help="TOML file overriding catalog prices (default: $TUNEWISE_PRICES).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def distill(inputs, out_path, teacher, teacher_prompt, candidates_file, student_prompt, schema, structured,
-            patterns, max_tokens, from_stored, metadata_pairs, stored_model, student_model, epochs, concurrency,
+            patterns, grader_files, max_tokens, from_stored, metadata_pairs, stored_model, student_model, epochs, concurrency,
             limit, no_cache, prices, as_json) -> None:
     """Write a training file whose answers are a teacher's (INPUTS: JSONL of user messages or chat examples
     without answers), each checked, for a student with a short prompt; or build it from stored completions."""
-    from tunewise.cli.cost import _epochs
     from tunewise.cli.eval import _schema
     from tunewise.eval import distill as D
 
     schema_doc = _schema(schema)
     graders = [D.regex_grader(p) for p in patterns]
+    judge = None
+    if grader_files:
+        from tunewise.client import resolve_target
+        from tunewise.eval.graders import GradingContext, ModelJudge, load_graders
+
+        loaded = [g for f in grader_files for g in load_graders(f)]
+        context = GradingContext()
+        if any(g.uses_model for g in loaded):
+            target = resolve_target()  # model graders ask the same service as everything else
+            judge = context.judge = ModelJudge(target.base_url, target.api_key)
+        graders += [D.openai_grader(g, context) for g in loaded]
+    try:
+        _run(D, inputs, out_path, teacher, teacher_prompt, candidates_file, student_prompt, schema_doc, structured,
+             graders, max_tokens, from_stored, metadata_pairs, stored_model, student_model, epochs, concurrency,
+             limit, no_cache, prices, as_json)
+    finally:
+        if judge is not None:
+            judge.close()
+
+
+def _run(D, inputs, out_path, teacher, teacher_prompt, candidates_file, student_prompt, schema_doc, structured,
+         graders, max_tokens, from_stored, metadata_pairs, stored_model, student_model, epochs, concurrency, limit,
+         no_cache, prices, as_json) -> None:
+    from tunewise.cli.cost import _epochs
+
     prompt = Path(student_prompt).read_text(encoding="utf-8") if student_prompt else None
     common = {"student_prompt": prompt, "schema": schema_doc, "graders": graders, "limit": limit,
               "student_model": student_model, "prices": prices, "epochs": _epochs(epochs)}

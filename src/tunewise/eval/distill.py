@@ -169,6 +169,28 @@ def regex_grader(pattern: str) -> Grader:
     return grade
 
 
+def openai_grader(grader, context=None) -> Grader:
+    """A grader in OpenAI's shape (``tunewise.eval.graders``: ``string_check``, ``text_similarity``, ``score_model``,
+    ``python``, ``multi``) as a distillation check. Its templates see ``{{ sample.output_text }}`` (the answer) and
+    ``{{ item.input }}`` (the last user message) and ``{{ item.messages }}``. The answer is kept when the grader
+    passes it (its ``pass_threshold``; ``string_check``: a match) or, for a grader without a pass rule, when its
+    reward is 1; a grader that fails on the answer (a judge error) leaves it out."""
+    from tunewise.eval.graders import grade
+
+    def check(answer: str, messages: list[dict]) -> bool | str:
+        users = [m.get("content") for m in messages if m.get("role") == "user"]
+        item = {"input": users[-1] if users else "", "messages": messages}
+        result = grade(grader, answer, item, context)
+        passed = result.passed if result.passed is not None else result.reward >= 1.0
+        flags = [k for k, v in result.errors.items() if v] if isinstance(result.errors, dict) else []
+        if passed and not flags:
+            return True
+        return f"{grader.name}: reward {result.reward:g}" + (f" ({', '.join(flags)})" if flags else "")
+
+    check.__name__ = grader.name
+    return check
+
+
 def check_answer(answer: str | None, finish_reason: str | None, validator=None,
                  graders: Iterable[Grader] = (), messages: list[dict] | None = None) -> tuple[str, str] | None:
     """(reason, detail) when the answer must be left out, None when it is kept."""
