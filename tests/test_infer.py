@@ -272,7 +272,7 @@ def test_adapter_without_a_base_model_is_a_clear_error(engine, adapters, tmp_pat
         ({"messages": []}, UsageError, "messages"),
         ({"max_tokens": 0}, UsageError, "max_tokens"),
         ({"temperature": 3}, UsageError, "temperature"),
-        ({"top_p": 0}, UsageError, "top_p"),
+        ({"top_p": 1.5}, UsageError, "top_p"),
         ({"n": 9}, UsageError, "n"),
         ({"stop": ["a", "b", "c", "d", "e"]}, UsageError, "stop"),
         ({"response_format": {"type": "xml"}}, UsageError, "response_format"),
@@ -315,3 +315,20 @@ def test_engine_settings_are_checked(kw):
     with pytest.raises(UsageError) as info:
         Engine(**kw)
     assert info.value.param == next(iter(kw))
+
+
+def test_top_p_zero_samples_only_the_most_likely_token(engine):
+    greedy = engine.generate(ask(temperature=0, max_tokens=10)).choices[0].text
+    for seed in (1, 2):
+        assert engine.generate(ask(temperature=1.5, top_p=0, seed=seed, max_tokens=10)).choices[0].text == greedy
+
+
+def test_default_max_tokens_stops_at_the_context_end_instead_of_refusing(engine, tokenizer):
+    overhead = len(tokenizer.apply_chat_template([{"role": "user", "content": "word "}], add_generation_prompt=True,
+                                                 tokenize=True, return_dict=False)) - 1
+    text = "word " * (2048 - 5 - overhead)
+    res = engine.generate(ask(text, max_tokens=None, default_max_tokens=4096, temperature=0))
+    assert res.prompt_tokens == 2043
+    assert res.total_tokens == 2048 if res.choices[0].finish_reason == "length" else res.total_tokens < 2048
+    short = engine.generate(ask(max_tokens=None, default_max_tokens=3, temperature=0))
+    assert short.completion_tokens <= 3

@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("tunewise.cli.serve:keys", "API keys of the local service, one project each."),
     "eval": ("tunewise.cli.eval:eval_command", "Score candidates (model + prompt) on a held-out set."),
     "decide": ("tunewise.cli.eval:decide", "The verdict from an evaluation, with cost and a report."),
+    "distill": ("tunewise.cli.distill:distill", "A training file from a teacher's checked answers, or stored ones."),
     "graders": ("tunewise.cli.graders:graders", "Check and run graders in OpenAI's shapes on one answer."),
 }
 

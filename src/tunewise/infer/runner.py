@@ -206,7 +206,8 @@ class ModelRunner:
                 "the completion).",
                 hint="Reduce the length of the messages or max_tokens.", code="context_length_exceeded",
                 param="messages")
-        max_tokens = request.max_tokens or self.context_length - n_prompt
+        max_tokens = request.max_tokens or min(self.context_length - n_prompt,
+                                               request.default_max_tokens or self.context_length)
         compiled = self.grammars.compile(request.response_format)
         return Job(request, prompt_ids, max_tokens, adapter, compiled, self.stop_ids)
 
@@ -433,6 +434,7 @@ class ModelRunner:
                 sorted_probs, order = probs.sort(descending=True)
                 # Keep the smallest prefix whose mass reaches top_p (the most likely token always stays).
                 drop = (sorted_probs.cumsum(0) - sorted_probs) >= s.top_p
+                drop[0] = False  # top_p=0 keeps exactly the most likely token
                 sorted_probs[drop] = 0.0
                 tokens[i] = int(order[_draw(sorted_probs, s.generator)])
         return tokens

@@ -28,11 +28,16 @@ class GenerationRequest:
     messages: list[dict[str, Any]]
     """OpenAI chat messages (``role``, ``content`` as a string or a list of text parts)."""
     max_tokens: int | None = None
-    """Most tokens to generate per choice; ``None`` means up to the model's context length."""
+    """Most tokens to generate per choice; ``None`` means up to the model's context length (or ``default_max_tokens``).
+    A request whose messages plus ``max_tokens`` do not fit the context is refused."""
+    default_max_tokens: int | None = None
+    """With ``max_tokens`` left out: the most tokens to generate, or fewer where the context ends sooner (never a
+    reason to refuse the request). The server sets it to its ``max_chat_tokens``."""
     temperature: float = 1.0
     """0 is greedy (argmax); otherwise logits are divided by it before sampling. 0 to 2."""
     top_p: float = 1.0
-    """Nucleus sampling: sample only from the smallest set of tokens whose probability reaches ``top_p``."""
+    """Nucleus sampling: sample only from the smallest set of tokens whose probability reaches ``top_p`` (0 to 1; the
+    most likely token always stays, so 0 samples only it)."""
     stop: str | list[str] | None = None
     """Up to 4 strings; generation stops before the first one, which is not part of the text."""
     seed: int | None = None
@@ -64,8 +69,12 @@ class GenerationRequest:
         if not isinstance(self.temperature, int | float) or not 0 <= self.temperature <= MAX_TEMPERATURE:
             raise UsageError(f"temperature must be between 0 and {MAX_TEMPERATURE}, not {self.temperature!r}.",
                              hint="Use 0 for greedy decoding.", param="temperature")
-        if not isinstance(self.top_p, int | float) or not 0 < self.top_p <= 1:
-            raise UsageError(f"top_p must be in (0, 1], not {self.top_p!r}.", param="top_p")
+        if self.default_max_tokens is not None and (not isinstance(self.default_max_tokens, int)
+                                                    or self.default_max_tokens < 1):
+            raise UsageError(f"default_max_tokens must be a positive integer, not {self.default_max_tokens!r}.",
+                             param="default_max_tokens")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, int | float) or not 0 <= self.top_p <= 1:
+            raise UsageError(f"top_p must be between 0 and 1, not {self.top_p!r}.", param="top_p")
         if not isinstance(self.n, int) or self.n < 1:
             raise UsageError(f"n must be a positive integer, not {self.n!r}.", param="n")
         if self.n > max_batch_size:

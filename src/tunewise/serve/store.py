@@ -114,6 +114,20 @@ MIGRATIONS: list[tuple[str, str]] = [
         -- is scored on it and the scores join the checkpoint's metrics.
         ALTER TABLE jobs ADD COLUMN eval TEXT;
     """),
+    ("0006_stored_completions", """
+        -- Chat completions created with `store: true` (OpenAI's stored completions), the inputs of distillation.
+        CREATE TABLE stored_completions (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- creation order, for stable pagination
+            id TEXT NOT NULL UNIQUE,                -- chatcmpl-...
+            project TEXT NOT NULL,
+            model TEXT NOT NULL,                    -- as the request named it
+            metadata TEXT NOT NULL DEFAULT '{}',    -- JSON object of strings; updated by POST /chat/completions/{id}
+            request TEXT NOT NULL,                  -- JSON: the request's parameters, messages included
+            response TEXT NOT NULL,                 -- JSON: the chat.completion object as answered
+            created_at INTEGER NOT NULL
+        );
+        CREATE INDEX stored_completions_project ON stored_completions(project, seq);
+    """),
 ]
 
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -26,6 +26,8 @@ from tunewise.serve.deps import PrincipalDep, StateDep
 from tunewise.serve.errors import TYPES
 from tunewise.serve.errors import body as error_body
 from tunewise.serve.limits import check_model_name, check_schema_bounds
+from tunewise.serve.routes import stored
+from tunewise.serve.routes.chat_fields import refuse_unsupported
 from tunewise.serve.store import new_id
 
 router = APIRouter(tags=["chat"])
@@ -34,9 +36,10 @@ log = logging.getLogger("tunewise.serve")
 
 
 class ChatRequest(BaseModel):
-    """The parameters of OpenAI's CreateChatCompletionRequest that the engine honours (others are ignored)."""
+    """The parameters of OpenAI's CreateChatCompletionRequest that the engine honours; the others are kept in
+    ``model_extra`` and checked by ``chat_fields.refuse_unsupported``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
     model: str
     messages: list[dict[str, Any]]
     max_tokens: int | None = None
@@ -49,6 +52,8 @@ class ChatRequest(BaseModel):
     stream: bool | None = None
     stream_options: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    store: bool | None = None
+    metadata: dict[str, Any] | None = None
 
 
 def _generation_request(body: ChatRequest, local: str, max_chat_tokens: int):
@@ -64,7 +69,8 @@ def _generation_request(body: ChatRequest, local: str, max_chat_tokens: int):
     if response_format and response_format.get("type") == "text":
         response_format = None
     return GenerationRequest(
-        model=local, messages=body.messages, max_tokens=max_tokens if max_tokens is not None else max_chat_tokens,
+        # Without max_tokens the answer may run to the context's end (at most max_chat_tokens): never refused.
+        model=local, messages=body.messages, max_tokens=max_tokens, default_max_tokens=max_chat_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p, stop=body.stop, seed=body.seed,
         n=1 if body.n is None else body.n, response_format=response_format)
@@ -107,6 +113,8 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 async def create_chat_completion(body: ChatRequest, request: Request, state: StateDep,
                                  principal: PrincipalDep) -> dict[str, Any] | StreamingResponse:
     check_model_name(body.model)
+    refuse_unsupported(body.model_extra or {})
+    metadata = stored.check_metadata(body.metadata)
     target = naming.resolve(state.store, state.settings, principal.project, body.model)
     req = _generation_request(body, target.local, state.settings.max_chat_tokens)
     req.check(state.settings.engine_max_batch_size)
@@ -115,7 +123,7 @@ async def create_chat_completion(body: ChatRequest, request: Request, state: Sta
     fingerprint = f"fp_tunewise_{__version__}"
     if not body.stream:
         result = await _generate_while_connected(request, engine, req)
-        return {
+        answer = {
             "id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
             "system_fingerprint": fingerprint,
             "choices": [{"index": c.index, "finish_reason": c.finish_reason, "logprobs": None,
@@ -123,6 +131,9 @@ async def create_chat_completion(body: ChatRequest, request: Request, state: Sta
                         for c in result.choices],
             "usage": _usage(result.prompt_tokens, result.completion_tokens),
         }
+        if body.store:
+            stored.save(state.store, principal.project, body.model_dump(exclude_none=True), answer, metadata)
+        return answer
 
     include_usage = bool((body.stream_options or {}).get("include_usage"))
     deltas = await run_in_threadpool(engine.stream, req)  # loads the model on first use
@@ -142,10 +153,16 @@ async def create_chat_completion(body: ChatRequest, request: Request, state: Sta
             yield first
         yield from deltas
 
+    texts: dict[int, list[str]] = {}
+    finished: dict[int, str] = {}
+
     async def events() -> AsyncIterator[str]:
         started: set[int] = set()
         try:
             async for delta in iterate_in_threadpool(rest()):
+                texts.setdefault(delta.index, []).append(delta.text)
+                if delta.finish_reason is not None:
+                    finished[delta.index] = delta.finish_reason
                 if delta.index not in started:
                     started.add(delta.index)
                     yield chunk([{"index": delta.index, "delta": {"role": "assistant", "content": ""},
@@ -166,6 +183,16 @@ async def create_chat_completion(body: ChatRequest, request: Request, state: Sta
             return
         finally:
             deltas.close()  # a client that went away stops the decoding of its rows
+        if body.store and len(finished) == req.n:  # a complete answer, as the non-streamed one is stored
+            usage = deltas.usage or {}
+            stored.save(state.store, principal.project, body.model_dump(exclude_none=True), {
+                "id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
+                "system_fingerprint": fingerprint,
+                "choices": [{"index": i, "finish_reason": finished[i], "logprobs": None,
+                             "message": {"role": "assistant", "content": "".join(texts.get(i, [])), "refusal": None,
+                                         "annotations": []}} for i in sorted(finished)],
+                "usage": _usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+            }, metadata)
         if include_usage:
             yield chunk([], deltas.usage)
         yield "data: [DONE]\n\n"

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import random
+from contextvars import ContextVar
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunewise.errors import Conflict, NotFound, Unsupported, UsageError
@@ -21,7 +22,22 @@ from tunewise.serve.errors import ApiError
 from tunewise.serve.limits import check_metadata, check_model_name, check_schema_bounds, metadata_filter_key
 from tunewise.serve.store import ACTIVE, new_id, now
 
-router = APIRouter(tags=["fine-tuning"])
+STRICT_STATUS_HEADER = "X-Tunewise-Strict-Status"
+"""A request with this header set to 1 (or true) gets only the statuses of OpenAI's spec: a paused job shows as
+``queued`` (it waits, as a queued job does) with ``tunewise_status: "paused"`` beside it. Without it a paused job
+shows ``paused``, as OpenAI's own pause endpoint answers, which the SDK accepts unless its strict response
+validation is on."""
+STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
+"""The job statuses of OpenAI's spec (``FineTuningJob.status``); ``paused`` is the one tunewise adds."""
+_strict_status: ContextVar[bool] = ContextVar("strict_status", default=False)
+
+
+async def strict_status(x_tunewise_strict_status: Annotated[str | None, Header()] = None) -> None:
+    # Async so that it runs in the request's own context and the (threadpool) route sees the value.
+    _strict_status.set((x_tunewise_strict_status or "").strip().lower() in ("1", "true", "yes"))
+
+
+router = APIRouter(tags=["fine-tuning"], dependencies=[Depends(strict_status)])
 
 PAST = {"cancel": "cancelled", "pause": "paused", "resume": "resumed"}
 # The local trainer's ranges (tunewise.train.config): OpenAI allows up to 50 epochs, the trainer 25.
@@ -97,6 +113,8 @@ def job_object(row: dict[str, Any]) -> dict[str, Any]:
     # exactly OpenAI's object.
     if row.get("eval"):
         obj["eval"] = json.loads(row["eval"])
+    if _strict_status.get() and obj["status"] not in STATUSES:
+        obj["status"], obj["tunewise_status"] = "queued", obj["status"]
     return obj
 
 
