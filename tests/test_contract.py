@@ -7,8 +7,8 @@ that fits with real ids in the path (an uploaded file, a job, a stored completio
 too. The default run is bounded to a few examples per operation; the slow run (``TUNEWISE_SLOW=1``) sends many more.
 Set ``TUNEWISE_CONTRACT_REPORT=path.json`` to write the counts (requests, 5xx, violations) per operation.
 
-Faults that another change fixes are known: an operation that shows only those is an xfail naming them, so it flips
-to a pass once the fix is in.
+The faults this suite first found (422s, 500s on malformed or huge values) are named in ``KNOWN``: one of them
+coming back fails the test with its name.
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ OPENAI_STATUSES = {400, 401, 403, 404, 405, 409, 413, 429}
 """The 4xx statuses OpenAI's API answers with."""
 
 KNOWN = {
-    "422": "malformed parameters answer 422 where OpenAI answers 400 (fixed by the serve hardening change)",
-    "500-overflow": "huge integers answer 500 (fixed by the serve hardening change)",
-    "500-type": "a non-object method.supervised or hyperparameters answers 500 (fixed by the serve hardening change)",
+    "422": "malformed parameters answer 422 where OpenAI answers 400",
+    "500-overflow": "huge integers answer 500",
+    "500-type": "a non-object method.supervised or hyperparameters answers 500",
 }
 
 
@@ -201,16 +201,12 @@ def test_operation_keeps_openais_contract(schema, server, report, method, path):
     assert counts["requests"] > 0
     assert not violations, f"{len(violations)} of {counts['requests']} answers break the contract:\n" + \
         "\n".join(violations[:10])
-    if known:
-        pytest.xfail("known faults: " + "; ".join(KNOWN[k] for k in sorted(known)))
+    assert not known, "faults found before are back: " + "; ".join(KNOWN[k] for k in sorted(known))
 
 
-# The known faults, asked for directly (the generated requests find them only by chance): each flips to a pass when
-# the change that fixes it is merged.
-HARDENING = "fixed by the serve hardening change"
+# The faults found before, asked for directly (the generated requests find them only by chance).
 
 
-@pytest.mark.xfail(reason=f"a non-object method.supervised or hyperparameters answers 500 ({HARDENING})")
 @pytest.mark.parametrize("method", [{"type": "supervised", "supervised": "x"},
                                     {"type": "supervised", "supervised": {"hyperparameters": "x"}}])
 def test_job_with_a_malformed_method_is_a_400(server, method):
@@ -222,7 +218,6 @@ def test_job_with_a_malformed_method_is_a_400(server, method):
     assert response.status_code == 400 and response.json()["error"]["param"].startswith("method.supervised")
 
 
-@pytest.mark.xfail(reason=f"a huge integer answers 500 ({HARDENING})")
 def test_job_with_a_huge_integer_is_a_400(server):
     import httpx
 
@@ -233,7 +228,6 @@ def test_job_with_a_huge_integer_is_a_400(server):
     assert response.status_code == 400 and response.json()["error"]["param"].startswith("hyperparameters")
 
 
-@pytest.mark.xfail(reason=f"malformed parameters answer 422 where OpenAI answers 400 ({HARDENING})")
 def test_a_malformed_parameter_is_a_400_naming_it(server):
     import openai
 
