@@ -61,6 +61,23 @@ def open_checked(path: str | os.PathLike):
         raise UsageError(f"File {path} cannot be read (permission denied).", param="file") from None
 
 
+def text_lines(path: str | os.PathLike, what: str, hint: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a small UTF-8 text file the user named (a test set, a list
+    of inputs); ``what`` names the file in the errors ("Test file"), ``hint`` says what it should hold."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LocalFileNotFound(f"{what} {path} does not exist.", hint=hint) from None
+    except IsADirectoryError:
+        raise UsageError(f"{what} {path} is a directory.", hint=hint) from None
+    except UnicodeDecodeError:
+        raise DataError(f"{what} {path} is not UTF-8 text.", hint=hint) from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            yield n, line
+
+
 def raw_lines(fh, first_line: int = 1, limit: int | None = None) -> Iterator[tuple[int, bytes]]:
     """``(number, bytes)`` per line of a binary file handle, with the line end (and a BOM on line 1)
     removed; numbered from ``first_line``, stopping once ``limit`` bytes are read (a chunk of the file

@@ -119,17 +119,11 @@ def _input_messages(value: Any) -> list[dict] | None:
 def load_inputs(path: str | os.PathLike, limit: int | None = None) -> list[Input]:
     """Inputs from JSONL: per line a user message as a JSON string, a message object (``{"role": "user",
     "content": ...}``) or a chat example (``{"messages": [...]}``; trailing assistant messages are dropped)."""
+    from tunewise.data.reading import text_lines
+
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UsageError(f"Inputs file {path} does not exist.", hint="Pass a JSONL file of inputs.") from None
-    except UnicodeDecodeError:
-        raise DataError(f"Inputs file {path} is not UTF-8 text.", hint="Pass a JSONL file of inputs.") from None
     out: list[Input] = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for n, line in text_lines(path, "Inputs file", "Pass a JSONL file of inputs."):
         try:
             messages = _input_messages(json.loads(line))
         except json.JSONDecodeError as exc:

@@ -70,17 +70,11 @@ def example_id(prompt: list[dict], reference: str) -> str:
 
 def load_examples(path: str | os.PathLike, limit: int | None = None) -> list[Example]:
     """Held-out examples from chat JSONL; the reference is each example's last assistant message."""
+    from tunewise.data.reading import text_lines
+
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UsageError(f"Test file {path} does not exist.", hint="Pass a held-out chat JSONL file.") from None
-    except UnicodeDecodeError:
-        raise DataError(f"Test file {path} is not UTF-8 text.", hint="Pass a chat JSONL file.") from None
     examples: list[Example] = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for n, line in text_lines(path, "Test file", "Pass a held-out chat JSONL file."):
         try:
             messages = json.loads(line)["messages"]
             if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
