@@ -15,6 +15,12 @@ from pathlib import Path
 
 from tunewise.errors import ModelNotFound, UsageError
 
+# The training data formats OpenAI accepts: chat ``{"messages": [...]}`` for the chat models, and the legacy
+# ``{"prompt": ..., "completion": ...}`` for babbage-002 and davinci-002.
+CHAT = "chat"
+PROMPT_COMPLETION = "prompt_completion"
+TRAINING_FORMATS = (CHAT, PROMPT_COMPLETION)
+
 PRICE_FIELDS = ("training", "input", "cached_input", "output", "ft_input", "ft_cached_input", "ft_output")
 
 
@@ -47,6 +53,8 @@ class ModelInfo:
     """Other names that mean this model (``gpt-4o-mini`` for ``gpt-4o-mini-2024-07-18``)."""
     checked: str = ""
     """The day the prices were last checked (ISO date)."""
+    training_format: str = CHAT
+    """The fine-tuning data format the model takes: ``chat`` or ``prompt_completion`` (babbage-002, davinci-002)."""
 
     @property
     def is_local(self) -> bool:
@@ -132,6 +140,11 @@ def _build(raw: dict, sources: tuple[str, ...]) -> Catalog:
             value = entry.get(key)
             if value is not None and (not isinstance(value, int | float) or value < 0):
                 raise UsageError(f"Catalog model '{name}': {key} must be a non-negative number, not {value!r}.")
+        fmt = entry.get("training_format", CHAT)
+        if fmt not in TRAINING_FORMATS:
+            raise UsageError(f"Catalog model '{name}': training_format must be one of {', '.join(TRAINING_FORMATS)}, "
+                             f"not {fmt!r}.", hint="chat for {\"messages\": [...]} data, prompt_completion for "
+                             "{\"prompt\": ..., \"completion\": ...}.")
         models[name] = ModelInfo(
             name=name,
             provider=entry["provider"],
@@ -146,6 +159,7 @@ def _build(raw: dict, sources: tuple[str, ...]) -> Catalog:
             ft_cached_input=None if entry.get("ft_cached_input") is None else float(entry["ft_cached_input"]),
             aliases=tuple(entry.get("aliases", ())),
             checked=str(entry.get("checked", raw.get("checked", ""))),
+            training_format=fmt,
         )
     return Catalog(models=models, checked=str(raw.get("checked", "")), sources=sources)
 

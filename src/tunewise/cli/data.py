@@ -15,13 +15,17 @@ def _summary_row(name: str, s) -> str:
 
 
 def stats_table(stats) -> str:
+    pc = getattr(stats, "data_format", "chat") == "prompt_completion"
     lines = [
-        f"{stats.n_examples:,} examples for {stats.model} ({stats.encoding}, context limit {stats.context_limit:,} "
-        "tokens per example)",
+        f"{stats.n_examples:,} " + ("prompt/completion " if pc else "") + f"examples for {stats.model} "
+        f"({stats.encoding}, context limit {stats.context_limit:,} tokens per example)",
         f"  {'per example':<22} {'min':>8} {'max':>8} {'mean':>9} {'median':>8} {'p10':>8} {'p90':>8}",
-        _summary_row("messages", stats.messages_per_example),
-        _summary_row("total tokens", stats.total_tokens_per_example),
-        _summary_row("assistant tokens", stats.assistant_tokens_per_example),
+    ]
+    if not pc:
+        lines.append(_summary_row("messages", stats.messages_per_example))
+    lines += [
+        _summary_row("prompt+completion" if pc else "total tokens", stats.total_tokens_per_example),
+        _summary_row("completion tokens" if pc else "assistant tokens", stats.assistant_tokens_per_example),
         f"billed training tokens per epoch: {stats.billed_tokens_per_epoch:,}",
     ]
     if stats.size_band:
@@ -34,35 +38,47 @@ def stats_table(stats) -> str:
 @click.option("--model", "-m", default=None, help="Model whose rules and tokenizer apply (default gpt-4o-mini).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--fix", "fix_out", type=click.Path(dir_okay=False), default=None,
-              help="Write a repaired copy to this file (nested JSON escaped); the input is never modified.")
+              help="Write a repaired copy to this file (nested JSON escaped, examples in the other data format "
+                   "converted to the one the model takes); the input is never modified.")
 @click.option("--prices", type=click.Path(dir_okay=False), default=None,
               help="A TOML file overriding the model catalog (also $TUNEWISE_PRICES).")
 def validate(file: str, model: str | None, as_json: bool, fix_out: str | None, prices: str | None) -> None:
-    """Check a chat fine-tuning JSONL FILE against OpenAI's rules and count its tokens.
+    """Check a fine-tuning JSONL FILE against OpenAI's rules and count its tokens.
+
+    Chat models take {"messages": [...]}; babbage-002 and davinci-002 take {"prompt": ..., "completion": ...}.
 
     Exit 0 when clean (warnings allowed), 1 when there are errors, 2 on a usage error, 3 if tunewise crashed.
     """
     from tunewise.data import repair
     from tunewise.data import validate as run_validate
+    from tunewise.data.convert import convert
     from tunewise.data.validate import model_info
     from tunewise.errors import NotFound
 
     try:
-        model_info(model, prices)
+        info = model_info(model, prices)
     except NotFound as exc:  # a model name the user mistyped is a usage error (exit 2)
         raise UsageError(exc.message, hint=exc.hint, param="model") from None
     fixed: list[int] | None = None
+    converted: list[int] = []
     if fix_out:
         fixed = repair(file, fix_out)
+        converted = convert(fix_out, fix_out, info.training_format)
     report = run_validate(fix_out if fix_out else file, model=model, prices=prices)
     if as_json:
         out = report.to_dict()
         if fixed is not None:
-            out["fixed"] = {"input": file, "output": fix_out, "changed_lines": fixed}
+            out["fixed"] = {"input": file, "output": fix_out, "changed_lines": fixed,
+                            "converted_lines": converted, "data_format": info.training_format}
         click.echo(json.dumps(out, indent=2))
     else:
         if fixed is not None:
-            if fixed:
+            if converted:
+                click.echo(f"wrote {fix_out}: converted {len(converted)} example(s) to the "
+                           f"{info.training_format.replace('_', '/')} format {info.name} takes"
+                           + (f", repaired line(s) {', '.join(map(str, fixed))}" if fixed else "")
+                           + "; findings below are for the copy.")
+            elif fixed:
                 click.echo(f"wrote {fix_out}: repaired line(s) {', '.join(map(str, fixed))} of {file}; "
                            "findings below are for the repaired copy.")
             else:

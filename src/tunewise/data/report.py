@@ -52,6 +52,16 @@ CODES: dict[str, tuple[str, str]] = {
     "no_trainable_assistant": (ERROR, "Every assistant message has weight 0, so nothing is trained."),
     "too_long": (ERROR, "The example is longer than the model's limit and its first trained answer starts "
                         "past it: cut at the limit, it teaches nothing."),
+    # the legacy prompt/completion format (babbage-002, davinci-002)
+    "chat_format_for_prompt_completion_model": (ERROR, "Chat examples for a model trained on prompt/completion "
+                                                       "data (babbage-002, davinci-002); `--fix OUT` converts."),
+    "prompt_completion_format_for_chat_model": (ERROR, "Prompt/completion examples for a chat model; `--fix OUT` "
+                                                       "converts."),
+    "missing_prompt": (ERROR, "A prompt/completion example has no `prompt`."),
+    "missing_completion": (ERROR, "A prompt/completion example has no `completion`."),
+    "invalid_prompt": (ERROR, "`prompt` is not a string."),
+    "invalid_completion": (ERROR, "`completion` is not a string."),
+    "empty_completion": (ERROR, "`completion` is empty: the example teaches nothing."),
     # the data set as a whole
     "too_few_examples": (ERROR, "Fewer than 10 examples: OpenAI refuses the file."),
     "small_dataset": (WARNING, "Under 100 examples: the guide expects little (under 50) or modest gains."),
@@ -140,6 +150,9 @@ class Stats:
     """The model's training context limit (tokens per example)."""
     size_band: str = ""
     """Where the example count sits among the guide's size bands."""
+    data_format: str = "chat"
+    """The format the file was checked in: ``chat`` or ``prompt_completion`` (then ``total_tokens`` are the
+    prompt's plus the completion's, ``assistant_tokens`` the completion's, and ``messages`` 0)."""
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -338,3 +338,46 @@ def check_example(example: dict, emit: Emit) -> ExampleInfo:
         emit("no_trainable_assistant", "every assistant message has weight 0, so nothing is trained.",
              "Set weight 1 (or drop weight) on the answers to learn.")
     return info
+
+
+PC_KEYS = frozenset({"prompt", "completion"})
+
+
+def example_format(example: dict) -> str | None:
+    """``chat`` or ``prompt_completion`` by the example's keys; None when it shows neither."""
+    if "messages" in example:
+        return "chat"
+    if "prompt" in example or "completion" in example:
+        return "prompt_completion"
+    return None
+
+
+def check_prompt_completion(example: dict, emit: Emit) -> ExampleInfo:
+    """OpenAI's rules for one legacy example, ``{"prompt": str, "completion": str}`` (babbage-002, davinci-002).
+
+    OpenAI trains on the completion and bills the tokens of both strings; ``texts`` holds them in that order.
+    """
+    info = ExampleInfo(has_system=True, has_user=True)  # no system or user message to miss in this format
+    for key in example:
+        if key not in PC_KEYS:
+            emit("unknown_key", f"unknown key '{key}' on the example.",
+                 did_you_mean(key, PC_KEYS) or 'A prompt/completion example holds only "prompt" and "completion".')
+    for key in ("prompt", "completion"):
+        value = example.get(key)
+        if key not in example:
+            emit(f"missing_{key}", f"the example has no `{key}`.",
+                 'Each line must be {"prompt": "...", "completion": "..."}.')
+        elif not isinstance(value, str):
+            emit(f"invalid_{key}", f"`{key}` is {type_name(value)}, not a string.",
+                 f"Write the {key} as a JSON string.")
+        else:
+            info.texts.append(value)
+    completion = example.get("completion")
+    if isinstance(completion, str):
+        info.assistant_texts.append(completion)
+        if completion.strip():
+            info.answers.append(completion)
+        else:
+            emit("empty_completion", "`completion` is empty, so the example teaches nothing.",
+                 "Give the text the model should write after the prompt, or remove the example.")
+    return info

@@ -18,7 +18,7 @@ import threading
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
-from tunewise.catalog import ModelInfo, load_catalog
+from tunewise.catalog import PROMPT_COMPLETION, TRAINING_FORMATS, ModelInfo, load_catalog
 from tunewise.data.reading import (
     MAX_INT_DIGITS,
     MAX_JSON_DEPTH,
@@ -28,6 +28,7 @@ from tunewise.data.reading import (
     decode_line,
     escape_nested_json,
     fast_loads,
+    iter_examples,
     open_checked,
     plain_reason,
     raw_lines,
@@ -35,8 +36,9 @@ from tunewise.data.reading import (
     type_name,
     utf16_bom,
 )
+from tunewise.errors import DataError, UsageError
 from tunewise.data.report import CODES, Finding, Report, Stats, Summary
-from tunewise.data.rules import ExampleInfo, check_example
+from tunewise.data.rules import ExampleInfo, check_example, check_prompt_completion, example_format
 from tunewise.tokens import (
     REPLY_PRIMER,
     TOKENS_PER_MESSAGE,
@@ -87,9 +89,12 @@ class _Validator:
     """The state of one pass over (a part of) a file: findings so far, and what the data-set checks and the
     statistics need. ``read`` fills it, ``merge`` appends the next part's, ``finish`` makes the report."""
 
-    def __init__(self, path: str, info: ModelInfo) -> None:
+    def __init__(self, path: str, info: ModelInfo, data_format: str | None = None) -> None:
         self.path = path
         self.model = info
+        self.format = data_format or info.training_format
+        self.pc = self.format == PROMPT_COMPLETION
+        self.wrong_format: list[int] = []  # lines in the other format than the one this file is checked in
         self.enc = get_encoding(info.encoding)
         self.hf = isinstance(self.enc, HFEncoding)
         self.findings: list[Finding] = []
@@ -179,6 +184,7 @@ class _Validator:
         """Append the results of the next chunk of the file."""
         self.findings += other.findings
         self.blank_lines += other.blank_lines
+        self.wrong_format += other.wrong_format
         for digest, line in other.seen.items():
             lines = other.duplicates.get(digest, [line])
             if digest in self.seen:
@@ -230,7 +236,51 @@ class _Validator:
         def emit(code: str, message: str, hint: str) -> None:
             self.add(code, number, message, hint)
 
+        if example_format(example) not in (None, self.format):
+            self.wrong_format.append(number)  # one finding for the file, at the end
+            return
+        if self.pc:
+            self.prompt_completion(number, raw, example, emit)
+            return
         info = check_example(example, emit)
+        self.dataset_checks(number, raw, info)
+        if info.tools:
+            info.texts.append(tools_text(info.tools))
+        if self.hf:
+            self.pending.append((number, info))
+            if len(self.pending) >= BATCH:
+                self.flush()
+            return
+        # Count each distinct string once: the system prompt and the role names repeat in every example.
+        # quicktok's count() builds no list of ids; on a shared 2-core machine it beat encode_batch's
+        # threads by 1.6x (one thread) to 5x (every thread).
+        total = REPLY_PRIMER + TOKENS_PER_MESSAGE * info.n_messages + info.n_names + self.count_texts(info.texts)
+        self.record(number, info, total, sum(self.cache[t] for t in info.assistant_texts))
+
+    def count_texts(self, texts: list[str]) -> int:
+        """The tokens of these strings, each distinct string counted once per pass (then remembered)."""
+        cache, count = self.cache, self.enc.count
+        if len(cache) > CACHE_LIMIT:
+            cache.clear()
+        total = 0
+        for text in texts:
+            n = cache.get(text)
+            if n is None:
+                n = cache[text] = count(text)
+            total += n
+        return total
+
+    def prompt_completion(self, number: int, raw: bytes, example: dict, emit) -> None:
+        """A legacy example: OpenAI bills the prompt's and the completion's tokens (no chat overhead), and
+        trains on the completion."""
+        info = check_prompt_completion(example, emit)
+        self.dataset_checks(number, raw, info)
+        total = self.count_texts(info.texts)
+        completion = self.count_texts(info.assistant_texts)
+        self.record(number, info, total, completion, answer_start=total - completion if info.answers else None)
+
+    def dataset_checks(self, number: int, raw: bytes, info: ExampleInfo) -> None:
+        """What the data-set checks need from one example: duplicates, system prompts, answer formats."""
         digest = hashlib.blake2b(raw, digest_size=16).digest()
         first = self.seen.setdefault(digest, number)
         if first != number:
@@ -248,26 +298,6 @@ class _Validator:
                 self.prompts[info.system_prompt] = [number]
         if info.answers:
             self.answer_format["json" if all(map(_is_json, info.answers)) else "text"].append(number)
-        if info.tools:
-            info.texts.append(tools_text(info.tools))
-        if self.hf:
-            self.pending.append((number, info))
-            if len(self.pending) >= BATCH:
-                self.flush()
-            return
-        # Count each distinct string once: the system prompt and the role names repeat in every example.
-        # quicktok's count() builds no list of ids; on a shared 2-core machine it beat encode_batch's
-        # threads by 1.6x (one thread) to 5x (every thread).
-        cache, count = self.cache, self.enc.count
-        if len(cache) > CACHE_LIMIT:
-            cache.clear()
-        total = REPLY_PRIMER + TOKENS_PER_MESSAGE * info.n_messages + info.n_names
-        for text in info.texts:
-            n = cache.get(text)
-            if n is None:
-                n = cache[text] = count(text)
-            total += n
-        self.record(number, info, total, sum(cache[t] for t in info.assistant_texts))
 
     def flush(self) -> None:
         """Count the pending examples' tokens (local models: their chat template, a batch at a time)."""
@@ -287,13 +317,14 @@ class _Validator:
             self.record(number, info, total, sum(assistant[pos:pos + n]))
             pos += n
 
-    def record(self, number: int, info: ExampleInfo, total: int, assistant: int) -> None:
+    def record(self, number: int, info: ExampleInfo, total: int, assistant: int,
+               answer_start: int | None | str = "chat") -> None:
         self.example_lines.append(number)
         self.n_messages.append(info.n_messages)
         self.totals.append(total)
         self.assistant.append(assistant)
         if total > self.model.context_limit:
-            start = self.answer_start(info)
+            start = self.answer_start(info) if answer_start == "chat" else answer_start
             if start is None or start >= self.model.context_limit:
                 self.too_long.append((number, total, start))
             else:
@@ -330,6 +361,8 @@ class _Validator:
             self.add("too_long", line, f"the example has {tokens:,} tokens and {where}; cut at {model.name}'s "
                      f"{limit:,}-token limit it teaches nothing.",
                      "Shorten what comes before the answer, or split the conversation.")
+        if self.wrong_format:
+            self.format_mismatch()
         if self.blank_lines:
             self.add("blank_line", self.blank_lines[0], f"{len(self.blank_lines)} blank line(s): "
                      f"{_lines_text(self.blank_lines)}.", "Remove them; they are skipped here.", self.blank_lines)
@@ -346,7 +379,7 @@ class _Validator:
                      "Each example should show the input the model will get.", self.no_user)
         self.check_prompts()
         self.check_answers()
-        if n == 0 and not self.fatal:
+        if n == 0 and not self.fatal and not self.wrong_format:
             self.add("empty_file", None, "the file holds no examples.",
                      'Write one {"messages": [...]} object per line.')
         elif 0 < n < MIN_EXAMPLES:
@@ -366,9 +399,29 @@ class _Validator:
             example_tokens=self.totals,
             billed_tokens_per_epoch=sum(min(t, limit) for t in self.totals),
             context_limit=limit,
+            data_format=self.format,
             size_band=size_band(n) if n else "",
         )
         return Report(path=self.path, findings=self.findings, stats=stats)
+
+    def format_mismatch(self) -> None:
+        """One error for every line in the other format: which format the model takes, and how to convert."""
+        lines, model = self.wrong_format, self.model
+        fix = (f"`tunewise validate {self.path} --model {model.name} --fix OUT` writes a converted copy "
+               "(see docs/data.md, \"Converting between the formats\")")
+        if self.pc:
+            self.add("chat_format_for_prompt_completion_model", lines[0],
+                     f"{len(lines)} example(s) are chat ({{\"messages\": [...]}}), but {model.name} is trained on "
+                     f"the prompt/completion format ({{\"prompt\": ..., \"completion\": ...}}): lines "
+                     f"{_lines_text(lines)}; OpenAI refuses this file for {model.name}.",
+                     f"Convert the file: {fix}; or fine-tune a chat model such as gpt-4o-mini.", lines)
+        else:
+            self.add("prompt_completion_format_for_chat_model", lines[0],
+                     f"{len(lines)} example(s) are prompt/completion ({{\"prompt\": ..., \"completion\": ...}}), but "
+                     f"{model.name} is trained on the chat format ({{\"messages\": [...]}}): lines "
+                     f"{_lines_text(lines)}.",
+                     f"Convert the file: {fix}; or fine-tune babbage-002 or davinci-002, which take this format.",
+                     lines)
 
     def check_prompts(self) -> None:
         if len(self.prompts) < 2 or len(self.prompts) >= MAX_SYSTEM_PROMPTS:
@@ -440,8 +493,9 @@ def _chunks(path: str, n: int) -> list[tuple[int, int, int]]:
     return chunks
 
 
-def _read_chunk(path: str, info: ModelInfo, start: int, end: int, first_line: int) -> _Validator:
-    validator = _Validator(path, info)
+def _read_chunk(path: str, info: ModelInfo, data_format: str, start: int, end: int,
+                first_line: int) -> _Validator:
+    validator = _Validator(path, info, data_format)
     validator.read(start, end, first_line)
     validator.enc = None  # the encoding and the count cache stay in the worker process
     validator.cache = {}
@@ -494,10 +548,27 @@ def model_info(model: str | None, prices: str | os.PathLike | None = None) -> Mo
     return info if info is not None else catalog.get(name)
 
 
+def sniff_format(path: str | os.PathLike) -> str | None:
+    """The format of the file's first example (``chat`` or ``prompt_completion``); None when no early line
+    tells (the file is empty, not JSON, or its first objects have neither key)."""
+    try:
+        for _line, example in iter_examples(path):
+            fmt = example_format(example)
+            if fmt is not None:
+                return fmt
+    except (DataError, UsageError):
+        return None
+    return None
+
+
 def validate(path: str | os.PathLike, model: str | None = None, prices: str | os.PathLike | None = None, *,
-             workers: int | None = None) -> Report:
-    """Validate a chat fine-tuning JSONL file for ``model`` (default gpt-4o-mini): every finding, and the
+             workers: int | None = None, data_format: str | None = None) -> Report:
+    """Validate a fine-tuning JSONL file for ``model`` (default gpt-4o-mini): every finding, and the
     token statistics (exact counts in the model's encoding, billed tokens capped at its context limit).
+
+    ``data_format``: the format the file must be in; by default the one the model takes (the catalog's
+    ``training_format``: ``chat``, or ``prompt_completion`` for babbage-002 and davinci-002). ``"auto"``
+    accepts either, by the file's first example (the local trainer, which trains both).
 
     ``workers``: processes that read parts of the file in parallel (default: see ``default_workers``;
     1 for small files and local models). The report is the same whatever the number.
@@ -505,14 +576,19 @@ def validate(path: str | os.PathLike, model: str | None = None, prices: str | os
     info = model_info(model, prices)
     path = str(path)
     open_checked(path).close()  # a missing file is one clear error, whatever the workers
+    if data_format == "auto":
+        data_format = sniff_format(path) or info.training_format
+    elif data_format is not None and data_format not in TRAINING_FORMATS:
+        raise UsageError(f"Unknown data format {data_format!r}.",
+                         hint="Use " + ", ".join(TRAINING_FORMATS) + " or auto.", param="data_format")
     n = default_workers(path, info) if workers is None else max(1, workers)
     chunks = _chunks(path, n) if n > 1 else [(0, None, 1)]
-    result = _Validator(path, info)  # loads the encoding here, before any fork, so workers inherit it
+    result = _Validator(path, info, data_format)  # loads the encoding here, before any fork, so workers inherit it
     if len(chunks) == 1:
         return result.read().finish()
     context = multiprocessing.get_context(_start_method())
     with ProcessPoolExecutor(max_workers=len(chunks), mp_context=context) as pool:
-        parts = [pool.submit(_read_chunk, path, info, *chunk) for chunk in chunks]
+        parts = [pool.submit(_read_chunk, path, info, result.format, *chunk) for chunk in chunks]
         for part in parts:
             chunk = part.result()
             if result.fatal:
