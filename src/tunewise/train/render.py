@@ -11,6 +11,11 @@ prove the agreement on every example of every job:
 
 Only assistant tokens are labelled (turns with ``weight`` 0 stay unlabelled context). A failed check is a
 ``DataError`` naming the line: a template mismatch between training and serving never trains silently.
+
+Legacy prompt/completion examples (``{"prompt": ..., "completion": ...}``, the format of babbage-002 and
+davinci-002) are plain causal LM, no chat template: the prompt's tokens as a completion request encodes
+them (the tokenizer's own special tokens, a BOS where it adds one), then the completion's tokens and the
+end-of-text token, labelled; the prompt stays unlabelled context.
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ def read_examples(path: str | Path, model: str | None = None,
     if data is None or not hasattr(data, "validate") or not hasattr(data, "iter_examples"):
         yield from _read_jsonl(path)
         return
-    report = data.validate(path, model=model)
+    # The local trainer trains both formats: the file's first example says which one it is in.
+    report = data.validate(path, model=model, data_format="auto")
     if param != "training_file":
         report.findings = [f for f in report.findings if f.code != "too_few_examples"]
     try:
@@ -147,6 +153,8 @@ class Renderer:
         return self._ids(normalize_messages(messages), tools, True)
 
     def render(self, line: int, example: dict[str, Any]) -> Rendered:
+        if "messages" not in example and "prompt" in example:
+            return self.render_prompt_completion(line, example)
         if uses_tools(example) and not self.tools_ok:
             raise Unsupported(
                 f"Line {line}: a tool-calling example, but {self.model_name}'s chat template has no tool format.",
@@ -185,6 +193,26 @@ class Renderer:
             )
         # Tokens after the last trained one teach nothing and only cost compute.
         return Rendered(line=line, input_ids=ids, labels=labels)
+
+    def prompt_completion_ids(self, prompt: str) -> list[int]:
+        """What a completion request feeds the model for ``prompt`` (the tokenizer's own special tokens)."""
+        return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+    def render_prompt_completion(self, line: int, example: dict[str, Any]) -> Rendered:
+        """Plain causal LM on a legacy example: labels on the completion's tokens and the end-of-text token."""
+        prompt, completion = example.get("prompt"), example.get("completion")
+        if not isinstance(prompt, str) or not isinstance(completion, str) or not completion.strip():
+            raise DataError(f"Line {line}: a prompt/completion example needs a string prompt and a non-empty "
+                            "string completion.", hint="Run `tunewise validate FILE --model davinci-002`.",
+                            code="no_trainable_tokens", param="training_file")
+        context = self.prompt_completion_ids(prompt)
+        target = list(self.tokenizer.encode(completion, add_special_tokens=False)) + [self.eot_id]
+        if self.eot_id in target[:-1]:
+            raise DataError(f"Line {line}: the completion holds the end-of-text token "
+                            f"{self.tokenizer.eos_token!r}, so the model would learn to stop inside it.",
+                            hint="Remove the special token from the completion.", code="render_mismatch",
+                            param="training_file")
+        return Rendered(line=line, input_ids=context + target, labels=[IGNORE] * len(context) + target)
 
     def _completion(self, line: int, k: int, messages: list[dict[str, Any]], tools: Any,
                     prompt: list[int]) -> list[int]:

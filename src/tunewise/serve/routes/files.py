@@ -166,7 +166,9 @@ def _validation_error(path: Path) -> ApiError | None:
     """The validator's verdict on an uploaded training file: None when usable, else a 400 naming lines."""
     from tunewise.data import validate
 
-    report = validate(path)
+    # Either of OpenAI's formats (chat, or prompt/completion for babbage-002 and davinci-002): the job,
+    # which knows its model, checks that the file is in the one the model takes.
+    report = validate(path, data_format="auto")
     problems = [f for f in report.findings if f.severity == "error"]
     if not problems:
         return None
