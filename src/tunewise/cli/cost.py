@@ -203,7 +203,7 @@ def models(prices: str | None, as_json: bool) -> None:
             {"name": m.name, "provider": m.provider, "aliases": list(m.aliases), "encoding": m.encoding,
              "context_limit": m.context_limit, "training": m.training, "input": m.input, "cached_input": m.cached_input, "output": m.output,
              "ft_input": m.ft_input, "ft_cached_input": m.ft_cached_input, "ft_output": m.ft_output,
-             "checked": m.checked} for m in infos]}, indent=2))
+             "checked": m.checked, "training_format": m.training_format} for m in infos]}, indent=2))
         return
 
     def price(x: float | None) -> str:
@@ -211,10 +211,10 @@ def models(prices: str | None, as_json: bool) -> None:
             return "-"
         return f"{x:.2f}" if round(x, 2) == x else f"{x:g}"
 
-    header = ("name", "provider", "encoding", "context", "training", "input", "cached", "output", "ft input",
-              "ft cached", "ft output", "checked")
-    rows = [(m.name, m.provider, m.encoding, f"{m.context_limit:,}", price(m.training), price(m.input),
-             price(m.cached_input), price(m.output), price(m.ft_input), price(m.ft_cached_input),
-             price(m.ft_output), m.checked) for m in infos]
-    table(header, rows, left=(0, 1, 2, 11))
+    header = ("name", "provider", "encoding", "data", "context", "training", "input", "cached", "output",
+              "ft input", "ft cached", "ft output", "checked")
+    rows = [(m.name, m.provider, m.encoding, m.training_format.replace("_", "/"), f"{m.context_limit:,}",
+             price(m.training), price(m.input), price(m.cached_input), price(m.output), price(m.ft_input),
+             price(m.ft_cached_input), price(m.ft_output), m.checked) for m in infos]
+    table(header, rows, left=(0, 1, 2, 3, 12))
     click.echo("Prices in USD per 1M tokens; override with --prices FILE or TUNEWISE_PRICES.")
