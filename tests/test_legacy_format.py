@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
 from safetensors.torch import load_file
 
+from helpers import run_cli
 from tunewise import cost, models
 from tunewise.catalog import PROMPT_COMPLETION, load_catalog
 from tunewise.client import Client
@@ -21,8 +21,8 @@ from tunewise.data import DataError, validate
 from tunewise.data.convert import chat_to_prompt_completion, convert
 from tunewise.errors import Cancelled, UsageError
 from tunewise.serve.testing import running_server, wait_for, write_receipts
-from tunewise.train import TrainConfig, train
 from tunewise.tokens import reference_encoding
+from tunewise.train import TrainConfig, train
 from tunewise.train.render import IGNORE, Renderer
 
 TINY = models.TINY_MODEL

@@ -36,9 +36,9 @@ from tunewise.data.reading import (
     type_name,
     utf16_bom,
 )
-from tunewise.errors import DataError, UsageError
 from tunewise.data.report import CODES, Finding, Report, Stats, Summary
 from tunewise.data.rules import ExampleInfo, check_example, check_prompt_completion, example_format
+from tunewise.errors import DataError, UsageError
 from tunewise.tokens import (
     REPLY_PRIMER,
     TOKENS_PER_MESSAGE,
