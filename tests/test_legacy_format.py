@@ -75,6 +75,8 @@ def test_prompt_completion_file_is_counted_as_openai_bills_it(pc):
     assert s.example_tokens == expected and s.billed_tokens_per_epoch == sum(expected)
     assert s.assistant_tokens_per_example.mean == pytest.approx(
         sum(len(enc.encode_ordinary(r["completion"])) for r in rows) / 16)
+    # Read by two worker processes, the file gives the same report.
+    assert validate(pc[0], model="davinci-002", workers=2).to_dict() == report.to_dict()
 
 
 def test_chat_file_for_a_legacy_model_is_one_error_with_the_conversion(tmp_path):
@@ -221,9 +223,10 @@ def test_trainer_refuses_a_file_mixing_the_formats(pc, tmp_path):
 def test_service_trains_a_legacy_job_and_refuses_the_other_format(pc, tmp_path):
     with running_server(env={"TUNEWISE_WORKER_POLL_S": "0.05"}) as srv:
         client = srv.client()
-        uploaded = client.files.create(file=pc[0].open("rb"), purpose="fine-tune")
+        small = write_pc(tmp_path / "small.jsonl", 10, seed=4)  # the fewest OpenAI accepts: one step of 10
+        uploaded = client.files.create(file=small.open("rb"), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(model="davinci-002", training_file=uploaded.id,
-                                             hyperparameters={"n_epochs": 1, "batch_size": 8})
+                                             hyperparameters={"n_epochs": 1, "batch_size": 10})
         done = wait_for(client, job.id)
         assert done.status == "succeeded", done.error
         assert done.fine_tuned_model.startswith("ft:davinci-002:")
@@ -235,3 +238,4 @@ def test_service_trains_a_legacy_job_and_refuses_the_other_format(pc, tmp_path):
         assert refused.error.param == "training_file"
         wrong = wait_for(client, client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=uploaded.id).id)
         assert wrong.status == "failed" and wrong.error.code == "prompt_completion_format_for_chat_model"
+        assert "gpt-4o-mini-2024-07-18 is trained on the chat format" in wrong.error.message
