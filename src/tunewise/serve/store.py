@@ -128,6 +128,37 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX stored_completions_project ON stored_completions(project, seq);
     """),
+    ("0007_uploads", """
+        -- OpenAI's Uploads: a file sent in parts (each streamed to disk under files/uploads/), assembled on complete.
+        CREATE TABLE uploads (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,                -- upload_...
+            project TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            bytes INTEGER NOT NULL,                 -- as declared; the parts named on complete must add up to it
+            mime_type TEXT NOT NULL,
+            expires_after INTEGER,                  -- seconds the assembled File lives (its expires_after) or NULL
+            status TEXT NOT NULL,                   -- pending, completed, cancelled (expired is shown, not stored)
+            file_id TEXT,                           -- the File made on complete
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL
+        );
+        CREATE INDEX uploads_project ON uploads(project, seq);
+        CREATE TABLE upload_parts (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,                -- part_...
+            upload_id TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            path TEXT NOT NULL,
+            created_at INTEGER NOT NULL
+        );
+        CREATE INDEX upload_parts_upload ON upload_parts(upload_id, seq);
+    """),
+    ("0008_file_expiry", """
+        -- A File's expires_after, resolved: past it the file is gone from lists and cannot be used.
+        ALTER TABLE files ADD COLUMN expires_at INTEGER;
+    """),
 ]
 
 TERMINAL = ("succeeded", "failed", "cancelled")

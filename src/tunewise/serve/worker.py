@@ -150,10 +150,12 @@ class Worker:
         once no started job needs them). A job not started yet fails instead, as OpenAI's does."""
         if not file_id:
             return None
-        row = self.store.one("SELECT path FROM files WHERE id = ?" + ("" if started else " AND deleted_at IS NULL"),
-                             file_id)
+        from tunewise.serve.routes.files import LIVE
+
+        row = self.store.one("SELECT path FROM files WHERE id = ?" + ("" if started else f" AND {LIVE}"), file_id)
         if row is None or not Path(row["path"]).is_file():
-            raise _JobError("invalid_file", f"File {file_id} was deleted before the job could use it.", param)
+            raise _JobError("invalid_file", f"File {file_id} was deleted (or expired) before the job could use it.",
+                            param)
         return Path(row["path"])
 
     def validate(self, job: dict[str, Any]) -> None:
@@ -418,11 +420,12 @@ class Worker:
 
 
 def purge_deleted_files(store: Store) -> int:
-    """Remove the bytes of files deleted through the API that no started, unfinished job uses any more;
-    returns how many were removed."""
+    """Remove the bytes of files deleted through the API (or past their ``expires_at``) that no started, unfinished
+    job uses any more; returns how many were removed."""
     active = ",".join("?" * len(ACTIVE))
     rows = store.all(
-        "SELECT id, path FROM files WHERE deleted_at IS NOT NULL AND id NOT IN "
+        "SELECT id, path FROM files WHERE (deleted_at IS NOT NULL OR expires_at <= CAST(strftime('%s','now') AS "
+        "INTEGER)) AND id NOT IN "
         f"(SELECT training_file FROM jobs WHERE status IN ({active}) AND started_at IS NOT NULL UNION "
         f"SELECT validation_file FROM jobs WHERE status IN ({active}) AND started_at IS NOT NULL AND "
         f"validation_file IS NOT NULL UNION SELECT json_extract(eval, '$.file') FROM jobs WHERE status IN "

@@ -183,8 +183,9 @@ def _hyperparameters(body: CreateJob) -> dict[str, Any]:
 
 def _check_file(state: State, project: str, file_id: str, param: str,
                 purposes: tuple[str, ...] = ("fine-tune",)) -> None:
-    row = state.store.one("SELECT purpose FROM files WHERE id = ? AND project = ? AND deleted_at IS NULL",
-                          file_id, project)
+    from tunewise.serve.routes.files import LIVE
+
+    row = state.store.one(f"SELECT purpose FROM files WHERE id = ? AND project = ? AND {LIVE}", file_id, project)
     if row is None:
         raise UsageError(f"File '{file_id}' not found.", param=param, code="invalid_file",
                          hint=f"Upload it first with purpose '{purposes[0]}' (POST /v1/files; `tunewise files upload FILE`).")
