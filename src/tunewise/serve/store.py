@@ -159,6 +159,26 @@ MIGRATIONS: list[tuple[str, str]] = [
         -- A File's expires_after, resolved: past it the file is gone from lists and cannot be used.
         ALTER TABLE files ADD COLUMN expires_at INTEGER;
     """),
+    ("0009_checkpoint_permissions", """
+        -- A fine-tuned model or checkpoint shared with another project (OpenAI's checkpoint permissions): that
+        -- project may use it as a model (chat, the base of a job) until the permission is deleted.
+        CREATE TABLE checkpoint_permissions (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,                -- cp_...
+            model TEXT NOT NULL,                    -- the ft:... name shared (a fine-tuned model or a checkpoint)
+            owner TEXT NOT NULL,                    -- the project that owns it
+            project_id TEXT NOT NULL,               -- the project it is shared with
+            created_at INTEGER NOT NULL,
+            UNIQUE (model, project_id)
+        );
+        CREATE INDEX checkpoint_permissions_project ON checkpoint_permissions(project_id, model);
+    """),
+    ("0010_lineage", """
+        -- Continued fine-tuning: a job whose model is a fine-tuned model or checkpoint starts from its weights.
+        ALTER TABLE jobs ADD COLUMN parent_model TEXT;  -- the ft:... name it continues, or NULL
+        ALTER TABLE jobs ADD COLUMN init_path TEXT;     -- that model's adapter directory when the job was created
+        ALTER TABLE models ADD COLUMN parent TEXT;      -- the model it was continued from, or NULL
+    """),
 ]
 
 TERMINAL = ("succeeded", "failed", "cancelled")

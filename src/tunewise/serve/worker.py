@@ -222,13 +222,15 @@ class Worker:
         if not store.set_job(job_id, only_if_status=("queued", "running"), status="running",
                              started_at=job["started_at"] or now()):
             return
-        ft_name = naming.fine_tuned_name(job["model"], job["project"], job["suffix"], job_id)
+        ft_name = naming.fine_tuned_name(naming.root_base(job["model"]), job["project"], job["suffix"], job_id)
         if resuming:
             store.add_event(job_id, "Fine-tuning job resumed from its last saved state")
         else:
             store.add_event(job_id, "Fine-tuning job started")
             store.add_event(job_id, f"Training the local model '{job['local_model']}' (LoRA) on this machine"
-                            + (f" as a stand-in for '{job['model']}'" if job["model"] != job["local_model"] else ""))
+                            + (f", continuing '{job['parent_model']}' from its adapter" if job.get("parent_model")
+                               else f" as a stand-in for '{job['model']}'" if job["model"] != job["local_model"]
+                               else ""))
         last_check = [0.0, False]
         # A resumed job trains again the steps after its last saved state: their metrics events are already
         # there, once each (the dashboard and `jobs watch` read one per step).
@@ -298,7 +300,8 @@ class Worker:
             model=job["local_model"], method="lora",
             n_epochs=hyper.get("n_epochs", "auto"), batch_size=hyper.get("batch_size", "auto"),
             learning_rate_multiplier=hyper.get("learning_rate_multiplier", "auto"),
-            seed=job["seed"], suffix=job["suffix"], output_dir=job["output_dir"])
+            seed=job["seed"], suffix=job["suffix"], output_dir=job["output_dir"],
+            init_adapter=job.get("init_path"), parent_model=job.get("parent_model"))
 
     def _record(self, job_id: str, ft_name: str, event: Any) -> None:
         store, data = self.store, dict(event.data or {})
@@ -407,9 +410,10 @@ class Worker:
             for row in db.execute("SELECT step FROM checkpoints WHERE job_id = ?", (job_id,)).fetchall():
                 if row["step"] not in kept:
                     db.execute("DELETE FROM checkpoints WHERE job_id = ? AND step = ?", (job_id, row["step"]))
-            db.execute("INSERT INTO models (id, project, job_id, base, local_model, path, created_at) "
-                       "VALUES (?,?,?,?,?,?,?)", (ft_name, job["project"], job_id, job["model"], job["local_model"],
-                                                  str(result.model_dir), now()))
+            db.execute("INSERT INTO models (id, project, job_id, base, local_model, path, created_at, parent) "
+                       "VALUES (?,?,?,?,?,?,?,?)", (ft_name, job["project"], job_id, naming.root_base(job["model"]),
+                                                    job["local_model"], str(result.model_dir), now(),
+                                                    job.get("parent_model")))
             db.execute("UPDATE jobs SET status = 'succeeded', fine_tuned_model = ?, result_files = ?, "
                        "trained_tokens = ?, hyperparameters = ?, method = ?, finished_at = ?, estimated_finish = NULL "
                        "WHERE id = ?",
