@@ -13,6 +13,7 @@ import openai
 import pytest
 from safetensors.torch import load_file
 
+from helpers import wandb_history
 from tunewise.serve.store import Store
 from tunewise.serve.testing import running_server, validate_schema, wait_for, write_receipts
 
@@ -162,3 +163,45 @@ def test_continued_fine_tuning_starts_from_the_adapter(server, owner, trained, t
     row = store.one("SELECT parent, base FROM models WHERE id = ?", job.fine_tuned_model)
     assert row == {"parent": model, "base": "gpt-4o-mini"}
     assert owner.chat.completions.create(model=job.fine_tuned_model, messages=HELLO, max_tokens=2).model
+
+
+def test_integrations_are_checked_echoed_and_written(server, owner, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard integration needs tunewise[integrations]")
+    pytest.importorskip("wandb", reason="the wandb integration needs tunewise[integrations]")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    training_file = _upload(owner, tmp_path)
+    with pytest.raises(openai.BadRequestError) as err:
+        owner.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=training_file,
+                                      integrations=[{"type": "comet"}])
+    assert err.value.body["param"] == "integrations[0].type"
+    with pytest.raises(openai.BadRequestError) as err:
+        owner.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=training_file,
+                                      integrations=[{"type": "wandb", "wandb": {}}])
+    assert err.value.body["param"] == "integrations[0].wandb.project"
+    job = owner.fine_tuning.jobs.create(
+        model="gpt-4o-mini", training_file=training_file, hyperparameters=THREE_STEPS,
+        integrations=[{"type": "wandb", "wandb": {"project": "receipts", "tags": ["smoke"]}},
+                      {"type": "tensorboard"}])
+    assert job.integrations[0].type == "wandb" and job.integrations[0].wandb.project == "receipts"
+    assert job.integrations[0].wandb.tags == ["smoke"]
+    assert job.model_dump()["integrations"][1]["type"] == "tensorboard"
+    job = wait_for(owner, job.id)
+    assert job.status == "succeeded", job.error
+    assert [i.type for i in owner.fine_tuning.jobs.retrieve(job.id).integrations] == ["wandb", "tensorboard"]
+    out = Path(Store(server.data_dir).job(job.id)["output_dir"])
+    events = [e for e in owner.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
+    losses = {e.data["step"]: e.data["train_loss"] for e in events}
+    # TensorBoard's own reader: one train_loss scalar per step, the values the job's events report.
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    scalars = acc.Scalars("train_loss")
+    assert [s.step for s in scalars] == sorted(losses)
+    assert all(abs(s.value - losses[s.step]) < 1e-5 for s in scalars)
+    # The offline W&B run is in the job's directory: its run record names the project, its history the metrics.
+    runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1, list((out / "wandb").iterdir())
+    history, records = wandb_history(runs[0])
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert run.project == "receipts" and list(run.tags) == ["smoke"]
+    assert {h["_step"]: h["train_loss"] for h in history} == pytest.approx(losses, abs=1e-5)

@@ -105,6 +105,9 @@ class Settings:
     (127.0.0.1 on its port, with the caller's API key)."""
     grader_api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the API key for ``grader_base_url`` (unused when that is empty)."""
+    wandb_mode: str = "offline"
+    """How a job's ``wandb`` integration runs W&B: ``offline`` (the run is written into the job's directory;
+    ``wandb sync`` uploads it) or ``online`` (needs the network and ``WANDB_API_KEY`` on the server)."""
     log_level: str = "warning"
     """uvicorn's log level (``info`` logs every request)."""
 

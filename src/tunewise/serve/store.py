@@ -179,6 +179,10 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE jobs ADD COLUMN init_path TEXT;     -- that model's adapter directory when the job was created
         ALTER TABLE models ADD COLUMN parent TEXT;      -- the model it was continued from, or NULL
     """),
+    ("0011_job_integrations", """
+        -- The job's integrations (wandb, tensorboard) as the API echoes them: a JSON list, NULL for none.
+        ALTER TABLE jobs ADD COLUMN integrations TEXT;
+    """),
 ]
 
 TERMINAL = ("succeeded", "failed", "cancelled")

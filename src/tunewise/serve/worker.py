@@ -253,11 +253,20 @@ class Worker:
             """Fresh from the database: scoring takes long enough that a cancel or pause must not wait."""
             return self.shutdown.is_set() or store.job_status(job_id) != "running"
 
+        from tunewise.serve.integrations import Sinks
+
+        sinks = Sinks(json.loads(job["integrations"]) if job.get("integrations") else [], Path(job["output_dir"]),
+                      job_id, {"model": job["model"], **json.loads(job["hyperparameters"])},
+                      lambda message: store.add_event(job_id, message, level="warn"),
+                      wandb_mode=self.settings.wandb_mode)
+
         def on_event(event: Any) -> None:
             try:
                 self._record(job_id, ft_name, event)
             except Exception:  # a bad event must not kill the training
                 log.exception("recording an event of %s", job_id)
+            if event.type == "metrics" and event.data:
+                sinks.log(event.data)
             if event.type == "checkpoint" and eval_spec:
                 data = event.data or {}
                 self._score(job_id, int(data["step"]), str(data.get("path", "")), eval_spec, stopped)
@@ -270,7 +279,10 @@ class Worker:
                     self._score(job_id, row["step"], row["path"], eval_spec, stopped)
 
         try:
-            result = _train(self._train_config(job), on_event, stop)
+            try:
+                result = _train(self._train_config(job), on_event, stop)
+            finally:
+                sinks.close()
         except Cancelled:
             if self.shutdown.is_set() and store.job_status(job_id) == "running":
                 store.add_event(job_id, "The worker is stopping; the job will resume from its last saved state")

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunewise.errors import Conflict, ModelNotFound, NotFound, Unsupported, UsageError
-from tunewise.serve import naming
+from tunewise.serve import integrations, naming
 from tunewise.serve.deps import PrincipalDep, State, StateDep
 from tunewise.serve.errors import ApiError
 from tunewise.serve.limits import check_metadata, check_model_name, check_schema_bounds, metadata_filter_key
@@ -105,7 +105,7 @@ def job_object(row: dict[str, Any]) -> dict[str, Any]:
         "user_provided_suffix": row["suffix"],
         "seed": row["seed"],
         "estimated_finish": row["estimated_finish"],
-        "integrations": [],
+        "integrations": json.loads(row["integrations"]) if row.get("integrations") else [],
         "method": method,
         "metadata": json.loads(row["metadata"]) if row["metadata"] else None,
     }
@@ -269,6 +269,7 @@ def create_job(body: CreateJob, state: StateDep, principal: PrincipalDep) -> dic
         _check_file(state, project, body.validation_file, "validation_file")
     eval_spec = _eval_config(state, project, body.eval)
     check_metadata(body.metadata)
+    chosen = integrations.check(body.integrations)
     job_id = new_id("ftjob-")
     seed = body.seed if body.seed is not None else random.randrange(2**31)
     method = {"type": "supervised", "supervised": {"hyperparameters": hyper}}
@@ -281,13 +282,13 @@ def create_job(body: CreateJob, state: StateDep, principal: PrincipalDep) -> dic
                            hint="Wait for a job to finish or cancel one.", code="rate_limit_exceeded")
         db.execute(
             "INSERT INTO jobs (id, project, model, local_model, training_file, validation_file, hyperparameters, "
-            "method, suffix, seed, metadata, status, output_dir, created_at, eval, parent_model, init_path) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "method, suffix, seed, metadata, status, output_dir, created_at, eval, parent_model, init_path, "
+            "integrations) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (job_id, project, body.model, local, body.training_file, body.validation_file, json.dumps(hyper),
              json.dumps(method), body.suffix, seed, json.dumps(body.metadata) if body.metadata else None,
              "validating_files", str(store.jobs_dir / job_id), now(),
              json.dumps(eval_spec) if eval_spec else None, parent.name if parent else None,
-             parent.local if parent else None))
+             parent.local if parent else None, json.dumps(chosen) if chosen else None))
     store.add_event(job_id, f"Created fine-tuning job: {job_id}")
     if parent is not None:
         store.add_event(job_id, f"Continuing the {parent.kind} model '{parent.name}': training starts from its "
