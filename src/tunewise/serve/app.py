@@ -43,9 +43,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.store.one("SELECT 1 AS ok")
         return {"status": "ok", "version": __version__}
 
-    from tunewise.serve.routes import chat, files, graders, jobs, models, stored
+    from tunewise.serve.routes import chat, files, graders, jobs, models, permissions, stored, uploads
 
-    for module in (files, jobs, models, chat, graders, stored):
+    for module in (files, uploads, jobs, permissions, models, chat, graders, stored):
         app.include_router(module.router, prefix="/v1")
     from tunewise.dashboard import mount  # the web page at / and its read-only /v1/dashboard endpoints
 

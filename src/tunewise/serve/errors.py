@@ -81,9 +81,9 @@ def install(app: FastAPI) -> None:
         from tunewise.serve.guard import BodyTooLarge
 
         if isinstance(exc, BodyTooLarge):
-            upload = exc.setting == "max_upload_bytes"
+            upload = exc.setting in ("max_upload_bytes", "max_part_bytes")
             return error_response(413, str(exc.detail), code="file_too_large" if upload else "request_too_large",
-                                  param="file" if upload else None)
+                                  param=("data" if exc.setting == "max_part_bytes" else "file") if upload else None)
         if exc.status_code == 404:
             message = f"Invalid URL ({request.method} {request.url.path})"
             return error_response(404, message, code="unknown_url")

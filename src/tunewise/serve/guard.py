@@ -7,7 +7,7 @@ For each HTTP request, in this order and before any route runs:
 2. Under ``/v1/`` the ``Authorization`` key is checked first: without a valid key the answer is a 401 and not
    one byte of the body is read (uvicorn discards what the client still sends; memory stays flat).
 3. The body is counted as it streams, ``Content-Length`` or chunked alike: past the limit (``max_request_bytes``,
-   or ``max_upload_bytes`` for ``POST /v1/files``) the request ends with a 413 in OpenAI's shape. A declared
+   ``max_upload_bytes`` for ``POST /v1/files``, ``max_part_bytes`` for ``POST /v1/uploads/{id}/parts``) the request ends with a 413 in OpenAI's shape. A declared
    ``Content-Length`` over the limit is refused before reading.
 
 It is a plain ASGI middleware (not Starlette's ``BaseHTTPMiddleware``, which would buffer streaming bodies).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 from typing import Any
 
@@ -27,6 +28,7 @@ from tunewise.serve.errors import TYPES, body
 log = logging.getLogger("tunewise.serve")
 
 UPLOAD_PATH = "/v1/files"
+PART_PATH = re.compile(r"^/v1/uploads/[^/]+/parts/?$")
 MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around the file in a multipart body
 
 
@@ -102,9 +104,17 @@ class Guard:
                 await answer(401, exc.message, exc.code or "invalid_api_key", [(b"www-authenticate", b"Bearer")])
                 return
 
-        is_upload = path.rstrip("/") == UPLOAD_PATH and scope.get("method") == "POST"
-        limit = settings.max_upload_bytes + MULTIPART_OVERHEAD if is_upload else settings.max_request_bytes
-        setting = "max_upload_bytes" if is_upload else "max_request_bytes"
+        is_post = scope.get("method") == "POST"
+        is_file = is_post and path.rstrip("/") == UPLOAD_PATH
+        is_part = is_post and PART_PATH.match(path) is not None
+        is_upload = is_file or is_part
+        if is_file:
+            limit, setting = settings.max_upload_bytes + MULTIPART_OVERHEAD, "max_upload_bytes"
+        elif is_part:
+            limit, setting = settings.max_part_bytes + MULTIPART_OVERHEAD, "max_part_bytes"
+        else:
+            limit, setting = settings.max_request_bytes, "max_request_bytes"
+        param = "data" if is_part else "file" if is_file else None
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 if not value.isdigit():
@@ -113,8 +123,7 @@ class Guard:
                 if int(value) > limit:
                     await answer(413, f"Request body of {int(value)} bytes exceeds the limit of {limit} bytes "
                                  f"(setting {setting}, env TUNEWISE_{setting.upper()}).",
-                                 "file_too_large" if is_upload else "request_too_large",
-                                 param="file" if is_upload else None)
+                                 "file_too_large" if is_upload else "request_too_large", param=param)
                     return
 
         received = 0

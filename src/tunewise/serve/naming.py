@@ -49,21 +49,44 @@ def fine_tuned_name(base: str, project: str, suffix: str | None, job_id: str) ->
     return f"ft:{base}:{project}:{suffix or ''}:{job_id[-8:].lower()}"
 
 
+def root_base(name: str) -> str:
+    """The base model a name descends from: ``gpt-4o-mini`` for ``ft:gpt-4o-mini:proj::abcd1234[:ckpt-step-N]``
+    (a model continued from a fine-tuned one is named after the same base, as OpenAI names it)."""
+    if name.startswith("ft:") and name.count(":") >= 4:
+        return name.split(":")[1]
+    return name
+
+
 def checkpoint_name(fine_tuned: str, step: int) -> str:
     return f"{fine_tuned}:ckpt-step-{step}"
 
 
+def owned(store: Store, project: str, name: str) -> Target | None:
+    """A fine-tuned model or checkpoint that ``project`` owns (None if it owns no such name)."""
+    row = store.one("SELECT * FROM models WHERE id = ? AND project = ? AND deleted_at IS NULL", name, project)
+    if row:
+        return Target(name, row["path"], row["local_model"], "fine-tuned")
+    ckpt = store.one(
+        "SELECT c.path, j.local_model FROM checkpoints c JOIN jobs j ON j.id = c.job_id "
+        "WHERE c.model = ? AND j.project = ?", name, project)
+    if ckpt:
+        return Target(name, ckpt["path"], ckpt["local_model"], "checkpoint")
+    return None
+
+
 def resolve(store: Store, settings: Settings, project: str, name: str) -> Target:
-    """The target of a request's ``model``; a fine-tuned name of another project is not found (404)."""
+    """The target of a request's ``model``: a fine-tuned name of the project, or of another project that shared it
+    with this one (a checkpoint permission); any other is not found (404)."""
     if name.startswith("ft:"):
-        row = store.one("SELECT * FROM models WHERE id = ? AND project = ? AND deleted_at IS NULL", name, project)
-        if row:
-            return Target(name, row["path"], row["local_model"], "fine-tuned")
-        ckpt = store.one(
-            "SELECT c.path, j.local_model FROM checkpoints c JOIN jobs j ON j.id = c.job_id "
-            "WHERE c.model = ? AND j.project = ?", name, project)
-        if ckpt:
-            return Target(name, ckpt["path"], ckpt["local_model"], "checkpoint")
+        target = owned(store, project, name)
+        if target:
+            return target
+        grant = store.one("SELECT owner FROM checkpoint_permissions WHERE model = ? AND project_id = ?",
+                          name, project)
+        if grant:
+            target = owned(store, grant["owner"], name)
+            if target:
+                return target
         raise ModelNotFound(f"The model '{name}' does not exist or you do not have access to it.",
                             code="model_not_found", param="model")
     local = base_local_model(settings, name)

@@ -62,6 +62,13 @@ class Settings:
     """Largest file an upload may carry (OpenAI's limit for fine-tuning files is 512 MB); over it: 413."""
     max_line_bytes: int = 4 * 1024 * 1024
     """Longest line (one training example) an uploaded JSONL file may have; over it: 400 naming the line."""
+    max_upload_total_bytes: int = 8 * 1024 ** 3
+    """Largest file an Upload (``POST /v1/uploads``, sent in parts) may declare (OpenAI's limit: 8 GB); over it: 400
+    naming ``bytes``."""
+    max_part_bytes: int = 64 * 1024 * 1024
+    """Largest Part of an Upload (OpenAI's limit: 64 MB); a part body over it ends with 413."""
+    upload_expiry_s: int = 3600
+    """Seconds an Upload stays open for parts after it is created (OpenAI's: an hour); then it is ``expired``."""
     max_request_bytes: int = 8 * 1024 * 1024
     """Largest JSON request body (job creation, chat completions); over it: 413."""
     max_concurrent_jobs: int = 1
@@ -98,6 +105,9 @@ class Settings:
     (127.0.0.1 on its port, with the caller's API key)."""
     grader_api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the API key for ``grader_base_url`` (unused when that is empty)."""
+    wandb_mode: str = "offline"
+    """How a job's ``wandb`` integration runs W&B: ``offline`` (the run is written into the job's directory;
+    ``wandb sync`` uploads it) or ``online`` (needs the network and ``WANDB_API_KEY`` on the server)."""
     log_level: str = "warning"
     """uvicorn's log level (``info`` logs every request)."""
 

@@ -128,6 +128,61 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX stored_completions_project ON stored_completions(project, seq);
     """),
+    ("0007_uploads", """
+        -- OpenAI's Uploads: a file sent in parts (each streamed to disk under files/uploads/), assembled on complete.
+        CREATE TABLE uploads (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,                -- upload_...
+            project TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            bytes INTEGER NOT NULL,                 -- as declared; the parts named on complete must add up to it
+            mime_type TEXT NOT NULL,
+            expires_after INTEGER,                  -- seconds the assembled File lives (its expires_after) or NULL
+            status TEXT NOT NULL,                   -- pending, completed, cancelled (expired is shown, not stored)
+            file_id TEXT,                           -- the File made on complete
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL
+        );
+        CREATE INDEX uploads_project ON uploads(project, seq);
+        CREATE TABLE upload_parts (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,                -- part_...
+            upload_id TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            path TEXT NOT NULL,
+            created_at INTEGER NOT NULL
+        );
+        CREATE INDEX upload_parts_upload ON upload_parts(upload_id, seq);
+    """),
+    ("0008_file_expiry", """
+        -- A File's expires_after, resolved: past it the file is gone from lists and cannot be used.
+        ALTER TABLE files ADD COLUMN expires_at INTEGER;
+    """),
+    ("0009_checkpoint_permissions", """
+        -- A fine-tuned model or checkpoint shared with another project (OpenAI's checkpoint permissions): that
+        -- project may use it as a model (chat, the base of a job) until the permission is deleted.
+        CREATE TABLE checkpoint_permissions (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,                -- cp_...
+            model TEXT NOT NULL,                    -- the ft:... name shared (a fine-tuned model or a checkpoint)
+            owner TEXT NOT NULL,                    -- the project that owns it
+            project_id TEXT NOT NULL,               -- the project it is shared with
+            created_at INTEGER NOT NULL,
+            UNIQUE (model, project_id)
+        );
+        CREATE INDEX checkpoint_permissions_project ON checkpoint_permissions(project_id, model);
+    """),
+    ("0010_lineage", """
+        -- Continued fine-tuning: a job whose model is a fine-tuned model or checkpoint starts from its weights.
+        ALTER TABLE jobs ADD COLUMN parent_model TEXT;  -- the ft:... name it continues, or NULL
+        ALTER TABLE jobs ADD COLUMN init_path TEXT;     -- that model's adapter directory when the job was created
+        ALTER TABLE models ADD COLUMN parent TEXT;      -- the model it was continued from, or NULL
+    """),
+    ("0011_job_integrations", """
+        -- The job's integrations (wandb, tensorboard) as the API echoes them: a JSON list, NULL for none.
+        ALTER TABLE jobs ADD COLUMN integrations TEXT;
+    """),
 ]
 
 TERMINAL = ("succeeded", "failed", "cancelled")

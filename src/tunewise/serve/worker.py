@@ -150,10 +150,12 @@ class Worker:
         once no started job needs them). A job not started yet fails instead, as OpenAI's does."""
         if not file_id:
             return None
-        row = self.store.one("SELECT path FROM files WHERE id = ?" + ("" if started else " AND deleted_at IS NULL"),
-                             file_id)
+        from tunewise.serve.routes.files import LIVE
+
+        row = self.store.one("SELECT path FROM files WHERE id = ?" + ("" if started else f" AND {LIVE}"), file_id)
         if row is None or not Path(row["path"]).is_file():
-            raise _JobError("invalid_file", f"File {file_id} was deleted before the job could use it.", param)
+            raise _JobError("invalid_file", f"File {file_id} was deleted (or expired) before the job could use it.",
+                            param)
         return Path(row["path"])
 
     def validate(self, job: dict[str, Any]) -> None:
@@ -220,13 +222,15 @@ class Worker:
         if not store.set_job(job_id, only_if_status=("queued", "running"), status="running",
                              started_at=job["started_at"] or now()):
             return
-        ft_name = naming.fine_tuned_name(job["model"], job["project"], job["suffix"], job_id)
+        ft_name = naming.fine_tuned_name(naming.root_base(job["model"]), job["project"], job["suffix"], job_id)
         if resuming:
             store.add_event(job_id, "Fine-tuning job resumed from its last saved state")
         else:
             store.add_event(job_id, "Fine-tuning job started")
             store.add_event(job_id, f"Training the local model '{job['local_model']}' (LoRA) on this machine"
-                            + (f" as a stand-in for '{job['model']}'" if job["model"] != job["local_model"] else ""))
+                            + (f", continuing '{job['parent_model']}' from its adapter" if job.get("parent_model")
+                               else f" as a stand-in for '{job['model']}'" if job["model"] != job["local_model"]
+                               else ""))
         last_check = [0.0, False]
         # A resumed job trains again the steps after its last saved state: their metrics events are already
         # there, once each (the dashboard and `jobs watch` read one per step).
@@ -249,11 +253,20 @@ class Worker:
             """Fresh from the database: scoring takes long enough that a cancel or pause must not wait."""
             return self.shutdown.is_set() or store.job_status(job_id) != "running"
 
+        from tunewise.serve.integrations import Sinks
+
+        sinks = Sinks(json.loads(job["integrations"]) if job.get("integrations") else [], Path(job["output_dir"]),
+                      job_id, {"model": job["model"], **json.loads(job["hyperparameters"])},
+                      lambda message: store.add_event(job_id, message, level="warn"),
+                      wandb_mode=self.settings.wandb_mode)
+
         def on_event(event: Any) -> None:
             try:
                 self._record(job_id, ft_name, event)
             except Exception:  # a bad event must not kill the training
                 log.exception("recording an event of %s", job_id)
+            if event.type == "metrics" and event.data:
+                sinks.log(event.data)
             if event.type == "checkpoint" and eval_spec:
                 data = event.data or {}
                 self._score(job_id, int(data["step"]), str(data.get("path", "")), eval_spec, stopped)
@@ -266,7 +279,10 @@ class Worker:
                     self._score(job_id, row["step"], row["path"], eval_spec, stopped)
 
         try:
-            result = _train(self._train_config(job), on_event, stop)
+            try:
+                result = _train(self._train_config(job), on_event, stop)
+            finally:
+                sinks.close()
         except Cancelled:
             if self.shutdown.is_set() and store.job_status(job_id) == "running":
                 store.add_event(job_id, "The worker is stopping; the job will resume from its last saved state")
@@ -296,7 +312,8 @@ class Worker:
             model=job["local_model"], method="lora",
             n_epochs=hyper.get("n_epochs", "auto"), batch_size=hyper.get("batch_size", "auto"),
             learning_rate_multiplier=hyper.get("learning_rate_multiplier", "auto"),
-            seed=job["seed"], suffix=job["suffix"], output_dir=job["output_dir"])
+            seed=job["seed"], suffix=job["suffix"], output_dir=job["output_dir"],
+            init_adapter=job.get("init_path"), parent_model=job.get("parent_model"))
 
     def _record(self, job_id: str, ft_name: str, event: Any) -> None:
         store, data = self.store, dict(event.data or {})
@@ -405,9 +422,10 @@ class Worker:
             for row in db.execute("SELECT step FROM checkpoints WHERE job_id = ?", (job_id,)).fetchall():
                 if row["step"] not in kept:
                     db.execute("DELETE FROM checkpoints WHERE job_id = ? AND step = ?", (job_id, row["step"]))
-            db.execute("INSERT INTO models (id, project, job_id, base, local_model, path, created_at) "
-                       "VALUES (?,?,?,?,?,?,?)", (ft_name, job["project"], job_id, job["model"], job["local_model"],
-                                                  str(result.model_dir), now()))
+            db.execute("INSERT INTO models (id, project, job_id, base, local_model, path, created_at, parent) "
+                       "VALUES (?,?,?,?,?,?,?,?)", (ft_name, job["project"], job_id, naming.root_base(job["model"]),
+                                                    job["local_model"], str(result.model_dir), now(),
+                                                    job.get("parent_model")))
             db.execute("UPDATE jobs SET status = 'succeeded', fine_tuned_model = ?, result_files = ?, "
                        "trained_tokens = ?, hyperparameters = ?, method = ?, finished_at = ?, estimated_finish = NULL "
                        "WHERE id = ?",
@@ -418,11 +436,12 @@ class Worker:
 
 
 def purge_deleted_files(store: Store) -> int:
-    """Remove the bytes of files deleted through the API that no started, unfinished job uses any more;
-    returns how many were removed."""
+    """Remove the bytes of files deleted through the API (or past their ``expires_at``) that no started, unfinished
+    job uses any more; returns how many were removed."""
     active = ",".join("?" * len(ACTIVE))
     rows = store.all(
-        "SELECT id, path FROM files WHERE deleted_at IS NOT NULL AND id NOT IN "
+        "SELECT id, path FROM files WHERE (deleted_at IS NOT NULL OR expires_at <= CAST(strftime('%s','now') AS "
+        "INTEGER)) AND id NOT IN "
         f"(SELECT training_file FROM jobs WHERE status IN ({active}) AND started_at IS NOT NULL UNION "
         f"SELECT validation_file FROM jobs WHERE status IN ({active}) AND started_at IS NOT NULL AND "
         f"validation_file IS NOT NULL UNION SELECT json_extract(eval, '$.file') FROM jobs WHERE status IN "

@@ -85,6 +85,12 @@ class TrainConfig:
     """In a multi-process run: ``ddp`` (every process holds the whole model; LoRA and full) or ``fsdp`` (PyTorch's
     fully sharded data parallel: weights, gradients and optimizer state split over the processes, for models that
     do not fit one device; ``method="full"`` only)."""
+    init_adapter: str | Path | None = None
+    """Continued fine-tuning: a LoRA adapter directory written by tunewise (a fine-tuned model or a checkpoint) to
+    start from instead of a fresh adapter; ``model`` must be its base model. ``None``: a new adapter."""
+    parent_model: str | None = None
+    """The name of the model ``init_adapter`` holds (``ft:...``), recorded with the lineage in the output's
+    ``tunewise_model.json``."""
     collective_timeout_s: float = 300.0
     """In a multi-process run (``torchrun``, ``--nproc-per-node``): seconds a collective operation (the gradient
     all-reduce of a step, the sums of the metrics) waits for the other processes before the run fails with an error
@@ -118,6 +124,12 @@ class TrainConfig:
             raise UsageError("eval_every_steps must be a positive integer or None.", param="eval_every_steps")
         if self.sharding not in ("ddp", "fsdp"):
             raise UsageError(f"sharding must be ddp or fsdp, not {self.sharding!r}.", param="sharding")
+        if self.init_adapter is not None:
+            if self.method != "lora":
+                raise UsageError("init_adapter continues a LoRA adapter; it needs method 'lora'.", param="method")
+            if not (Path(self.init_adapter) / "adapter_config.json").is_file():
+                raise UsageError(f"{self.init_adapter} is not a LoRA adapter (no adapter_config.json).",
+                                 hint="Pass a fine-tuned model's or a checkpoint's directory.", param="init_adapter")
         if self.sharding == "fsdp" and self.method != "full":
             raise UsageError("sharding 'fsdp' is for method 'full'; LoRA trains few weights and keeps DDP.",
                              hint="Use --method full with --sharding fsdp, or leave --sharding out.", param="sharding")

@@ -105,6 +105,14 @@ def render_file(path: str | Path, renderer: Renderer, context_length: int, param
     return out
 
 
+def _lineage(adapter_dir: Path) -> list[str]:
+    """The models an adapter was itself continued from, oldest first (empty for one trained from its base)."""
+    try:
+        return list(json.loads((adapter_dir / "tunewise_model.json").read_text()).get("lineage") or [])
+    except (OSError, ValueError):
+        return []
+
+
 def _base_model_name(spec: models.ModelSpec) -> str:
     """A registry name, a hub id, or (for a local directory) its absolute path: what loads the base again."""
     return spec.name
@@ -135,7 +143,12 @@ def _load(config: TrainConfig, seed: int, device: str, dtype: str):
     load_dtype = torch.float32 if (dtype == "float32" or config.method == "full") else torch.bfloat16
     model = models.load_model(config.model, dtype=load_dtype, device=device)
     model.config.use_cache = False
-    if config.method == "lora":
+    if config.method == "lora" and config.init_adapter is not None:
+        from peft import PeftModel
+
+        # Continued fine-tuning: the adapter's trained weights are the starting point, and they keep training.
+        model = PeftModel.from_pretrained(model, str(config.init_adapter), is_trainable=True)
+    elif config.method == "lora":
         from peft import LoraConfig, get_peft_model
 
         target = config.lora_target_modules
@@ -443,6 +456,7 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
         "max_grad_norm": config.max_grad_norm, "max_tokens_per_microbatch": config.max_tokens_per_microbatch,
         "eval_every_steps": config.eval_every_steps, "save_state_every_steps": config.save_state_every_steps,
         "keep_checkpoints": config.keep_checkpoints, "n_train_examples": len(train_set),
+        "init_adapter": str(Path(config.init_adapter).resolve()) if config.init_adapter else None,
         "n_valid_examples": len(valid_set), "base_model_dir": str(models.local_dir(config.model)),
     }
     if group is not None:
@@ -527,6 +541,9 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
 
     meta_base = {"base_model": resolved["base_model"], "method": config.method, "suffix": config.suffix,
                  "train_config": resolved}
+    if config.init_adapter is not None:
+        meta_base["parent_model"] = config.parent_model
+        meta_base["lineage"] = [*_lineage(Path(config.init_adapter)), config.parent_model or str(config.init_adapter)]
     t0 = time.monotonic()
     last_saved = start
     try:

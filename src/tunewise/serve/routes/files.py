@@ -28,14 +28,72 @@ MAX_HEADER = 4096  # bytes of one part header kept (a longer file name is refuse
 MAX_FIELDS = 8  # form fields besides the file
 
 
+MIN_EXPIRY_S, MAX_EXPIRY_S = 3600, 2592000  # OpenAI's bounds of expires_after.seconds (an hour, 30 days)
+LIVE = "deleted_at IS NULL AND (expires_at IS NULL OR expires_at > CAST(strftime('%s','now') AS INTEGER))"
+"""SQL: a file not deleted and not expired (an expired file is gone from lists and cannot be used)."""
+
+
 def file_object(row: dict[str, Any]) -> dict[str, Any]:
-    return {"id": row["id"], "object": "file", "bytes": row["bytes"], "created_at": row["created_at"],
-            "filename": row["filename"], "purpose": row["purpose"], "status": "processed"}
+    out = {"id": row["id"], "object": "file", "bytes": row["bytes"], "created_at": row["created_at"],
+           "filename": row["filename"], "purpose": row["purpose"], "status": "processed"}
+    if row.get("expires_at") is not None:
+        out["expires_at"] = row["expires_at"]
+    return out
+
+
+def check_expires_after(value: Any, param: str = "expires_after") -> int | None:
+    """OpenAI's FileExpirationAfter (``{"anchor": "created_at", "seconds": 3600..2592000}``) -> seconds or None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise UsageError("expires_after must be an object {anchor, seconds}.", param=param)
+    if value.get("anchor") != "created_at":
+        raise UsageError(f"Invalid expires_after.anchor {value.get('anchor')!r}: the only anchor is 'created_at'.",
+                         param=f"{param}.anchor")
+    seconds = value.get("seconds")
+    if isinstance(seconds, str) and seconds.strip().isdigit():
+        seconds = int(seconds)
+    if not isinstance(seconds, int) or isinstance(seconds, bool) or not MIN_EXPIRY_S <= seconds <= MAX_EXPIRY_S:
+        raise UsageError(f"Invalid expires_after.seconds {seconds!r}: an integer from {MIN_EXPIRY_S} (1 hour) to "
+                         f"{MAX_EXPIRY_S} (30 days).", param=f"{param}.seconds")
+    return seconds
+
+
+def quota_left(state: State, project: str) -> int | None:
+    """Bytes the project may still store (None: no quota)."""
+    if state.settings.storage_quota_bytes <= 0:
+        return None
+    used = state.store.one(f"SELECT COALESCE(SUM(bytes), 0) AS n FROM files WHERE project = ? AND {LIVE}",
+                           project)["n"]
+    return max(0, state.settings.storage_quota_bytes - used)
+
+
+async def register_file(state: State, project: str, file_id: str, tmp: Path, filename: str, purpose: str,
+                        size: int, sha256: str, expires_at: int | None,
+                        claim: Any = None) -> dict[str, Any] | None:
+    """Validate the bytes in ``tmp`` as its purpose asks, move them into place and record the File.
+
+    ``claim(db)``, run in the same transaction, may refuse (return False): then nothing is recorded and None is
+    returned (the Upload it came from was completed or cancelled meanwhile)."""
+    if purpose == "fine-tune":
+        error = await run_in_threadpool(_validation_error, tmp)
+        if error is not None:
+            raise error
+    path = state.store.files_dir / f"{file_id}.jsonl"
+    row = {"id": file_id, "project": project, "filename": filename, "purpose": purpose, "bytes": size,
+           "sha256": sha256, "path": str(path), "created_at": now(), "expires_at": expires_at}
+    with state.store.transaction() as db:
+        if claim is not None and not claim(db):
+            return None
+        tmp.replace(path)
+        db.execute("INSERT INTO files (id, project, filename, purpose, bytes, sha256, path, created_at, expires_at) "
+                   "VALUES (:id, :project, :filename, :purpose, :bytes, :sha256, :path, :created_at, :expires_at)",
+                   row)
+    return row
 
 
 def get_file(state: State, project: str, file_id: str) -> dict[str, Any]:
-    row = state.store.one("SELECT * FROM files WHERE id = ? AND project = ? AND deleted_at IS NULL",
-                          file_id, project)
+    row = state.store.one(f"SELECT * FROM files WHERE id = ? AND project = ? AND {LIVE}", file_id, project)
     if row is None:
         raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
     return row
@@ -44,9 +102,11 @@ def get_file(state: State, project: str, file_id: str) -> dict[str, Any]:
 class _Upload:
     """Streams a multipart body: the ``file`` part goes straight to disk, hashed and checked line by line."""
 
-    def __init__(self, target: Path, max_bytes: int, max_line: int, quota_left: int | None = None,
-                 quota: int = 0) -> None:
+    def __init__(self, target: Path, max_bytes: int, max_line: int | None, quota_left: int | None = None,
+                 quota: int = 0, file_field: str = "file", too_large: Any = None) -> None:
         self.target = target
+        self.file_field = file_field
+        self.too_large = too_large or _too_large
         self.max_bytes = max_bytes
         self.quota_left, self.quota = quota_left, quota
         self.max_line = max_line
@@ -85,17 +145,17 @@ class _Upload:
     def _headers_finished(self) -> None:
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = params.get(b"name", b"").decode("utf-8", "replace")
-        if self._name == "file":
+        if self._name == self.file_field:
             if self._out is not None:
-                self.failure = ApiError(400, "The upload has more than one `file` part; send one file per "
-                                        "request.", code="invalid_request", param="file")
+                self.failure = ApiError(400, f"The upload has more than one `{self.file_field}` part; send one "
+                                        "per request.", code="invalid_request", param=self.file_field)
                 return
             raw = params.get(b"filename", b"upload.jsonl").decode("utf-8", "replace")
             self.filename = os.path.basename(raw).replace("\x00", "") or "upload.jsonl"
             if len(self.filename) > MAX_FILENAME:
                 self.failure = ApiError(400, f"The file name is {len(self.filename)} characters long; the limit "
                                         f"is {MAX_FILENAME}.", hint="Rename the file.", code="invalid_request",
-                                        param="file")
+                                        param=self.file_field)
                 return
             # Owner-only (0600), whatever the umask.
             self._out = os.fdopen(os.open(self.target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
@@ -109,10 +169,10 @@ class _Upload:
         if self.failure is not None or self._name is None:
             return
         chunk = data[start:end]
-        if self._name == "file" and self._out is not None:
+        if self._name == self.file_field and self._out is not None:
             self.size += len(chunk)
             if self.size > self.max_bytes:
-                self.failure = _too_large(self.max_bytes)
+                self.failure = self.too_large(self.max_bytes)
                 return
             if self.quota_left is not None and self.size > self.quota_left:
                 self.failure = ApiError(
@@ -121,7 +181,8 @@ class _Upload:
                     hint="Delete files the project no longer needs (client.files.delete) or raise the quota.",
                     code="storage_quota_exceeded", param="file")
                 return
-            self._check_lines(chunk)
+            if self.max_line is not None:
+                self._check_lines(chunk)
             self.sha.update(chunk)
             self._out.write(chunk)
         elif len(self.fields.get(self._name, b"")) < 4096:
@@ -148,7 +209,7 @@ class _Upload:
                 code="line_too_long", param="file")
 
     def _part_end(self) -> None:
-        if self._name == "file" and self._out is not None:
+        if self._name == self.file_field and self._out is not None:
             self._out.close()
 
     def close(self) -> None:
@@ -191,14 +252,9 @@ async def create_file(request: Request, state: StateDep, principal: PrincipalDep
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > settings.max_upload_bytes + MULTIPART_OVERHEAD:
         raise _too_large(settings.max_upload_bytes)
-    quota_left = None
-    if settings.storage_quota_bytes > 0:
-        used = state.store.one("SELECT COALESCE(SUM(bytes), 0) AS n FROM files WHERE project = ? AND "
-                               "deleted_at IS NULL", principal.project)["n"]
-        quota_left = max(0, settings.storage_quota_bytes - used)
     file_id = new_id("file-")
     tmp = state.store.files_dir / f".{file_id}.part"
-    upload = _Upload(tmp, settings.max_upload_bytes, settings.max_line_bytes, quota_left,
+    upload = _Upload(tmp, settings.max_upload_bytes, settings.max_line_bytes, quota_left(state, principal.project),
                      settings.storage_quota_bytes)
     parser = MultipartParser(params[b"boundary"], upload.callbacks())
     try:
@@ -220,20 +276,16 @@ async def create_file(request: Request, state: StateDep, principal: PrincipalDep
         if purpose not in PURPOSES:
             raise UsageError(f"Invalid purpose {purpose!r}: expected one of {', '.join(PURPOSES)}.",
                              param="purpose", hint="Fine-tuning data uses purpose='fine-tune'.")
-        if purpose == "fine-tune":
-            error = await run_in_threadpool(_validation_error, tmp)
-            if error is not None:
-                raise error
-        path = state.store.files_dir / f"{file_id}.jsonl"
-        tmp.replace(path)
+        # The SDK sends expires_after as form fields expires_after[anchor] and expires_after[seconds].
+        expiry = {k[len("expires_after["):-1]: v.decode("utf-8", "replace") for k, v in upload.fields.items()
+                  if k.startswith("expires_after[") and k.endswith("]")}
+        seconds = check_expires_after(expiry or None)
+        row = await register_file(state, principal.project, file_id, tmp, upload.filename, purpose, upload.size,
+                                  upload.sha.hexdigest(), now() + seconds if seconds else None)
     finally:
         upload.close()
         tmp.unlink(missing_ok=True)
-    row = {"id": file_id, "project": principal.project, "filename": upload.filename, "purpose": purpose,
-           "bytes": upload.size, "sha256": upload.sha.hexdigest(), "path": str(path), "created_at": now()}
-    state.store.db.execute(
-        "INSERT INTO files (id, project, filename, purpose, bytes, sha256, path, created_at) "
-        "VALUES (:id, :project, :filename, :purpose, :bytes, :sha256, :path, :created_at)", row)
+    assert row is not None  # no claim: always recorded
     return file_object(row)
 
 
@@ -241,7 +293,7 @@ async def create_file(request: Request, state: StateDep, principal: PrincipalDep
 def list_files(state: StateDep, principal: PrincipalDep, purpose: str | None = None,
                limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
                order: Literal["asc", "desc"] = "desc", after: str | None = None) -> dict[str, Any]:
-    where, args = "project = ? AND deleted_at IS NULL", [principal.project]
+    where, args = f"project = ? AND {LIVE}", [principal.project]
     if purpose:
         where += " AND purpose = ?"
         args.append(purpose)

@@ -15,8 +15,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunewise.errors import Conflict, NotFound, Unsupported, UsageError
-from tunewise.serve import naming
+from tunewise.errors import Conflict, ModelNotFound, NotFound, Unsupported, UsageError
+from tunewise.serve import integrations, naming
 from tunewise.serve.deps import PrincipalDep, State, StateDep
 from tunewise.serve.errors import ApiError
 from tunewise.serve.limits import check_metadata, check_model_name, check_schema_bounds, metadata_filter_key
@@ -105,7 +105,7 @@ def job_object(row: dict[str, Any]) -> dict[str, Any]:
         "user_provided_suffix": row["suffix"],
         "seed": row["seed"],
         "estimated_finish": row["estimated_finish"],
-        "integrations": [],
+        "integrations": json.loads(row["integrations"]) if row.get("integrations") else [],
         "method": method,
         "metadata": json.loads(row["metadata"]) if row["metadata"] else None,
     }
@@ -183,8 +183,9 @@ def _hyperparameters(body: CreateJob) -> dict[str, Any]:
 
 def _check_file(state: State, project: str, file_id: str, param: str,
                 purposes: tuple[str, ...] = ("fine-tune",)) -> None:
-    row = state.store.one("SELECT purpose FROM files WHERE id = ? AND project = ? AND deleted_at IS NULL",
-                          file_id, project)
+    from tunewise.serve.routes.files import LIVE
+
+    row = state.store.one(f"SELECT purpose FROM files WHERE id = ? AND project = ? AND {LIVE}", file_id, project)
     if row is None:
         raise UsageError(f"File '{file_id}' not found.", param=param, code="invalid_file",
                          hint=f"Upload it first with purpose '{purposes[0]}' (POST /v1/files; `tunewise files upload FILE`).")
@@ -247,18 +248,28 @@ def create_job(body: CreateJob, state: StateDep, principal: PrincipalDep) -> dic
     store, settings, project = state.store, state.settings, principal.project
     check_model_name(body.model)
     hyper = _hyperparameters(body)
-    if body.model.startswith("ft:"):
-        raise Unsupported("Fine-tuning a fine-tuned model further is not supported yet.",
-                          hint="Start from a base model and train on the combined data.", param="model")
     if body.suffix is not None and not all(c.isalnum() or c in "-_." for c in body.suffix):
         raise UsageError(f"Invalid suffix {body.suffix!r}: use letters, digits, '-', '_' and '.' (it becomes part "
                          "of the model name, whose parts ':' separates).", param="suffix")
-    local = naming.base_local_model(settings, body.model)
+    parent = None
+    if body.model.startswith("ft:"):
+        # Continued fine-tuning: a fine-tuned model or checkpoint of this project, or one shared with it.
+        try:
+            parent = naming.resolve(store, settings, project, body.model)
+        except ModelNotFound:
+            raise UsageError(f"The model '{body.model}' does not exist or you do not have access to it.",
+                             hint="Continue a fine-tuned model or checkpoint of this project, or one another project "
+                             "shared with it (POST /v1/fine_tuning/checkpoints/{model}/permissions).",
+                             code="model_not_found", param="model") from None
+        local = parent.base_local
+    else:
+        local = naming.base_local_model(settings, body.model)
     _check_file(state, project, body.training_file, "training_file")
     if body.validation_file:
         _check_file(state, project, body.validation_file, "validation_file")
     eval_spec = _eval_config(state, project, body.eval)
     check_metadata(body.metadata)
+    chosen = integrations.check(body.integrations)
     job_id = new_id("ftjob-")
     seed = body.seed if body.seed is not None else random.randrange(2**31)
     method = {"type": "supervised", "supervised": {"hyperparameters": hyper}}
@@ -271,14 +282,18 @@ def create_job(body: CreateJob, state: StateDep, principal: PrincipalDep) -> dic
                            hint="Wait for a job to finish or cancel one.", code="rate_limit_exceeded")
         db.execute(
             "INSERT INTO jobs (id, project, model, local_model, training_file, validation_file, hyperparameters, "
-            "method, suffix, seed, metadata, status, output_dir, created_at, eval) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "method, suffix, seed, metadata, status, output_dir, created_at, eval, parent_model, init_path, "
+            "integrations) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (job_id, project, body.model, local, body.training_file, body.validation_file, json.dumps(hyper),
              json.dumps(method), body.suffix, seed, json.dumps(body.metadata) if body.metadata else None,
              "validating_files", str(store.jobs_dir / job_id), now(),
-             json.dumps(eval_spec) if eval_spec else None))
+             json.dumps(eval_spec) if eval_spec else None, parent.name if parent else None,
+             parent.local if parent else None, json.dumps(chosen) if chosen else None))
     store.add_event(job_id, f"Created fine-tuning job: {job_id}")
-    if local != body.model:
+    if parent is not None:
+        store.add_event(job_id, f"Continuing the {parent.kind} model '{parent.name}': training starts from its "
+                        f"weights (its LoRA adapter on '{local}').")
+    elif local != body.model:
         store.add_event(job_id, f"Model '{body.model}' is served locally by '{local}': the fine-tuning trains "
                         f"'{local}' on this machine, not an OpenAI model.")
     store.add_event(job_id, f"Validating training file: {body.training_file}")
