@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 # torch is pinned (constraints.txt) so pip takes the CPU wheel and never a multi-GB CUDA build.
 # On a CUDA machine: make install CONSTRAINTS=  then install the torch build you want.
 CONSTRAINTS ?= -c constraints.txt
+# The demo's example task: receipts (the guide's JSON task) or style (house-style replies, with a shifted split).
+TASK ?= receipts
 
 .PHONY: install browser demo test test-all bench lint clean
 
@@ -25,7 +27,7 @@ browser:
 	sh scripts/install-browser.sh
 
 demo: $(STAMP)
-	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/demo.py --task $(TASK)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,12 +1,18 @@
 """The main job end to end, on the embedded default model (SmolLM2-135M-Instruct), on this machine.
 
     make demo                       # or: .venv/bin/python examples/demo.py [--out out/demo] [--limit N]
+    make demo TASK=style            # or: .venv/bin/python examples/demo.py --task style
 
 Stages, each timed: generate the receipts example -> validate it -> estimate what training would cost on
 OpenAI -> start the local service -> fine-tune the default model on the train split with the guide's own
 snippet through the official ``openai`` SDK -> evaluate the base model with the guide's prompt (long prompt,
 few-shot, structured outputs) against the fine-tuned model with the short prompt on the held-out split ->
 decide, and write the report. Nothing leaves 127.0.0.1.
+
+``--task style`` runs the style-and-tone example (examples/style) the same way: the house style's graders
+judge every answer, the decision's primary measure is the ``house_style`` grader, and the candidates are also
+evaluated on a held-out split from a shifted distribution, reported side by side with the in-distribution one,
+so the guide's claim that few-shot degrades under shift and fine-tuning does not is tested.
 """
 
 from __future__ import annotations
@@ -31,6 +37,14 @@ DEMO_EPOCHS = 1
 # evaluates them all.
 DEMO_LIMIT = 20
 CALLS_PER_MONTH = 1_000_000
+# Each task: its example directory, the candidates file, the held-out splits, the graders and the primary measure.
+TASKS = {
+    "receipts": {"dir": "receipts", "candidates": HERE / "candidates.yaml", "schema": True, "graders": None,
+                 "primary": None, "splits": ["test"], "what": "the guide's receipts task"},
+    "style": {"dir": "style", "candidates": HERE / "style" / "candidates.yaml", "schema": False,
+              "graders": "graders.yaml", "primary": "house_style", "splits": ["test", "test_shifted"],
+              "what": "house-style support replies"},
+}
 
 
 class Stages:
@@ -52,14 +66,16 @@ def _pct(summary: dict | None) -> str:
     return "-" if not summary else f"{100 * summary['value']:.0f}%"
 
 
-def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = None, epochs: int = DEMO_EPOCHS) -> dict:
-    """Run every stage into ``out``; returns the stage times, the job, and the decision."""
+def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = None, epochs: int = DEMO_EPOCHS,
+        task: str = "receipts") -> dict:
+    """Run every stage of ``task`` into ``out``; returns the stage times, the job, and the decision."""
     from openai import OpenAI
 
     from tunewise import cost, models
     from tunewise.data import validate
     from tunewise.eval.candidates import load_candidates
     from tunewise.eval.decide import decide
+    from tunewise.eval.graders import load_graders
     from tunewise.eval.report import write_report
     from tunewise.eval.runner import run_eval
     from tunewise.serve.testing import running_server
@@ -71,14 +87,15 @@ def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = Non
     hyperparameters = {**GUIDE_HYPERPARAMETERS, "n_epochs": epochs}
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages()
-    data = out / "receipts"
+    spec = TASKS[task]
+    data = out / spec["dir"]
 
-    with stages.stage("1. example data: the guide's receipts task (fixed seed)"):
-        runpy.run_path(str(HERE / "receipts" / "generate.py"), run_name="tunewise_demo")["main"](
+    with stages.stage(f"1. example data: {spec['what']} (fixed seed)"):
+        runpy.run_path(str(HERE / spec["dir"] / "generate.py"), run_name="tunewise_demo")["main"](
             ["--out", str(data)])
 
     with stages.stage("2. validate"):
-        for split in ("train", "test"):
+        for split in ("train", *spec["splits"]):
             report = validate(data / f"{split}.jsonl", model=GUIDE_MODEL)
             s = report.stats
             print(f"   {split}.jsonl: {s.n_examples} examples, {len(report.errors)} errors, "
@@ -110,25 +127,47 @@ def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = Non
 
         with stages.stage("5. evaluate on the held-out split"):
             os.environ["TUNEWISE_FT_MODEL"] = job.fine_tuned_model
-            schema = json.loads((data / "schema.json").read_text())
-            candidates = load_candidates(_candidates_file(out, data, local_model), schema=schema)
+            schema = json.loads((data / "schema.json").read_text()) if spec["schema"] else None
+            graders = load_graders(data / spec["graders"]) if spec["graders"] else None
+            candidates = load_candidates(_candidates_file(out, data, local_model, spec), schema=schema)
             for c in candidates:
                 c.base_url, c.api_key = server.base_url, server.api_key
-            evaluation = run_eval(data / "test.jsonl", candidates, schema=schema, out_dir=out / "eval",
-                                  limit=limit, cache=out / "eval-cache.sqlite", progress=True,
-                                  concurrency=8)
-            for name, m in evaluation.metrics["candidates"].items():
-                print(f"   {name:18s} valid JSON {_pct(m.get('valid_json'))}, schema "
-                      f"{_pct(m.get('schema_adherence'))}, exact match {_pct(m.get('exact_match'))}")
+            evaluations = {}
+            for split in spec["splits"]:
+                evaluation = evaluations[split] = run_eval(
+                    data / f"{split}.jsonl", candidates, schema=schema, out_dir=out / _eval_dir(split),
+                    limit=limit, cache=out / "eval-cache.sqlite", progress=True, concurrency=8, graders=graders)
+                if len(spec["splits"]) > 1:
+                    print(f"   {split}.jsonl:")
+                for name, m in evaluation.metrics["candidates"].items():
+                    if graders:
+                        scores = ", ".join(f"{g} {_pct(v)}" for g, v in (m.get("graders") or {}).items())
+                        print(f"   {name:18s} {scores}")
+                    else:
+                        print(f"   {name:18s} valid JSON {_pct(m.get('valid_json'))}, schema "
+                              f"{_pct(m.get('schema_adherence'))}, exact match {_pct(m.get('exact_match'))}")
+            evaluation = evaluations["test"]
 
     with stages.stage("6. decide"):
+        shifted = out / _eval_dir(spec["splits"][1]) if len(spec["splits"]) > 1 else None
         decision = decide(out / "eval", calls_per_month=CALLS_PER_MONTH,
                           training_file=data / "train.jsonl", model=GUIDE_MODEL,
-                          epochs=GUIDE_HYPERPARAMETERS["n_epochs"], metrics_csv=metrics_csv)
+                          epochs=GUIDE_HYPERPARAMETERS["n_epochs"], metrics_csv=metrics_csv,
+                          primary=spec["primary"], shifted=shifted)
         paths = write_report(decision, out / "report")
         print(f"   {decision.headline}")
         for reason in decision.reasons:
             print(f"   - {reason}")
+        if decision.shift:
+            print(f"   {decision.primary_metric}, held-out -> shifted split:")
+            for name, t in decision.shift.items():
+                print(f"   {name:18s} {100 * t['in_distribution']:5.1f}% -> {100 * t['shifted']:5.1f}%  (drop "
+                      f"{100 * t['drop']:+.1f} points, 95% CI {100 * t['drop_low']:+.1f} to "
+                      f"{100 * t['drop_high']:+.1f})")
+        if decision.claims:
+            print("   the guide's claims on this data:")
+            for claim in decision.claims:
+                print(f"   - [{claim['outcome']}] {claim['claim']} {claim['detail']}")
         print(f"   report: {paths['html']}")
 
     total = sum(stages.times.values())
@@ -138,15 +177,24 @@ def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = Non
     print(f"   {total:7.1f} s  total")
     summary = {"stages": stages.times, "total_s": total, "job": job.model_dump(),
                "metrics": evaluation.metrics["candidates"], "verdict": decision.verdict,
-               "report": str(paths["html"])}
+               "task": task, "claims": decision.claims, "shift": decision.shift, "report": str(paths["html"])}
     (out / "demo.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
-def _candidates_file(out: Path, data: Path, local_model: str) -> Path:
+def _eval_dir(split: str) -> str:
+    return "eval" if split == "test" else f"eval-{split.removeprefix('test_')}"
+
+
+def _candidates_file(out: Path, data: Path, local_model: str, spec: dict = TASKS["receipts"]) -> Path:
     """The example candidates file, pointed at this run's data and model."""
-    text = (HERE / "candidates.yaml").read_text()
-    text = text.replace("receipts/", f"{data.resolve()}/").replace("smollm2-135m-instruct", local_model)
+    text = spec["candidates"].read_text()
+    if spec["dir"] == "receipts":
+        text = text.replace("receipts/", f"{data.resolve()}/")
+    else:  # paths relative to the file itself
+        for name in ("system_prompt_long.txt", "system_prompt_short.txt", "few_shot.jsonl"):
+            text = text.replace(f": {name}", f": {data.resolve() / name}")
+    text = text.replace("smollm2-135m-instruct", local_model)
     path = out / "candidates.yaml"
     path.write_text(text)
     return path
@@ -174,9 +222,12 @@ def _follow(client, job_id: str, poll_s: float = 2.0):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory (default out/demo)")
+    parser.add_argument("--task", choices=sorted(TASKS), default="receipts",
+                        help="the example task (default receipts; style: the house-style task, with a shifted split)")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default out/demo, "
+                        "out/demo-TASK for another task)")
     parser.add_argument("--limit", type=int, default=DEMO_LIMIT,
-                        help=f"evaluate the first N test examples (default {DEMO_LIMIT}; 0: all 50)")
+                        help=f"evaluate the first N examples of each held-out split (default {DEMO_LIMIT}; 0: all)")
     parser.add_argument("--model", default=None, help="local model to fine-tune (default: the registry default)")
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS,
                         help=f"epochs to train locally (default {DEMO_EPOCHS}; the guide's snippet says 3)")
@@ -189,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     from tunewise.errors import TunewiseError
 
     try:
-        run(args.out, limit=args.limit or None, local_model=args.model, epochs=args.epochs)
+        out = args.out or Path("out/demo" if args.task == "receipts" else f"out/demo-{args.task}")
+        run(out, limit=args.limit or None, local_model=args.model, epochs=args.epochs, task=args.task)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -48,8 +48,10 @@ def _demo_recipe() -> str:
 
 
 def _run_demo(tmp_path: Path, *extra: str, timeout: float) -> tuple[subprocess.CompletedProcess, Path]:
-    # The Makefile's command: the venv's python on examples/demo.py, from the repository root, with its defaults.
-    assert _demo_recipe() == "$(BIN)/python examples/demo.py"
+    # The Makefile's command: the venv's python on examples/demo.py, from the repository root, with its defaults
+    # (the task is receipts unless TASK= names another).
+    assert _demo_recipe() == "$(BIN)/python examples/demo.py --task $(TASK)"
+    assert re.search(r"^TASK \?= receipts$", (REPO / "Makefile").read_text(), re.M)
     out = Path(os.path.relpath(tmp_path / "demo", REPO))  # a relative --out, as the default out/demo is
     assert not out.is_absolute()
     proc = subprocess.run([sys.executable, "examples/demo.py", "--out", str(out), *extra], cwd=REPO,

@@ -191,13 +191,16 @@ def eval_command(test_file, candidates_file, schema, models, prompts, specs, str
               help="No verdict when more than this share of a deciding candidate's calls failed.")
 @click.option("--horizon-months", type=float, default=12, show_default=True,
               help="Months over which training is amortised when cost decides.")
+@click.option("--shifted", type=click.Path(exists=True, file_okay=False), default=None,
+              help="The same candidates evaluated on a split from a shifted distribution: reported side by side, "
+                   "and the guide's claim that few-shot degrades under shift and fine-tuning does not, tested.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Report directory (default: EVAL_DIR/report).")
 @click.option("--prices", type=click.Path(dir_okay=False), default=None,
               help="TOML file overriding catalog prices (default: $TUNEWISE_PRICES).")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 def decide(eval_dir, calls_per_month, training_cost, training_file, model, epochs, job, metrics_csv, primary,
-           margin, cache_hit_rate, max_failure_rate, horizon_months, out_dir, prices, as_json) -> None:
+           margin, cache_hit_rate, max_failure_rate, horizon_months, shifted, out_dir, prices, as_json) -> None:
     """The verdict from an evaluation (fine-tune / keep prompting / use structured outputs / not enough
     evidence), with reasons, monthly cost, break-even and an HTML + Markdown report."""
     from tunewise.cli.cost import _epochs
@@ -209,13 +212,15 @@ def decide(eval_dir, calls_per_month, training_cost, training_file, model, epoch
                          training_file=training_file, model=model, epochs=_epochs(epochs), job=job,
                          metrics_csv=metrics_csv, prices=prices, primary=primary, margin=margin,
                          cache_hit_rate=cache_hit_rate, max_failure_rate=max_failure_rate,
-                         horizon_months=horizon_months)
+                         horizon_months=horizon_months, shifted=shifted)
     paths = write_report(decision, out_dir or Path(eval_dir) / "report")
     if as_json:
         click.echo(json.dumps(_jsonable({**decision.to_dict(), "report": {k: str(v) for k, v in paths.items()}}),
                               indent=2))
         return
     click.echo(f"Verdict: {decision.verdict}")
+    for claim in decision.claims:
+        click.echo(f"claim: {claim['outcome']}: {claim['claim']} {claim['detail']}")
     for reason in decision.reasons:
         click.echo(f"- {reason}")
     for note in decision.notes:

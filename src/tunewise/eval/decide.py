@@ -119,6 +119,12 @@ class Decision:
     """True when the verdict came from cost and would change at another volume."""
     cache_hit_rate: float = 0.0
     training_cost_known: bool = False
+    claims: list[dict] = field(default_factory=list)
+    """The guide's claims this evaluation speaks to (``tunewise.eval.claims``): claim, measured, outcome,
+    diff with its 95% interval, detail."""
+    shift: dict | None = None
+    """With a shifted split: candidate -> its primary measure on the held-out and the shifted split, and the
+    drop with its interval."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -429,7 +435,8 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
            metrics_csv: str | os.PathLike | None = None, prices=None,
            margin: float = EQUIVALENCE_MARGIN, primary: str | None = None, cache_hit_rate: float = 0.0,
            max_failure_rate: float = MAX_FAILURE_RATE,
-           horizon_months: float = DEFAULT_HORIZON_MONTHS) -> Decision:
+           horizon_months: float = DEFAULT_HORIZON_MONTHS,
+           shifted: str | os.PathLike | EvalRun | None = None) -> Decision:
     """Turn an evaluation (a ``tunewise eval`` output directory or an ``EvalRun``) into a verdict with reasons.
 
     ``calls_per_month``: the user's volume (default ``DEFAULT_CALLS_PER_MONTH``, flagged as assumed).
@@ -438,7 +445,9 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
     the loss curve. ``primary``: ``format`` (default for JSON answers) or ``accuracy``. ``margin``: the
     equivalence margin (a rate difference). ``cache_hit_rate``: the share of calls whose static prompt prefix
     the provider's prompt cache serves (0 assumes no caching). ``max_failure_rate``: the most failed calls a
-    deciding candidate may have for a verdict.
+    deciding candidate may have for a verdict. ``shifted``: the same candidates evaluated on a split from a
+    shifted distribution; the decision then reports both side by side and tests the guide's claim that
+    few-shot degrades under the shift and fine-tuning does not (``Decision.shift`` and ``Decision.claims``).
     """
     run = eval_dir if isinstance(eval_dir, EvalRun) else load_run(eval_dir)
     if calls_per_month is not None and calls_per_month < 0:
@@ -807,6 +816,18 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
                      + ("; the verdict depends on it." if depends_on_volume else "; the verdict does not depend "
                         "on it." if verdict != NOT_ENOUGH else "."))
 
+    shifted_run = None
+    if shifted is not None:
+        shifted_run = shifted if isinstance(shifted, EvalRun) else load_run(shifted)
+        missing = sorted(set(cands) - set(shifted_run.metrics["candidates"]))
+        if missing:
+            raise UsageError(f"the shifted evaluation has no results for {', '.join(missing)}.",
+                             hint="Evaluate the same candidates file on the shifted split.")
+    from tunewise.eval.claims import claims as guide_claims
+
+    claim_rows, shift = guide_claims(run, comparisons=[c.to_dict() for c in comparisons], chosen=chosen,
+                                     candidates=cands, task=task, format_metric=fmt, accuracy_metric=accuracy,
+                                     primary_metric=primary_metric, shifted=shifted_run)
     headline = f"Verdict: {verdict}. {reasons[0]}" if reasons else f"Verdict: {verdict}."
     return Decision(verdict=verdict, headline=headline, reasons=reasons, task=task, format_metric=fmt,
                     accuracy_metric=accuracy, chosen=chosen, candidates=cands,
@@ -817,7 +838,8 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
                     primary_metric=primary_metric, secondary_metrics=measures[1:], alpha=ALPHA, margin=margin,
                     max_failure_rate=max_failure_rate, failures=failures, selection=selection,
                     significant=significant, depends_on_volume=depends_on_volume,
-                    cache_hit_rate=cache_hit_rate, training_cost_known=training is not None)
+                    cache_hit_rate=cache_hit_rate, training_cost_known=training is not None,
+                    claims=claim_rows, shift=shift)
 
 
 def _cost_reason(be: dict, volume: float, assumed: bool, cands: dict[str, dict]) -> str:

@@ -216,6 +216,32 @@ def _comparison_rows(decision: Decision) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def _claim_rows(decision: Decision) -> tuple[list[str], list[list[str]]]:
+    head = ["the guide's claim", "measured", "outcome", "difference (points)", "95% CI", "in words"]
+    rows = []
+    for c in decision.claims:
+        exact = c.get("low") is None
+        diff = "" if c.get("diff") is None else f"{100 * c['diff']:+.1f}"
+        ci = "exact (no sampling)" if exact else f"{100 * c['low']:+.1f} to {100 * c['high']:+.1f}"
+        rows.append([c["claim"], c["measured"], c["outcome"], diff, ci, c["detail"]])
+    return head, rows
+
+
+def _shift_rows(decision: Decision) -> tuple[list[str], list[list[str]]]:
+    metric = (decision.primary_metric or "").split(":", 1)[-1]
+    head = ["candidate", "role", "few-shot examples", f"{metric}: held-out", f"{metric}: shifted",
+            "drop (points)", "95% CI (Welch)"]
+    rows = [[name, t.get("role") or "", str(t.get("few_shot") or 0),
+             f"{100 * t['in_distribution']:.1f}% (n={t['n_in']})", f"{100 * t['shifted']:.1f}% (n={t['n_shifted']})",
+             f"{100 * t['drop']:+.1f}", f"{100 * t['drop_low']:+.1f} to {100 * t['drop_high']:+.1f}"]
+            for name, t in (decision.shift or {}).items()]
+    return head, rows
+
+
+CLAIMS_NOTE = ("Each of the guide's claims this evaluation can speak to. \"cannot show\": the model or the data "
+               "is too small for the claim to show either way, which is not evidence against it.")
+
+
 def _procedure(decision: Decision) -> str:
     """The decision procedure in one paragraph, with this evaluation's settings."""
     primary = (decision.primary_metric or "").replace("_", " ")
@@ -283,7 +309,14 @@ def write_report(decision: Decision, out_dir: str | os.PathLike) -> dict[str, Pa
         volume += ", and the verdict depends on it"
     training = "unknown (not counted as $0)" if decision.training_cost is None else usd(decision.training_cost)
 
-    md = [f"# Should I fine-tune? {decision.verdict}", "", f"**{decision.headline}**", "", "## Why", ""]
+    md = [f"# Should I fine-tune? {decision.verdict}", "", f"**{decision.headline}**", ""]
+    khead, krows = _claim_rows(decision)
+    if krows:
+        md += ["## The guide's claims on this data", "", CLAIMS_NOTE, "", _md_table(khead, krows), ""]
+    shead, srows = _shift_rows(decision)
+    if srows:
+        md += ["## Held-out and shifted split, side by side", "", _md_table(shead, srows), ""]
+    md += ["## Why", ""]
     md += [f"- {r}" for r in decision.reasons]
     md += ["", "## Candidates", "", f"{decision.n_examples} held-out examples; calls per month {volume}; "
            f"training cost {training}. Rates and means with 95% intervals.", "", _md_table(head, rows), ""]
@@ -306,6 +339,9 @@ def write_report(decision: Decision, out_dir: str | os.PathLike) -> dict[str, Pa
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>tunewise decision: {html.escape(decision.verdict)}</title>", f"<style>{CSS}</style></head><body>",
         "<h1>Should I fine-tune?</h1>", f'<p class="verdict">{html.escape(decision.headline)}</p>',
+        *([f"<h2>The guide's claims on this data</h2><p>{html.escape(CLAIMS_NOTE)}</p>", _html_table(khead, krows)]
+          if krows else []),
+        *(["<h2>Held-out and shifted split, side by side</h2>", _html_table(shead, srows)] if srows else []),
         "<h2>Why</h2><ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in decision.reasons) + "</ul>",
         f"<h2>Candidates</h2><p>{decision.n_examples} held-out examples; calls per month {html.escape(volume)}; "
         f"training cost {html.escape(training)}. Rates and means with 95% intervals.</p>", _html_table(head, rows),

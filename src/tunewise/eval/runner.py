@@ -450,7 +450,7 @@ def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schem
         "task": task,
         "n_examples": len(examples),
         "schema": schema is not None,
-        "candidates": {c.name: {"model": c.model, "role": c.role,
+        "candidates": {c.name: {"model": c.model, "role": c.role, "few_shot": len(c.few_shot) // 2,
                                 **summarize([r for r in results if r["candidate"] == c.name], pricings[c.name])}
                        for c in candidates},
         "notes": notes,
