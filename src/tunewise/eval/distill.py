@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import threading
 from collections import Counter
@@ -46,6 +45,7 @@ from tunewise.eval.runner import (
     _fatal,
     build_messages,
     call_candidate,
+    in_daemon_threads,
 )
 
 DEFAULT_STUDENT_MODEL = "gpt-4o-mini"
@@ -292,34 +292,11 @@ def distill(inputs: str | os.PathLike | list[Input], teacher: Candidate, out: st
             store.put(key, ep.base_url, teacher.model, response)
         return item, response, None
 
-    tasks: queue.SimpleQueue = queue.SimpleQueue()
-    for item in items:
-        tasks.put(item)
-    done: queue.SimpleQueue = queue.SimpleQueue()
-
-    def worker() -> None:
-        while not stopping.is_set():
-            try:
-                item = tasks.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                done.put((True, job(item)))
-            except BaseException as exc:  # handed to the main thread
-                done.put((False, exc))
-
     kept: list[tuple[Input, list[dict], str]] = []
     rejected: list[dict] = []
-    # Daemon threads over a queue, as in `tunewise eval`: after a fatal error nothing waits for requests in flight.
-    for k in range(min(concurrency, len(items))):
-        threading.Thread(target=worker, name=f"tunewise-distill-{k}", daemon=True).start()
     bar = tqdm(total=len(items), desc="distill", unit="call", disable=not progress, dynamic_ncols=True)
     try:
-        for _ in items:
-            ok, value = done.get()
-            if not ok:
-                raise value
-            item, response, error = value
+        for item, response, error in in_daemon_threads(job, items, concurrency, stopping, "tunewise-distill"):
             if error is not None:
                 rejected.append({"line": item.line, "reason": "error", "detail": error, "answer": None})
             else:
@@ -331,7 +308,7 @@ def distill(inputs: str | os.PathLike | list[Input], teacher: Candidate, out: st
                     kept.append((item, student_messages(item.messages, student_prompt), answer))
             bar.update(1)
     except BaseException:
-        stopping.set()
+        stopping.set()  # also for an interrupt of this loop itself
         raise
     finally:
         bar.close()

@@ -21,6 +21,7 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -301,6 +302,45 @@ def summarize(rows: list[dict], pricing: Pricing | None = None) -> dict[str, Any
     return out
 
 
+def in_daemon_threads(job: Callable[[Any], Any], tasks: list, concurrency: int, stopping: threading.Event,
+                      name: str) -> Iterator[Any]:
+    """``job(task)`` for every task on ``concurrency`` threads; yields the results as they finish.
+
+    Daemon worker threads over a task queue rather than a ThreadPoolExecutor: an executor's threads are joined at
+    interpreter exit, so after a fatal error or Ctrl-C the process would wait for every request in flight (minutes
+    each on a busy CPU server); daemon threads are simply dropped. The first exception of a job (a fatal error:
+    bad key, unknown model, or a bug) is raised here, after ``stopping`` is set so that the workers take no new
+    task and stop retrying; so is an exception of the caller's loop (Ctrl-C).
+    """
+    queued: queue.SimpleQueue = queue.SimpleQueue()
+    for task in tasks:
+        queued.put(task)
+    done: queue.SimpleQueue = queue.SimpleQueue()
+
+    def worker() -> None:
+        while not stopping.is_set():
+            try:
+                task = queued.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((True, job(task)))
+            except BaseException as exc:  # handed to the caller, which decides
+                done.put((False, exc))
+
+    for k in range(min(concurrency, len(tasks))):
+        threading.Thread(target=worker, name=f"{name}-{k}", daemon=True).start()
+    try:
+        for _ in tasks:
+            ok, value = done.get()
+            if not ok:
+                raise value
+            yield value
+    except BaseException:
+        stopping.set()
+        raise
+
+
 def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schema: dict | None = None,
              out_dir: str | os.PathLike | None = None, concurrency: int = DEFAULT_CONCURRENCY,
              limit: int | None = None, cache: bool | str | os.PathLike = True, prices=None,
@@ -394,38 +434,13 @@ def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schem
     results: list[dict] = []
     bar = tqdm(total=len(examples) * len(candidates), desc="eval", unit="call", disable=not progress,
                dynamic_ncols=True)
-    # Daemon worker threads over a task queue rather than a ThreadPoolExecutor: an executor's threads are
-    # joined at interpreter exit, so after a fatal error or Ctrl-C the process would wait for every request
-    # in flight (minutes each on a busy CPU server); daemon threads are simply dropped.
-    tasks: queue.SimpleQueue = queue.SimpleQueue()
-    for c in candidates:
-        for i, ex in enumerate(examples):
-            tasks.put((c, i, ex))
-    done: queue.SimpleQueue = queue.SimpleQueue()
-
-    def worker() -> None:
-        while not stopping.is_set():
-            try:
-                item = tasks.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                done.put((True, job(*item)))
-            except BaseException as exc:  # handed to the main thread, which decides
-                done.put((False, exc))
-
-    total = len(examples) * len(candidates)
-    for k in range(min(concurrency, total)):
-        threading.Thread(target=worker, name=f"tunewise-eval-{k}", daemon=True).start()
+    tasks = [(c, i, ex) for c in candidates for i, ex in enumerate(examples)]
     try:
-        for _ in range(total):
-            ok, value = done.get()
-            if not ok:
-                raise value  # a fatal error (bad key, unknown model) or a bug
+        for value in in_daemon_threads(lambda task: job(*task), tasks, concurrency, stopping, "tunewise-eval"):
             results.append(value)
             bar.update(1)
     except BaseException:
-        stopping.set()  # workers take no new task and stop retrying
+        stopping.set()  # also for an interrupt of this loop itself
         for client in clients.values():
             client.close()
         raise

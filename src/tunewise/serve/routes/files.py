@@ -123,6 +123,23 @@ class _Upload:
         self._field = b""
         self._value = b""
 
+    async def receive(self, request: Request, boundary: bytes, what: str, hint: str) -> None:
+        """Parse the request's multipart body into this sink as it streams, stopping at the first failure (a
+        limit, a bad line); ``what`` names the body in the error for a malformed one, ``hint`` says how to send it."""
+        parser = MultipartParser(boundary, self.callbacks())
+        try:
+            async for chunk in request.stream():
+                parser.write(chunk)
+                if self.failure is not None:
+                    raise self.failure
+            parser.finalize()
+        except MultipartParseError as exc:
+            raise UsageError(f"The {what} is not a valid multipart/form-data body ({exc}).", param=self.file_field,
+                             hint=hint) from None
+        if self.failure is not None:
+            raise self.failure
+        self.close()
+
     def callbacks(self) -> dict[str, Any]:
         return {
             "on_part_begin": self._part_begin,
@@ -256,20 +273,9 @@ async def create_file(request: Request, state: StateDep, principal: PrincipalDep
     tmp = state.store.files_dir / f".{file_id}.part"
     upload = _Upload(tmp, settings.max_upload_bytes, settings.max_line_bytes, quota_left(state, principal.project),
                      settings.storage_quota_bytes)
-    parser = MultipartParser(params[b"boundary"], upload.callbacks())
     try:
-        try:
-            async for chunk in request.stream():
-                parser.write(chunk)
-                if upload.failure is not None:
-                    raise upload.failure
-            parser.finalize()
-        except MultipartParseError as exc:
-            raise UsageError(f"The upload is not a valid multipart/form-data body ({exc}).", param="file",
-                             hint="Send the file as a multipart form: a `file` part and a `purpose` field.") from None
-        if upload.failure is not None:
-            raise upload.failure
-        upload.close()
+        await upload.receive(request, params[b"boundary"], "upload",
+                             "Send the file as a multipart form: a `file` part and a `purpose` field.")
         if upload.filename is None:
             raise UsageError("The upload has no `file` part.", param="file", hint="Send the file as `file`.")
         purpose = upload.fields.get("purpose", b"").decode("utf-8", "replace")

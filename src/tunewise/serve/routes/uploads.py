@@ -17,8 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 
 from tunewise.errors import Conflict, NotFound, UsageError
 from tunewise.serve.deps import PrincipalDep, State, StateDep
@@ -173,20 +172,9 @@ async def add_part(upload_id: str, request: Request, state: StateDep, principal:
     part_id = new_id("part_")
     path = _parts_dir(state) / f"{upload_id}.{part_id}"
     sink = _Upload(path, limit, None, file_field="data", too_large=_part_too_large)
-    parser = MultipartParser(params[b"boundary"], sink.callbacks())
     try:
-        try:
-            async for chunk in request.stream():
-                parser.write(chunk)
-                if sink.failure is not None:
-                    raise sink.failure
-            parser.finalize()
-        except MultipartParseError as exc:
-            raise UsageError(f"The part is not a valid multipart/form-data body ({exc}).", param="data",
-                             hint="Send the bytes as a multipart form field named `data`.") from None
-        if sink.failure is not None:
-            raise sink.failure
-        sink.close()
+        await sink.receive(request, params[b"boundary"], "part",
+                           "Send the bytes as a multipart form field named `data`.")
         if sink.filename is None:
             raise UsageError("The request has no `data` part.", param="data", hint="Send the bytes as `data`.")
         part = {"id": part_id, "upload_id": upload_id, "bytes": sink.size, "path": str(path), "created_at": now()}
