@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 # torch is pinned (constraints.txt) so pip takes the CPU wheel and never a multi-GB CUDA build.
 # On a CUDA machine: make install CONSTRAINTS=  then install the torch build you want.
 CONSTRAINTS ?= -c constraints.txt
-# The demo's example task: receipts (the guide's JSON task) or style (house-style replies, with a shifted split).
+# The demo's example task: receipts (the guide's JSON task), style (house-style replies, with a shifted split),
+# vocab (lay descriptions to fault codes, with a model judge) or facts (the guide's negative claim).
 TASK ?= receipts
 
 .PHONY: install browser demo test test-all bench lint clean

@@ -2,6 +2,8 @@
 
     make demo                       # or: .venv/bin/python examples/demo.py [--out out/demo] [--limit N]
     make demo TASK=style            # or: .venv/bin/python examples/demo.py --task style
+    make demo TASK=vocab            # the domain-vocabulary task (fault codes), with a model judge
+    make demo TASK=facts            # the facts task: the guide's negative claim
 
 Stages, each timed: generate the receipts example -> validate it -> estimate what training would cost on
 OpenAI -> start the local service -> fine-tune the default model on the train split with the guide's own
@@ -13,6 +15,14 @@ decide, and write the report. Nothing leaves 127.0.0.1.
 judge every answer, the decision's primary measure is the ``house_style`` grader, and the candidates are also
 evaluated on a held-out split from a shifted distribution, reported side by side with the in-distribution one,
 so the guide's claim that few-shot degrades under shift and fine-tuning does not is tested.
+
+``--task vocab`` maps lay descriptions of boiler faults to a fictional fault-code list (examples/vocab): the
+primary measure is the ``fault_code`` grader (exact code), and a ``label_model`` judge asked through the same
+local server grades every answer too (cached in the eval cache); the claims table's vocabulary row gives the
+judge's agreement with the exact grader. ``--task facts`` asks about a fictional catalogue (examples/facts):
+the fine-tuned model is trained on some products' facts and asked about others, against the base model with the
+product's catalogue entry in its prompt, so the decision can say what the guide says: fine-tuning does not teach
+new facts; keep them in the prompt or retrieve them.
 """
 
 from __future__ import annotations
@@ -48,6 +58,14 @@ TASKS = {
     "style": {"dir": "style", "candidates": HERE / "style" / "candidates.yaml", "schema": False,
               "graders": "graders.yaml", "primary": "house_style", "splits": ["test", "test_shifted"],
               "what": "house-style support replies"},
+    # The judge (a label_model grader) asks the local server, as the candidates do.
+    "vocab": {"dir": "vocab", "candidates": HERE / "vocab" / "candidates.yaml", "schema": False,
+              "graders": "graders.yaml", "primary": "fault_code", "splits": ["test"], "claim": "vocabulary",
+              "what": "lay descriptions to fault codes"},
+    # One prompting candidate in the demo: the base model with the facts in its prompt (the guide's advice).
+    "facts": {"dir": "facts", "candidates": HERE / "facts" / "candidates.yaml", "schema": False,
+              "graders": "graders.yaml", "primary": "fact", "splits": ["test"], "claim": "facts",
+              "leave_out": ("base-no-facts",), "what": "questions about a catalogue's facts"},
 }
 
 
@@ -79,7 +97,7 @@ def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = Non
     from tunewise.data import validate
     from tunewise.eval.candidates import load_candidates
     from tunewise.eval.decide import decide
-    from tunewise.eval.graders import load_graders
+    from tunewise.eval.graders import GradingContext, ModelJudge, load_graders
     from tunewise.eval.report import write_report
     from tunewise.eval.runner import run_eval
     from tunewise.serve.testing import running_server
@@ -132,7 +150,12 @@ def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = Non
         with stages.stage("5. evaluate on the held-out split"):
             os.environ["TUNEWISE_FT_MODEL"] = job.fine_tuned_model
             schema = json.loads((data / "schema.json").read_text()) if spec["schema"] else None
-            graders = load_graders(data / spec["graders"]) if spec["graders"] else None
+            graders = load_graders(_graders_file(out, data, local_model, spec)) if spec["graders"] else None
+            grading = None
+            if graders and any(g.uses_model for g in graders):
+                # Model judges ask this run's local server; their answers go into the same eval cache.
+                grading = GradingContext(judge=ModelJudge(server.base_url, server.api_key,
+                                                          cache=out / "eval-cache.sqlite"))
             candidates = load_candidates(_candidates_file(out, data, local_model, spec), schema=schema)
             for c in candidates:
                 c.base_url, c.api_key = server.base_url, server.api_key
@@ -140,7 +163,8 @@ def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = Non
             for split in spec["splits"]:
                 evaluation = evaluations[split] = run_eval(
                     data / f"{split}.jsonl", candidates, schema=schema, out_dir=out / _eval_dir(split),
-                    limit=limit, cache=out / "eval-cache.sqlite", progress=True, concurrency=8, graders=graders)
+                    limit=limit, cache=out / "eval-cache.sqlite", progress=True, concurrency=8, graders=graders,
+                    grading=grading)
                 if len(spec["splits"]) > 1:
                     print(f"   {split}.jsonl:")
                 for name, m in evaluation.metrics["candidates"].items():
@@ -151,13 +175,15 @@ def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = Non
                         print(f"   {name:18s} valid JSON {_pct(m.get('valid_json'))}, schema "
                               f"{_pct(m.get('schema_adherence'))}, exact match {_pct(m.get('exact_match'))}")
             evaluation = evaluations["test"]
+            if grading is not None:
+                grading.judge.close()
 
     with stages.stage("6. decide"):
         shifted = out / _eval_dir(spec["splits"][1]) if len(spec["splits"]) > 1 else None
         decision = decide(out / "eval", calls_per_month=CALLS_PER_MONTH,
                           training_file=data / "train.jsonl", model=GUIDE_MODEL,
                           epochs=GUIDE_HYPERPARAMETERS["n_epochs"], metrics_csv=metrics_csv,
-                          primary=spec["primary"], shifted=shifted)
+                          primary=spec["primary"], shifted=shifted, claim=spec.get("claim"))
         paths = write_report(decision, out / "report")
         print(f"   {decision.headline}")
         for reason in decision.reasons:
@@ -202,9 +228,21 @@ def _candidates_file(out: Path, data: Path, local_model: str, spec: dict = TASKS
     import yaml
 
     raw = yaml.safe_load(text)
-    raw["candidates"] = [c for c in raw["candidates"] if c["name"] not in DEMO_LEAVE_OUT]
+    leave_out = spec.get("leave_out", DEMO_LEAVE_OUT)
+    raw["candidates"] = [c for c in raw["candidates"] if c["name"] not in leave_out]
     path = out / "candidates.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _graders_file(out: Path, data: Path, local_model: str, spec: dict) -> Path:
+    """The task's graders file, its model judges pointed at this run's local model."""
+    path = data / spec["graders"]
+    text = path.read_text(encoding="utf-8")
+    if "smollm2-135m-instruct" not in text:
+        return path
+    path = out / "graders.yaml"
+    path.write_text(text.replace("smollm2-135m-instruct", local_model), encoding="utf-8")
     return path
 
 
@@ -231,7 +269,8 @@ def _follow(client, job_id: str, poll_s: float = 2.0):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(TASKS), default="receipts",
-                        help="the example task (default receipts; style: the house-style task, with a shifted split)")
+                        help="the example task (default receipts; style: the house-style task, with a shifted split; "
+                        "vocab: fault codes, with a model judge; facts: the guide's negative claim)")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default out/demo, "
                         "out/demo-TASK for another task)")
     parser.add_argument("--limit", type=int, default=DEMO_LIMIT,

@@ -194,13 +194,17 @@ def eval_command(test_file, candidates_file, schema, models, prompts, specs, str
 @click.option("--shifted", type=click.Path(exists=True, file_okay=False), default=None,
               help="The same candidates evaluated on a split from a shifted distribution: reported side by side, "
                    "and the guide's claim that few-shot degrades under shift and fine-tuning does not, tested.")
+@click.option("--claim", type=click.Choice(["style", "vocabulary", "facts"]), default=None,
+              help="Which of the guide's claims the primary grader speaks to, for the claims table (default: "
+                   "style): vocabulary, or facts (the negative claim: facts belong in the prompt).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Report directory (default: EVAL_DIR/report).")
 @click.option("--prices", type=click.Path(dir_okay=False), default=None,
               help="TOML file overriding catalog prices (default: $TUNEWISE_PRICES).")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 def decide(eval_dir, calls_per_month, training_cost, training_file, model, epochs, job, metrics_csv, primary,
-           margin, cache_hit_rate, max_failure_rate, horizon_months, shifted, out_dir, prices, as_json) -> None:
+           margin, cache_hit_rate, max_failure_rate, horizon_months, shifted, claim, out_dir, prices, as_json
+           ) -> None:
     """The verdict from an evaluation (fine-tune / keep prompting / use structured outputs / not enough
     evidence), with reasons, monthly cost, break-even and an HTML + Markdown report."""
     from tunewise.cli.cost import _epochs
@@ -212,7 +216,7 @@ def decide(eval_dir, calls_per_month, training_cost, training_file, model, epoch
                          training_file=training_file, model=model, epochs=_epochs(epochs), job=job,
                          metrics_csv=metrics_csv, prices=prices, primary=primary, margin=margin,
                          cache_hit_rate=cache_hit_rate, max_failure_rate=max_failure_rate,
-                         horizon_months=horizon_months, shifted=shifted)
+                         horizon_months=horizon_months, shifted=shifted, claim=claim)
     paths = write_report(decision, out_dir or Path(eval_dir) / "report")
     if as_json:
         click.echo(json.dumps(_jsonable({**decision.to_dict(), "report": {k: str(v) for k, v in paths.items()}}),

@@ -1,7 +1,9 @@
 """The guide's claims, each checked against one evaluation: what was measured, whether it held, the interval.
 
-The guide says fine-tuning helps with a consistent output format, shorter prompts, and style and tone, where
-"few-shot examples degrade under distribution shift; fine-tuned models don't". Each claim the evaluation can speak to becomes one row of the report's claims table:
+The guide says fine-tuning helps with a consistent output format, shorter prompts, style and tone (where
+"few-shot examples degrade under distribution shift; fine-tuned models don't") and domain-specific vocabulary,
+and that it does NOT teach factual knowledge. Each claim the evaluation can speak to becomes one row of the
+report's claims table:
 
 - ``claim``: the guide's words; ``measured``: what was compared, on how many examples;
 - ``outcome``: ``held``, ``did not hold``, ``inconclusive`` or ``cannot show`` (the model or the data is too
@@ -13,13 +15,19 @@ The rows reuse the decision's paired, Holm-adjusted comparisons where there are 
 two splits (different examples, so unpaired): each candidate's drop from the held-out split to the shifted one,
 and the difference of the drops, few-shot minus fine-tuned, on the per-example paired differences, each with
 Welch's interval (``statsmodels``).
+
+Which claim a grader as the primary measure speaks to is named by ``claim`` (``CLAIM_CHOICES``): ``style``
+(the default), ``vocabulary`` (the fine-tuned model against prompting with the vocabulary spelt out; where a
+model judge graded the same answers, its pass rates and its agreement with the primary grader are added) or
+``facts`` (the negative claim: the fine-tuned model on facts it was never trained on against the base model with
+the facts in its prompt; it holds when the prompt is significantly better).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tunewise.eval.runner import EvalRun, is_failed
+from tunewise.eval.runner import GRADER_PREFIX, EvalRun, is_failed
 
 HELD, NOT_HELD, INCONCLUSIVE, CANNOT_SHOW = "held", "did not hold", "inconclusive", "cannot show"
 OUTCOMES = (HELD, NOT_HELD, INCONCLUSIVE, CANNOT_SHOW)
@@ -31,6 +39,13 @@ FORMAT = "Fine-tuning gives a consistent output format (prompting alone holds it
 SHORTER = "A fine-tuned model needs shorter prompts (lower cost and latency per call)."
 STYLE = "Fine-tuning teaches style and tone better than instructions and examples in the prompt."
 SHIFT = "Few-shot examples degrade under distribution shift; fine-tuned models don't."
+VOCABULARY = ("Domain-specific vocabulary the base model handles poorly is dramatically improved by even a small "
+              "fine-tuned data set.")
+FACTS = ("Fine-tuning does not teach factual knowledge (the model learns new behaviours, not new facts): keep the "
+         "facts in the prompt or retrieve them.")
+CLAIM_CHOICES = ("style", "vocabulary", "facts")
+"""What a grader as the primary measure stands for: which of the guide's claims its comparison tests."""
+JUDGE_TYPES = ("label_model", "score_model")
 
 
 def _row(claim: str, measured: str, outcome: str, detail: str, diff: float | None = None,
@@ -64,6 +79,82 @@ def _from_comparison(claim: str, c: dict | None, label: str, ft_value: float | N
         outcome, text = INCONCLUSIVE, (f"{_pts(diff)} points is not significant on {c['n']} examples: "
                                        "evaluate on more.")
     return _row(claim, measured, outcome, text, diff, low, high)
+
+
+def _facts_claim(c: dict | None, label: str, ft_value: float | None, p_value: float | None) -> dict | None:
+    """The negative claim: the fine-tuned model on facts it never saw against the base model with the facts in
+    its prompt (``c`` is fine-tuned minus prompting)."""
+    if c is None:
+        return None
+    diff, low, high = c["diff"], c["low"], c["high"]
+    F, P = c["a"], c["b"]
+    measured = (f"{label} on questions about facts never trained on, {F} (trained on other facts, none in its "
+                f"prompt) - {P} (the facts in its prompt), paired over {c['n']} examples")
+    if p_value is None or p_value < LEARNED_AT_LEAST:
+        return _row(FACTS, measured, CANNOT_SHOW, f"{P} scores {100 * (p_value or 0):.0f}% even with the facts "
+                    "in its prompt: the model is too small to read them there, so this evaluation cannot show "
+                    "where facts are best kept.", diff, low, high)
+    fv = 100 * (ft_value or 0)
+    if c["significant"] and diff < 0:
+        return _row(FACTS, measured, HELD, f"{F} answers {fv:.0f}% of questions about facts it was never "
+                    f"trained on, {P} {100 * p_value:.0f}% with the facts in its prompt ({_pts(diff)} points, "
+                    "Holm-adjusted): fine-tuning taught the answers' form, not the facts. Keep the facts in the "
+                    "prompt or retrieve them.", diff, low, high)
+    if c["significant"] and diff > 0:
+        return _row(FACTS, measured, NOT_HELD, f"{F} is significantly better ({_pts(diff)} points) without the "
+                    "facts than the base model with them.", diff, low, high)
+    return _row(FACTS, measured, INCONCLUSIVE, f"{F} {fv:.0f}% against {P} {100 * p_value:.0f}%: "
+                f"{_pts(diff)} points is not significant on {c['n']} examples: evaluate on more.", diff, low, high)
+
+
+def _judge_results(run: EvalRun, names: list[str], grader: str) -> dict[tuple[str, str], Any]:
+    """The rows' results of ``grader`` for the candidates ``names``, by (candidate, example), as GraderResults."""
+    from tunewise.eval.graders.run import GraderResult, no_errors
+
+    out = {}
+    for r in run.results:
+        s = (r.get("graders") or {}).get(grader)
+        if r.get("candidate") not in names or is_failed(r) or not s:
+            continue
+        errors = no_errors()
+        for flag in s.get("errors") or []:
+            errors[flag] = True
+        out[(r["candidate"], r.get("example_id") or f"line-{r.get('line')}")] = GraderResult(
+            name=grader, type="", reward=float(s.get("reward") or 0.0), passed=s.get("passed"), errors=errors)
+    return out
+
+
+def judge_agreement(run: EvalRun, names: list[str], reference: str) -> list[dict[str, Any]]:
+    """For each model judge among the run's graders: its agreement with the ``reference`` grader on the answers
+    of ``names`` (``tunewise.eval.graders.agreement``), with the judge's name."""
+    from tunewise.eval.graders import agreement
+
+    judges = [g.get("name") for g in run.config.get("graders") or [] if g.get("type") in JUDGE_TYPES]
+    ref = _judge_results(run, names, reference)
+    out = []
+    for judge in judges:
+        if not judge or judge == reference:
+            continue
+        got = _judge_results(run, names, judge)
+        keys = [k for k in ref if k in got]
+        if keys:
+            out.append(agreement([got[k] for k in keys], [ref[k] for k in keys]))
+    return out
+
+
+def _judge_text(run: EvalRun, F: str, P: str, reference: str, value) -> str:
+    parts = []
+    for a in judge_agreement(run, [F, P], reference):
+        j = a["judge"]
+        fv, pv = value(F, GRADER_PREFIX + j), value(P, GRADER_PREFIX + j)
+        rates = (f"passes {100 * fv:.0f}% of {F}'s answers and {100 * pv:.0f}% of {P}'s"
+                 if fv is not None and pv is not None else "graded the answers")
+        kappa = "undefined" if a["kappa"] is None else f"{a['kappa']:.2f}"
+        ci = f" (95% CI {a['kappa_ci'][0]:.2f} to {a['kappa_ci'][1]:.2f})" if a.get("kappa_ci") else ""
+        agree = "n/a" if a["agreement"] is None else f"{100 * a['agreement']:.0f}%"
+        parts.append(f" The judge '{j}' {rates}; it agrees with '{reference}' on {agree} of {a['rows']} answers, "
+                     f"Cohen's kappa {kappa}{ci}.")
+    return "".join(parts)
 
 
 def _find(comparisons: list[dict], metric: str, a: str | None, b: str | None) -> dict | None:
@@ -156,8 +247,9 @@ def _shift_claim(run: EvalRun, shifted: EvalRun, metric: str, chosen: dict[str, 
 
 def claims(run: EvalRun, *, comparisons: list[dict], chosen: dict[str, str], candidates: dict[str, dict],
            task: str, format_metric: str | None, accuracy_metric: str, primary_metric: str | None,
-           shifted: EvalRun | None = None) -> tuple[list[dict], dict | None]:
-    """The claims table's rows, and the shift table (None without a shifted split)."""
+           shifted: EvalRun | None = None, claim: str | None = None) -> tuple[list[dict], dict | None]:
+    """The claims table's rows, and the shift table (None without a shifted split). ``claim``: which claim a
+    grader as the primary measure speaks to (``CLAIM_CHOICES``; None: style)."""
     F, P, S = chosen.get("fine-tuned"), chosen.get("prompting"), chosen.get("structured")
     rows: list[dict] = []
     if not F or not (P or S):
@@ -185,9 +277,18 @@ def claims(run: EvalRun, *, comparisons: list[dict], chosen: dict[str, str], can
                          f"{fi:.0f} against {pi:.0f} tokens per call ({100 * (1 - fi / pi):.0f}% fewer)."
                          if fi < pi else f"{fi:.0f} against {pi:.0f} tokens per call: not shorter.",
                          diff=(fi - pi) / pi))
-    if primary_metric and primary_metric.startswith("grader:") and P:
-        row = _from_comparison(STYLE, _find(comparisons, primary_metric, F, P),
-                               f"grader {primary_metric.split(':', 1)[1]}", value(F, primary_metric))
+    is_grader = bool(primary_metric and primary_metric.startswith(GRADER_PREFIX))
+    if primary_metric and P and (claim in ("vocabulary", "facts") or is_grader):
+        grader = primary_metric[len(GRADER_PREFIX):] if is_grader else None
+        label = f"grader {grader}" if grader else primary_metric.replace("_", " ")
+        c = _find(comparisons, primary_metric, F, P)
+        if claim == "facts":
+            row = _facts_claim(c, label, value(F, primary_metric), value(P, primary_metric))
+        else:
+            row = _from_comparison(VOCABULARY if claim == "vocabulary" else STYLE, c, label,
+                                   value(F, primary_metric))
+            if row is not None and claim == "vocabulary" and grader:
+                row["detail"] += _judge_text(run, F, P, grader, value)
         if row is not None:
             rows.append(row)
     table = None

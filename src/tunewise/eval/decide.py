@@ -125,6 +125,8 @@ class Decision:
     shift: dict | None = None
     """With a shifted split: candidate -> its primary measure on the held-out and the shifted split, and the
     drop with its interval."""
+    claim: str | None = None
+    """Which of the guide's claims the primary grader speaks to (``tunewise.eval.claims.CLAIM_CHOICES``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -436,7 +438,7 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
            margin: float = EQUIVALENCE_MARGIN, primary: str | None = None, cache_hit_rate: float = 0.0,
            max_failure_rate: float = MAX_FAILURE_RATE,
            horizon_months: float = DEFAULT_HORIZON_MONTHS,
-           shifted: str | os.PathLike | EvalRun | None = None) -> Decision:
+           shifted: str | os.PathLike | EvalRun | None = None, claim: str | None = None) -> Decision:
     """Turn an evaluation (a ``tunewise eval`` output directory or an ``EvalRun``) into a verdict with reasons.
 
     ``calls_per_month``: the user's volume (default ``DEFAULT_CALLS_PER_MONTH``, flagged as assumed).
@@ -448,6 +450,9 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
     deciding candidate may have for a verdict. ``shifted``: the same candidates evaluated on a split from a
     shifted distribution; the decision then reports both side by side and tests the guide's claim that
     few-shot degrades under the shift and fine-tuning does not (``Decision.shift`` and ``Decision.claims``).
+    ``claim``: which of the guide's claims the primary measure speaks to: ``style`` (the default for a grader),
+    ``vocabulary`` or ``facts`` (the negative claim; a fine-tuned model worse on it is told to keep the facts in
+    the prompt); it names the claims table's row and never changes the verdict's procedure.
     """
     run = eval_dir if isinstance(eval_dir, EvalRun) else load_run(eval_dir)
     if calls_per_month is not None and calls_per_month < 0:
@@ -460,6 +465,12 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
         raise UsageError(f"--max-failure-rate must be between 0 and 1, not {max_failure_rate}.")
     if horizon_months <= 0:
         raise UsageError(f"--horizon-months must be positive, not {horizon_months}.")
+    from tunewise.eval.claims import CLAIM_CHOICES
+
+    if claim is not None and claim not in CLAIM_CHOICES:
+        raise UsageError(f"--claim must be one of {', '.join(CLAIM_CHOICES)}, not {claim!r}.",
+                         hint="style: a house voice; vocabulary: a fixed technical vocabulary; facts: questions "
+                         "about facts (the guide's negative claim).")
     graded = sorted({g for c in run.metrics["candidates"].values() for g in (c.get("graders") or {})})
     grader_primary = None
     if primary is not None and primary not in PRIMARY_CHOICES:
@@ -645,7 +656,7 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
         if primary_metric in r.worse:
             text += " (the primary measure)" if len(r.worse) == 1 else f" (the primary measure is {_label(primary_metric)})"
         text += ": that blocks fine-tuning."
-        if accuracy in r.worse:
+        if accuracy in r.worse or (claim == "facts" and primary_metric in r.worse):
             text += (" Fine-tuning teaches behaviour (format, style, shorter prompts), not new facts or "
                      "reasoning: put the knowledge in the prompt (or retrieval) instead.")
         if r.better:
@@ -827,7 +838,7 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
 
     claim_rows, shift = guide_claims(run, comparisons=[c.to_dict() for c in comparisons], chosen=chosen,
                                      candidates=cands, task=task, format_metric=fmt, accuracy_metric=accuracy,
-                                     primary_metric=primary_metric, shifted=shifted_run)
+                                     primary_metric=primary_metric, shifted=shifted_run, claim=claim)
     headline = f"Verdict: {verdict}. {reasons[0]}" if reasons else f"Verdict: {verdict}."
     return Decision(verdict=verdict, headline=headline, reasons=reasons, task=task, format_metric=fmt,
                     accuracy_metric=accuracy, chosen=chosen, candidates=cands,
@@ -839,7 +850,7 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
                     max_failure_rate=max_failure_rate, failures=failures, selection=selection,
                     significant=significant, depends_on_volume=depends_on_volume,
                     cache_hit_rate=cache_hit_rate, training_cost_known=training is not None,
-                    claims=claim_rows, shift=shift)
+                    claims=claim_rows, shift=shift, claim=claim)
 
 
 def _cost_reason(be: dict, volume: float, assumed: bool, cands: dict[str, dict]) -> str:
