@@ -17,9 +17,10 @@ evaluated on a held-out split from a shifted distribution, reported side by side
 so the guide's claim that few-shot degrades under shift and fine-tuning does not is tested.
 
 ``--task vocab`` maps lay descriptions of boiler faults to a fictional fault-code list (examples/vocab): the
-primary measure is the ``fault_code`` grader (exact code), and a ``label_model`` judge asked through the same
-local server grades every answer too (cached in the eval cache); the claims table's vocabulary row gives the
-judge's agreement with the exact grader. ``--task facts`` asks about a fictional catalogue (examples/facts):
+primary measure is the ``term`` grader (the answer names the right technical term; ``fault_code`` and
+``exact`` score the code and the whole entry), and a ``label_model`` judge asked through the same local server
+grades every answer too (cached in the eval cache); the claims table's vocabulary row gives the judge's agreement
+with the primary grader. ``--task facts`` asks about a fictional catalogue (examples/facts):
 the fine-tuned model is trained on some products' facts and asked about others, against the base model with the
 product's catalogue entry in its prompt, so the decision can say what the guide says: fine-tuning does not teach
 new facts; keep them in the prompt or retrieve them.
@@ -60,7 +61,7 @@ TASKS = {
               "what": "house-style support replies"},
     # The judge (a label_model grader) asks the local server, as the candidates do.
     "vocab": {"dir": "vocab", "candidates": HERE / "vocab" / "candidates.yaml", "schema": False,
-              "graders": "graders.yaml", "primary": "fault_code", "splits": ["test"], "claim": "vocabulary",
+              "graders": "graders.yaml", "primary": "term", "splits": ["test"], "claim": "vocabulary",
               "what": "lay descriptions to fault codes"},
     # One prompting candidate in the demo: the base model with the facts in its prompt (the guide's advice).
     "facts": {"dir": "facts", "candidates": HERE / "facts" / "candidates.yaml", "schema": False,

@@ -48,8 +48,8 @@ def _graders(task: str):
 
 def test_vocab_judge_asks_the_server_once_and_the_claims_row_has_its_agreement(server, tmp_path):
     cands = _candidates("vocab", server, ["base-few-shot", "fine-tuned"])
-    # The primary grader and the judge (the exact grader is covered in test_example_vocab.py).
-    graders = [g for g in _graders("vocab") if g.name in ("fault_code", "judge")]
+    # The primary grader and the judge (the others are covered in test_example_vocab.py).
+    graders = [g for g in _graders("vocab") if g.name in ("term", "judge")]
     cache = tmp_path / "cache.sqlite"
 
     def evaluate(out: Path):
@@ -66,9 +66,9 @@ def test_vocab_judge_asks_the_server_once_and_the_claims_row_has_its_agreement(s
     assert asked_again == 0 and all(r["graders"]["judge"]["cached"] for r in again.results)
     assert [r["grader:judge"] for r in again.results] == [r["grader:judge"] for r in run.results]
 
-    decision = decide(tmp_path / "eval", primary="fault_code", claim="vocabulary")
+    decision = decide(tmp_path / "eval", primary="term", claim="vocabulary")
     claims = {c["claim"]: c for c in decision.claims}
-    assert decision.primary_metric == "grader:fault_code" and decision.claim == "vocabulary"
+    assert decision.primary_metric == "grader:term" and decision.claim == "vocabulary"
     assert VOCABULARY in claims and STYLE not in claims and SHORTER in claims
     row = claims[VOCABULARY]
     assert row["outcome"] in OUTCOMES and "The judge 'judge'" in row["detail"] and "Cohen's kappa" in row["detail"]
@@ -110,7 +110,7 @@ def _check_task(proc, out: Path, task: str, claim: str, candidates: set[str], gr
 @pytest.mark.slow
 def test_demo_vocab_on_the_tiny_model(tmp_path):
     proc, out = _run_demo(tmp_path, "--task", "vocab", "--model", TINY, "--limit", "3", timeout=600)
-    _check_task(proc, out, "vocab", VOCABULARY, {"base-few-shot", "fine-tuned"}, {"fault_code", "exact", "judge"})
+    _check_task(proc, out, "vocab", VOCABULARY, {"base-few-shot", "fine-tuned"}, {"term", "fault_code", "exact", "judge"})
     assert TINY in (out / "graders.yaml").read_text()  # the judge is this run's local model
 
 
@@ -123,7 +123,7 @@ def test_demo_facts_on_the_tiny_model(tmp_path):
 @pytest.mark.slow
 def test_demo_vocab_on_the_default_model(tmp_path):
     proc, out = _run_demo(tmp_path, "--task", "vocab", timeout=1800)
-    _check_task(proc, out, "vocab", VOCABULARY, {"base-few-shot", "fine-tuned"}, {"fault_code", "exact", "judge"})
+    _check_task(proc, out, "vocab", VOCABULARY, {"base-few-shot", "fine-tuned"}, {"term", "fault_code", "exact", "judge"})
 
 
 @pytest.mark.slow

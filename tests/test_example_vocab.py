@@ -62,21 +62,22 @@ def test_every_answer_is_an_entry_of_the_code_list_and_no_description_repeats():
 
 def test_the_reference_answers_pass_the_deterministic_graders():
     graders = deterministic_graders()
-    assert [g.name for g in graders] == ["fault_code", "exact"]
+    assert [g.name for g in graders] == ["term", "fault_code", "exact"]
     for name in [*SPLITS, "few_shot.jsonl"]:
         rows = load(name)
         for row in rows[:: max(1, len(rows) // 3)]:  # python graders run in a subprocess each
             answer = row["messages"][-1]["content"]
             results = grade_all(graders, answer, {**row, "reference": answer})
-            assert {k: r.reward for k, r in results.items()} == {"fault_code": 1.0, "exact": 1.0}, answer
+            assert {k: r.reward for k, r in results.items()} == dict.fromkeys(["term", "fault_code", "exact"], 1.0)
 
 
 @pytest.mark.parametrize("answer, expected", [
-    ("av-101 Thermocouple failure.", {"fault_code": 1.0, "exact": 1.0}),   # case and a full stop
-    ("AV-101, the thermocouple has failed", {"fault_code": 1.0, "exact": 0.0}),
-    ("AV-102 ignition electrode fault", {"fault_code": 0.0, "exact": 0.0}),
-    ("AV-102 or AV-101", {"fault_code": 0.0, "exact": 0.0}),               # the first code counts
-    ("thermocouple failure", {"fault_code": 0.0, "exact": 0.0}),
+    ("av-101 Thermocouple failure.", {"term": 1.0, "fault_code": 1.0, "exact": 1.0}),  # case and a full stop
+    ("AV-101, the thermocouple has failed", {"term": 0.0, "fault_code": 1.0, "exact": 0.0}),
+    ("AV-102 ignition electrode fault", {"term": 0.0, "fault_code": 0.0, "exact": 0.0}),
+    ("AV-102 or AV-101", {"term": 0.0, "fault_code": 0.0, "exact": 0.0}),            # the first code counts
+    ("AV-612 thermocouple failure", {"term": 1.0, "fault_code": 0.0, "exact": 0.0}),  # the term without its code
+    ("AV-101 thermocouple failure or flue blockage", {"term": 0.0, "fault_code": 1.0, "exact": 0.0}),
 ])
 def test_each_grader_scores_what_it_says(answer, expected):
     results = grade_all(deterministic_graders(), answer, {"reference": "AV-101 thermocouple failure"})

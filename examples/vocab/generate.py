@@ -18,10 +18,11 @@ Files:
 - ``system_prompt_short.txt``: one line; ``system_prompt_long.txt``: the whole code list with what each fault
   looks like, for the base model.
 - ``few_shot.jsonl``: four description/answer turns (not in either split).
-- ``graders.yaml``: ``fault_code`` (python: the answer's first fault code is the reference's, the decision's
-  primary measure), ``exact`` (python: the whole answer is the entry, ignoring case, spacing and a final full
-  stop) and ``judge`` (a ``label_model`` judge asked through the local server whether the answer names the same
-  fault; its answers are cached, and its agreement with ``fault_code`` is reported).
+- ``graders.yaml``: ``term`` (python: the answer names the reference's technical term, the vocabulary itself:
+  the decision's primary measure), ``fault_code`` (python: the answer's first fault code is the reference's),
+  ``exact`` (python: the whole answer is the entry, code and term, ignoring case, spacing and a final full stop)
+  and ``judge`` (a ``label_model`` judge asked through the local server whether the answer names the same fault;
+  its answers are cached, and its agreement with ``term`` is reported).
 """
 
 from __future__ import annotations
@@ -129,6 +130,20 @@ def example(system: str | None, message: str, answer: str) -> dict:
     return {"messages": messages + [{"role": "user", "content": message}, {"role": "assistant", "content": answer}]}
 
 
+TERM_SOURCE = f"""\
+import re
+
+TERMS = {sorted(term for _, term, *_ in CODES)!r}
+
+
+def grade(sample, item):
+    term = re.sub(r"^AV-\\d{{3}}\\s+", "", item["reference"].strip()).casefold()
+    answer = " ".join(sample["output_text"].split()).casefold()
+    # The right term, and no other term of the list (reciting the list is not an answer).
+    others = [t for t in TERMS if t != term and t in answer]
+    return 1.0 if term and term in answer and not others else 0.0
+"""
+
 CODE_SOURCE = """\
 import re
 
@@ -158,9 +173,14 @@ def graders_yaml() -> str:
 
     return f"""\
 # The vocabulary task's graders: `tunewise eval TEST --grader graders.yaml`, and the decision's primary measure
-# with `tunewise decide EVAL --primary fault_code --claim vocabulary`. Written by generate.py.
+# with `tunewise decide EVAL --primary term --claim vocabulary`. Written by generate.py.
 graders:
-  # The answer's first fault code is the reference's (the decision's primary measure).
+  # The answer names the reference's technical term, the vocabulary itself (the decision's primary measure).
+  - type: python
+    name: term
+    source: |
+{block(TERM_SOURCE)}
+  # The answer's first fault code is the reference's.
   - type: python
     name: fault_code
     source: |

@@ -46,6 +46,9 @@ FACTS = ("Fine-tuning does not teach factual knowledge (the model learns new beh
 CLAIM_CHOICES = ("style", "vocabulary", "facts")
 """What a grader as the primary measure stands for: which of the guide's claims its comparison tests."""
 JUDGE_TYPES = ("label_model", "score_model")
+WEAK_JUDGE_KAPPA = 0.2
+"""Below this Cohen's kappa with the deterministic grader (slight agreement at most), the judge is reported as
+too weak to rely on."""
 
 
 def _row(claim: str, measured: str, outcome: str, detail: str, diff: float | None = None,
@@ -149,11 +152,16 @@ def _judge_text(run: EvalRun, F: str, P: str, reference: str, value) -> str:
         fv, pv = value(F, GRADER_PREFIX + j), value(P, GRADER_PREFIX + j)
         rates = (f"passes {100 * fv:.0f}% of {F}'s answers and {100 * pv:.0f}% of {P}'s"
                  if fv is not None and pv is not None else "graded the answers")
-        kappa = "undefined" if a["kappa"] is None else f"{a['kappa']:.2f}"
-        ci = f" (95% CI {a['kappa_ci'][0]:.2f} to {a['kappa_ci'][1]:.2f})" if a.get("kappa_ci") else ""
+        kappa = "undefined" if a["kappa"] is None else f"{round(a['kappa'], 2) + 0.0:.2f}"
+        ci = (f" (95% CI {round(a['kappa_ci'][0], 2) + 0.0:.2f} to {round(a['kappa_ci'][1], 2) + 0.0:.2f})"
+              if a.get("kappa_ci") else "")
         agree = "n/a" if a["agreement"] is None else f"{100 * a['agreement']:.0f}%"
-        parts.append(f" The judge '{j}' {rates}; it agrees with '{reference}' on {agree} of {a['rows']} answers, "
-                     f"Cohen's kappa {kappa}{ci}.")
+        text = (f" The judge '{j}' {rates}; it agrees with '{reference}' on {agree} of {a['rows']} answers, "
+                f"Cohen's kappa {kappa}{ci}.")
+        if a["kappa"] is None or a["kappa"] < WEAK_JUDGE_KAPPA:
+            text += (f" A judge that agrees no better than chance (kappa under {WEAK_JUDGE_KAPPA:g}) is too weak "
+                     f"to rely on here (the judge model is too small for this task): go by '{reference}'.")
+        parts.append(text)
     return "".join(parts)
 
 

@@ -674,8 +674,12 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
             elif p_fmt is not None:
                 text += (f" (The guide cites 85-90% format adherence for prompting; here {base} measured "
                          f"{_pct(p_fmt)}.)")
-        if task == "text" and accuracy in r.better:
-            text += " Style and tone are learned from examples, which few-shot prompts imitate less reliably."
+        if task == "text" and (accuracy in r.better or primary_metric in r.better):
+            if claim == "vocabulary":
+                text += (" A domain vocabulary is learned from examples better than from a list spelt out in the "
+                         "prompt.")
+            elif claim is None or claim == "style":
+                text += " Style and tone are learned from examples, which few-shot prompts imitate less reliably."
         return text
 
     if len(chosen) < 2:
