@@ -1,6 +1,7 @@
-"""The vocabulary and facts tasks through a real ``tunewise serve`` (tiny model, 127.0.0.1, free port): the
-vocabulary judge asks the server and its answers are cached, and `tunewise decide --claim` gives each task's
-row of the claims table. End to end with training (`make demo TASK=vocab|facts`) on the default model: slow."""
+"""The vocabulary and facts tasks through a real ``tunewise serve`` (tiny model, 127.0.0.1, free port):
+`tunewise decide --claim facts` gives the negative claim's row (default run); the vocabulary judge asks the
+server and its answers are cached, and `make demo TASK=vocab|facts` end to end, on the tiny and on the default
+model (slow)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def _graders(task: str):
     return parse_graders(yaml.safe_load(text), where=f"{task}/graders.yaml")
 
 
+@pytest.mark.slow  # ~35 s on 2 shared cores: the judge's grammar-constrained answers on the tiny model
 def test_vocab_judge_asks_the_server_once_and_the_claims_row_has_its_agreement(server, tmp_path):
     cands = _candidates("vocab", server, ["base-few-shot", "fine-tuned"])
     # The primary grader and the judge (the others are covered in test_example_vocab.py).
