@@ -47,6 +47,9 @@ def test_what_a_job_asks_for():
     assert resources.total(req) == {"CPU": 4.0, "GPU": 2.0}
     assert resources.missing(req, {"CPU": 8.0}) == {"GPU": 2.0}
     assert resources.missing(req, {"CPU": 4.0, "GPU": 2.0}) == {}
+    # Enough in all, but one worker's 2 CPU and 1 GPU must sit on one node.
+    assert not resources.fits_a_node(req, [{"CPU": 1.0, "GPU": 1.0}, {"CPU": 4.0}])
+    assert resources.fits_a_node(req, [{"CPU": 1.0}, {"CPU": 2.0, "GPU": 1.0}])
     with pytest.raises(UsageError) as err:
         resources.check_override({"num_workers": 2.5})
     assert err.value.param == "ray.num_workers"

@@ -45,6 +45,8 @@ PIDS_DIR = "ray-workers"
 STOP_POLL_S = 0.2
 STATUS_POLL_S = 1.0
 STOP_GRACE_S = 120.0  # a stopped job's workers save their state; past this the actor is killed anyway
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+WORKER_START_TIMEOUT_S = 600
 # Variables the training workers need to find models and data as the server does (when set on the server).
 FORWARDED_ENV = ("TUNEWISE_HOME", "TUNEWISE_MODEL_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -167,6 +169,9 @@ class RayExecutor:
                 return
             address = self.settings.ray_address
             env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+            # Ray Train gives a worker group 60 s to start, and then starts it again: workers that import PyTorch
+            # and load a model on a busy machine can need longer, and would be started again for ever.
+            env[START_TIMEOUT_ENV] = os.environ.get(START_TIMEOUT_ENV) or str(WORKER_START_TIMEOUT_S)
             if address == "local":
                 # A one-machine cluster in this process: its workers import tunewise from where this one does.
                 import tunewise
@@ -203,18 +208,23 @@ class RayExecutor:
                 if _find(job["id"]) is not None:
                     return True
                 short = resources.missing(req, ray.available_resources())
+                nodes = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive")]
             except Exception as exc:  # the cluster is not reachable (yet): keep the job queued, say why
                 message = (f"Waiting for the Ray cluster at {self.settings.ray_address}: "
                            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
                 level = "warn"
             else:
-                if not short:
+                fits = resources.fits_a_node(req, nodes)
+                if not short and fits:
                     return True
                 have = ray.cluster_resources()
                 message = (f"Waiting for resources on the Ray cluster: the job asks for {req['num_workers']} "
                            f"worker{'s' if req['num_workers'] != 1 else ''} of {resources.fmt(resources.bundle(req))} "
-                           f"({resources.fmt(resources.total(req))} in all); short of {resources.fmt(short)} (the "
-                           f"cluster has {resources.fmt({k: have.get(k, 0.0) for k in resources.total(req)})} in all)")
+                           f"({resources.fmt(resources.total(req))} in all); "
+                           + (f"short of {resources.fmt(short)}" if short else "no node of the cluster has what one "
+                              "worker asks for") +
+                           f" (the cluster has {resources.fmt({k: have.get(k, 0.0) for k in resources.total(req)})} "
+                           "in all)")
                 level = "info"
             if message != said:
                 add_event(message, level=level)
@@ -226,8 +236,6 @@ class RayExecutor:
     # -- running ----------------------------------------------------------------------------------------------
     def run(self, job: dict[str, Any], config: Any, on_event: Callable[[Any], None],
             stop: Callable[[], bool]) -> Any:
-        from dataclasses import asdict
-
         from tunewise.train import TrainResult
 
         self.connect()
@@ -240,22 +248,12 @@ class RayExecutor:
             if (out / "result.json").is_file():  # finished while nobody followed, its actor already gone
                 follow.drain()
                 return TrainResult.from_dict(json.loads((out / "result.json").read_text()))
-            (out / STOP_FILE).unlink(missing_ok=True)
-            (out / ERROR_FILE).unlink(missing_ok=True)
-            req = self._request(job)
-            threads = max(1, int(resources.bundle(req).get("CPU", 1)))
-            spec = {"job_id": job_id, "request": req, "threads": threads, "storage": self._storage(),
-                    "max_failures": self.settings.ray_max_failures,
-                    "collective_timeout_s": config.collective_timeout_s,
-                    "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}}
-            actor = ray.remote(JobRunner).options(
-                name=actor_name(job_id), namespace=NAMESPACE, lifetime="detached", num_cpus=0,
-                max_concurrency=4, max_restarts=0).remote(spec)
-            actor.start.remote()
+            actor = self._launch(job, config)
         else:
             on_event(_message("Following the job on the Ray cluster, where it went on training"))
         stop_sent = 0.0
         last_status = 0.0
+        lost = 0
         while True:
             follow.drain()
             if self.shutdown.is_set():  # the server stops: the job goes on on the cluster, a restart follows it
@@ -270,14 +268,26 @@ class RayExecutor:
                 except ray.exceptions.GetTimeoutError:
                     status = {"state": "running"}
                 except ray.exceptions.RayActorError as exc:
+                    # The runner itself is gone (its node was lost, or it was killed): start it again, the run
+                    # resumes from the job's last saved state.
                     follow.drain()
-                    raise TunewiseError(f"The job's runner on the Ray cluster died ({type(exc).__name__}); the "
-                                        "state saved so far is kept.", code="training_failed",
-                                        hint="Resume the job or create it again: it continues from its last saved "
-                                             "state.") from None
+                    lost += 1
+                    if stop_sent or lost > self.settings.ray_max_failures:
+                        if stop_sent:
+                            raise Cancelled(f"Training stopped; the state is saved in {out}.") from None
+                        raise TunewiseError(f"The job's runner on the Ray cluster was lost {lost} times "
+                                            f"({type(exc).__name__}); the state saved so far is kept.",
+                                            code="training_failed",
+                                            hint="Create the job again to continue from its last saved state, "
+                                                 "or raise ray_max_failures.") from None
+                    on_event(_message("The job's runner on the Ray cluster was lost; starting it again from the "
+                                      "last saved state", level="warn"))
+                    _forget(job_id)
+                    actor = self._launch(job, config)
+                    continue
                 if status["state"] in ("succeeded", "failed", "stopped"):
                     follow.drain()
-                    _kill(actor)
+                    _kill(actor, job_id)
                     if status["state"] == "succeeded":
                         return TrainResult.from_dict(json.loads((out / "result.json").read_text()))
                     if status["state"] == "failed":
@@ -286,9 +296,28 @@ class RayExecutor:
                                             param=error.get("param"))
                     raise Cancelled(f"Training stopped; the state is saved in {out}.")
                 if stop_sent and time.monotonic() - stop_sent > STOP_GRACE_S:
-                    _kill(actor)
+                    _kill(actor, job_id)
                     raise Cancelled(f"Training did not stop within {STOP_GRACE_S:g} s; its runner was ended.")
             time.sleep(STOP_POLL_S)
+
+    def _launch(self, job: dict[str, Any], config: Any):
+        """A new runner actor for the job: its run starts from the job's saved state, if any."""
+        from dataclasses import asdict
+
+        out = Path(config.output_dir)
+        (out / STOP_FILE).unlink(missing_ok=True)
+        (out / ERROR_FILE).unlink(missing_ok=True)
+        req = self._request(job)
+        threads = max(1, int(resources.bundle(req).get("CPU", 1)))
+        spec = {"job_id": job["id"], "request": req, "threads": threads, "storage": self._storage(),
+                "max_failures": self.settings.ray_max_failures,
+                "collective_timeout_s": config.collective_timeout_s,
+                "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}}
+        actor = ray.remote(JobRunner).options(
+            name=actor_name(job["id"]), namespace=NAMESPACE, lifetime="detached", num_cpus=0,
+            max_concurrency=4, max_restarts=0).remote(spec)
+        actor.start.remote()
+        return actor
 
 
 class _Follower:
@@ -325,10 +354,10 @@ class _Follower:
         os.replace(tmp, self.mark)
 
 
-def _message(text: str):
+def _message(text: str, level: str = "info"):
     from tunewise.train import TrainEvent
 
-    return TrainEvent("message", text)
+    return TrainEvent("message", text, level)
 
 
 def _find(job_id: str):
@@ -338,8 +367,16 @@ def _find(job_id: str):
         return None
 
 
-def _kill(actor) -> None:
+def _kill(actor, job_id: str) -> None:
+    """End the job's runner and wait (a few seconds at most) until its name is free for the job's next run."""
     try:
         ray.kill(actor, no_restart=True)
     except Exception:  # already gone
         pass
+    _forget(job_id)
+
+
+def _forget(job_id: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _find(job_id) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)

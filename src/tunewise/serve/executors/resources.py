@@ -123,3 +123,9 @@ def fmt(resources: dict[str, float]) -> str:
 def missing(req: dict[str, Any], available: dict[str, float]) -> dict[str, float]:
     """What the cluster lacks right now for the whole job (resource -> amount short)."""
     return {k: v - available.get(k, 0.0) for k, v in total(req).items() if available.get(k, 0.0) + 1e-9 < v}
+
+
+def fits_a_node(req: dict[str, Any], nodes: list[dict[str, float]]) -> bool:
+    """Whether one worker's bundle fits on at least one node (by the nodes' total resources)."""
+    per = bundle(req)
+    return any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in per.items()) for node in nodes)
