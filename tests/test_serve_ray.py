@@ -254,7 +254,7 @@ def _started_job(client, data, n_epochs: int):
                                           hyperparameters={"n_epochs": n_epochs, "batch_size": 1})
 
 
-def _wait_for_checkpoint(client, job_id: str, timeout: float = 180) -> None:
+def _wait_for_checkpoint(client, job_id: str, timeout: float = 480) -> None:
     deadline = time.monotonic() + timeout
     while not client.fine_tuning.jobs.checkpoints.list(job_id).data:
         job = client.fine_tuning.jobs.retrieve(job_id)
