@@ -319,8 +319,10 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     return tokenizer
 
 
-def load_model(name_or_path: str | os.PathLike, *, dtype=None, device: str | None = None):
-    """The causal LM in ``dtype`` (default float32 on CPU, bfloat16 on CUDA) on ``device``."""
+def load_model(name_or_path: str | os.PathLike, *, dtype=None, device: str | None = None,
+               attn_implementation: str | None = None):
+    """The causal LM in ``dtype`` (default float32 on CPU, bfloat16 on CUDA) on ``device``; ``attn_implementation``
+    (``sdpa``, ``flash_attention_2``, ``eager``) as transformers names it, None for its default."""
     import torch
 
     (AutoModelForCausalLM,) = _hf("AutoModelForCausalLM")
@@ -330,5 +332,6 @@ def load_model(name_or_path: str | os.PathLike, *, dtype=None, device: str | Non
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(local_dir(name_or_path), dtype=dtype)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForCausalLM.from_pretrained(local_dir(name_or_path), dtype=dtype, **extra)
     return model.to(device)

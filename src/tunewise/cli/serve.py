@@ -41,14 +41,23 @@ def _check_port(host: str, port: int) -> None:
               help="Database, files and job outputs (default $TUNEWISE_HOME/server; env TUNEWISE_DATA_DIR).")
 @click.option("--worker-only", is_flag=True, help="Run only the job worker (no HTTP server).")
 @click.option("--no-worker", is_flag=True, help="Run only the HTTP server; a `--worker-only` process trains.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="Where jobs train: local (this machine, the default) or ray (a Ray cluster; see docs/ray.md; "
+                   "env TUNEWISE_EXECUTOR).")
 @click.option("--parent-pid", type=int, default=None, hidden=True)
-def serve(host, port, data_dir, worker_only, no_worker, parent_pid) -> None:
+def serve(host, port, data_dir, worker_only, no_worker, executor, parent_pid) -> None:
     """Run the OpenAI-compatible fine-tuning API (Files, Fine-tuning, Models, Chat) and its job worker.
 
     Point the official SDK at it: OPENAI_BASE_URL=http://HOST:PORT/v1 and OPENAI_API_KEY=<key>. On the first
     start a key is created, printed once and saved to $TUNEWISE_HOME/credentials.json (mode 0600).
     """
-    settings = _settings(host=host, port=port, data_dir=data_dir, worker=False if no_worker else None)
+    settings = _settings(host=host, port=port, data_dir=data_dir, worker=False if no_worker else None,
+                         executor=executor)
+    from tunewise.serve.executors import check
+
+    check(settings)
+    if executor:
+        os.environ["TUNEWISE_EXECUTOR"] = executor  # the worker process reads its settings from the environment
     if worker_only:
         from tunewise.serve.worker import run_worker
 

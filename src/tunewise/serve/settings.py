@@ -108,6 +108,31 @@ class Settings:
     wandb_mode: str = "offline"
     """How a job's ``wandb`` integration runs W&B: ``offline`` (the run is written into the job's directory;
     ``wandb sync`` uploads it) or ``online`` (needs the network and ``WANDB_API_KEY`` on the server)."""
+    executor: str = "local"
+    """Where jobs train: ``local`` (a thread of the worker process on this machine) or ``ray`` (each job on a Ray
+    cluster through Ray Train; needs ``pip install 'tunewise[ray]'``, see docs/ray.md)."""
+    ray_address: str = "auto"
+    """With ``executor=ray``: the cluster to use: ``auto`` (the one ``ray start`` runs on this machine, or
+    ``RAY_ADDRESS``), ``HOST:PORT`` of its head, ``ray://HOST:10001`` (Ray Client), or ``local`` (start a
+    one-machine cluster inside the worker process)."""
+    ray_num_workers: int = 1
+    """With ``executor=ray``: training processes (Ray Train workers) per job; each trains its share of every
+    batch (data parallel). A job's ``ray.num_workers`` overrides it."""
+    ray_use_gpu: bool = False
+    """With ``executor=ray``: whether each training worker asks for a GPU (and trains on it, NCCL between
+    workers). A job's ``ray.use_gpu`` overrides it."""
+    ray_resources_per_worker: dict[str, str] = field(default_factory=dict)
+    """With ``executor=ray``: what each training worker asks the cluster for, JSON, e.g. ``{"CPU": 2}`` or
+    ``{"CPU": 1, "accelerator_type:H100": 0.01}``; empty: 1 CPU (and 1 GPU with ``ray_use_gpu``). A job's
+    ``ray.resources_per_worker`` overrides it."""
+    ray_storage: str = ""
+    """With ``executor=ray``: a directory that the server and every node of the cluster reach at the same path (NFS,
+    a shared disk): job outputs (checkpoints, state, events) go to ``RAY_STORAGE/jobs/<job id>`` and Ray Train's
+    run state to ``RAY_STORAGE/ray``. Empty: ``DATA_DIR/jobs`` and ``DATA_DIR/ray`` (enough for a cluster on this
+    machine)."""
+    ray_max_failures: int = 3
+    """With ``executor=ray``: how often a job's training workers are restarted after one fails (a killed process,
+    a lost node) before the job fails; each restart resumes from the job's last saved state."""
     log_level: str = "warning"
     """uvicorn's log level (``info`` logs every request)."""
 

@@ -183,6 +183,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         -- The job's integrations (wandb, tensorboard) as the API echoes them: a JSON list, NULL for none.
         ALTER TABLE jobs ADD COLUMN integrations TEXT;
     """),
+    ("0012_ray_job_ray", """
+        -- What a job asks of a Ray cluster (the `ray` extension of job creation, executor=ray): JSON
+        -- {num_workers, use_gpu, resources_per_worker}, NULL for the server's settings.
+        ALTER TABLE jobs ADD COLUMN ray TEXT;
+    """),
 ]
 
 TERMINAL = ("succeeded", "failed", "cancelled")

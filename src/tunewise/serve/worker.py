@@ -1,8 +1,10 @@
 """The job worker: validates, queues and trains fine-tuning jobs from the SQLite store.
 
 ``tunewise serve`` starts it as a child process (or run it alone with ``tunewise serve --worker-only``).
-One worker per data directory holds ``worker.lock``; a second one waits for it. Each running job trains in
-a thread of this process through ``tunewise.train.train``, whose ``stop`` callable reads the job's status:
+One worker per data directory holds ``worker.lock``; a second one waits for it. Each running job has a thread
+of this process, which hands the training to the executor the settings name (``tunewise.serve.executors``: by
+default ``local``, ``tunewise.train.train`` in that thread; or ``ray``, the same trainer on a Ray cluster) with a
+``stop`` callable that reads the job's status:
 the API's cancel and pause change that status, and a shutdown (SIGTERM, or the parent server dying) stops
 the trainer, which saves a resumable state. On start, every job still marked ``running`` is an orphan of a
 worker that died, and is resumed from that saved state (the trainer resumes when given the same output dir).
@@ -48,6 +50,10 @@ class Worker:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self.active: dict[str, threading.Thread] = {}
+        from tunewise.serve.executors import pick
+
+        self.executor = pick(settings, self.shutdown)
+        """Where jobs train (setting ``executor``): this process's threads, or a Ray cluster."""
         self._engine: Any = None
         self._engine_lock = threading.Lock()
         # The latest step's metrics event data per job: the scoring event of that step repeats it (see _score).
@@ -119,6 +125,7 @@ class Worker:
                 thread.join(timeout=120)
             if self._engine is not None:
                 self._engine.close()
+            self.executor.close()
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
 
@@ -219,6 +226,10 @@ class Worker:
         job_id = job["id"]
         store = self.store
         resuming = job["status"] == "running" or job["started_at"] is not None
+        if job["status"] == "queued" and not self.executor.wait_until_runnable(
+                job, lambda: not self.shutdown.is_set() and store.job_status(job_id) == "queued",
+                lambda message, level="info": store.add_event(job_id, message, level=level)):
+            return
         if not store.set_job(job_id, only_if_status=("queued", "running"), status="running",
                              started_at=job["started_at"] or now()):
             return
@@ -227,7 +238,7 @@ class Worker:
             store.add_event(job_id, "Fine-tuning job resumed from its last saved state")
         else:
             store.add_event(job_id, "Fine-tuning job started")
-            store.add_event(job_id, f"Training the local model '{job['local_model']}' (LoRA) on this machine"
+            store.add_event(job_id, f"Training the local model '{job['local_model']}' (LoRA) {self._where(job)}"
                             + (f", continuing '{job['parent_model']}' from its adapter" if job.get("parent_model")
                                else f" as a stand-in for '{job['model']}'" if job["model"] != job["local_model"]
                                else ""))
@@ -280,12 +291,14 @@ class Worker:
 
         try:
             try:
-                result = _train(self._train_config(job), on_event, stop)
+                result = self.executor.run(job, self._train_config(job), on_event, stop)
             finally:
                 sinks.close()
         except Cancelled:
             if self.shutdown.is_set() and store.job_status(job_id) == "running":
-                store.add_event(job_id, "The worker is stopping; the job will resume from its last saved state")
+                store.add_event(job_id, "The worker is stopping; " + (
+                    "the job goes on on the Ray cluster and is followed again when the worker restarts"
+                    if self.executor.name == "ray" else "the job will resume from its last saved state"))
             return
         except _JobError as exc:
             self.fail(job_id, exc.code, exc.message, exc.param)
@@ -301,6 +314,16 @@ class Worker:
             self._last_metrics.pop(job_id, None)
             self._reported_step.pop(job_id, None)
         self.finish(job, ft_name, result)
+
+    def _where(self, job: dict[str, Any]) -> str:
+        if self.executor.name != "ray":
+            return "on this machine"
+        from tunewise.serve.executors import resources
+
+        req = resources.request(self.settings, json.loads(job["ray"]) if job.get("ray") else None)
+        n = req["num_workers"]
+        return (f"on the Ray cluster ({n} worker{'s' if n != 1 else ''} of "
+                f"{resources.fmt(resources.bundle(req))})")
 
     def _train_config(self, job: dict[str, Any]):
         from tunewise.train import TrainConfig
@@ -505,12 +528,6 @@ def _validate_file(path: Path, model: str):
         return validate(path, model=model)
     except NotFound:
         return validate(path)
-
-
-def _train(config: Any, on_event: Any, stop: Any):
-    from tunewise.train import train
-
-    return train(config, on_event=on_event, stop=stop)
 
 
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:

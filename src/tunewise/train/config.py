@@ -81,6 +81,11 @@ class TrainConfig:
     ``max_tokens_per_microbatch`` tokens) with position ids restarting at each example, so no example attends to
     another and the loss is that of the unpacked batch; no compute goes to padding. Pays most on a GPU with
     flash-attention (a variable-length kernel); with SDPA or eager attention the isolation is a block-diagonal mask."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them: much less memory
+    for long sequences or large batches (on a GPU, room for a bigger ``max_tokens_per_microbatch``), about a third
+    more compute per step. The run's arithmetic is unchanged (the same losses), so it is not part of what a resumed
+    run must match."""
     sharding: Literal["ddp", "fsdp"] = "ddp"
     """In a multi-process run: ``ddp`` (every process holds the whole model; LoRA and full) or ``fsdp`` (PyTorch's
     fully sharded data parallel: weights, gradients and optimizer state split over the processes, for models that

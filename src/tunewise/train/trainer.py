@@ -141,7 +141,8 @@ def _load(config: TrainConfig, seed: int, device: str, dtype: str):
     # Full fine-tuning in bf16 keeps fp32 master weights and autocasts the forward; LoRA keeps the frozen base in
     # the training dtype (PEFT keeps the adapters in fp32).
     load_dtype = torch.float32 if (dtype == "float32" or config.method == "full") else torch.bfloat16
-    model = models.load_model(config.model, dtype=load_dtype, device=device)
+    model = models.load_model(config.model, dtype=load_dtype, device=device,
+                              attn_implementation=attention_implementation(device, config.packing))
     model.config.use_cache = False
     if config.method == "lora" and config.init_adapter is not None:
         from peft import PeftModel
@@ -159,7 +160,33 @@ def _load(config: TrainConfig, seed: int, device: str, dtype: str):
     else:
         for p in model.parameters():
             p.requires_grad_(True)
+    if config.gradient_checkpointing:
+        enable_checkpointing(model)
     return model
+
+
+def enable_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in the backward pass. Non-reentrant checkpointing needs no input
+    gradients, so it works with frozen embeddings (LoRA) too."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def attention_implementation(device: str, packing: bool) -> str | None:
+    """On CUDA: PyTorch's SDPA (its flash and memory-efficient kernels), or, for packed rows, flash-attention's
+    variable-length kernel where the ``flash_attn`` package is installed (SDPA needs a block-diagonal mask there,
+    which leaves the flash kernel). On CPU: transformers' default."""
+    if not device.startswith("cuda"):
+        return None
+    if packing:
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+    return "sdpa"
 
 
 def _core_and_head(model):
@@ -490,7 +517,10 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
     total = len(steps)
     model = _load(config, seed, device, dtype)
     model.train()
-    autocast_dtype = torch.bfloat16 if (config.method == "full" and dtype == "bfloat16") else None
+    # bf16 autocast: full fine-tuning in bf16 (fp32 master weights), and on CUDA LoRA too (its fp32 adapters' matmuls
+    # run in bf16 beside the bf16 base). LoRA on CPU keeps its exact dtypes.
+    autocast_dtype = (torch.bfloat16 if dtype == "bfloat16" and (config.method == "full" or device.startswith("cuda"))
+                      else None)
     core, head = _core_and_head(model)
     pad_id = tokenizer.pad_token_id
     progress, state = _load_state(out)

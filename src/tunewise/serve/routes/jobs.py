@@ -61,6 +61,9 @@ class CreateJob(BaseModel):
     eval: Any = None
     """tunewise extension (the SDK sends it with ``extra_body``): score each checkpoint on a held-out set,
     ``{"file": "file-...", "schema": {...}, "limit": 20, "max_tokens": 256}``; checked by ``_eval_config``."""
+    ray: Any = None
+    """tunewise extension (``extra_body``, with ``executor=ray``): what the job asks of the Ray cluster, over the
+    server's ``ray_*`` settings: ``{"num_workers": 2, "use_gpu": false, "resources_per_worker": {"CPU": 1}}``."""
 
 
 EVAL_LIMIT_RANGE = (1, 200)
@@ -113,6 +116,8 @@ def job_object(row: dict[str, Any]) -> dict[str, Any]:
     # exactly OpenAI's object.
     if row.get("eval"):
         obj["eval"] = json.loads(row["eval"])
+    if row.get("ray"):  # the ray extension likewise (executor=ray)
+        obj["ray"] = json.loads(row["ray"])
     if _strict_status.get() and obj["status"] not in STATUSES:
         obj["status"], obj["tunewise_status"] = "queued", obj["status"]
     return obj
@@ -243,6 +248,16 @@ def _eval_config(state: State, project: str, spec: Any) -> dict[str, Any] | None
             "max_tokens": _eval_int(spec, "max_tokens", DEFAULT_MAX_TOKENS, EVAL_MAX_TOKENS_RANGE)}
 
 
+def _output_dir(state: State, job_id: str):
+    """Where the job writes: under ``ray_storage`` (reached by every node) with the Ray executor, when set."""
+    from pathlib import Path
+
+    settings = state.settings
+    if settings.executor == "ray" and settings.ray_storage:
+        return Path(settings.ray_storage).expanduser() / "jobs" / job_id
+    return state.store.jobs_dir / job_id
+
+
 @router.post("/fine_tuning/jobs")
 def create_job(body: CreateJob, state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
     store, settings, project = state.store, state.settings, principal.project
@@ -268,6 +283,9 @@ def create_job(body: CreateJob, state: StateDep, principal: PrincipalDep) -> dic
     if body.validation_file:
         _check_file(state, project, body.validation_file, "validation_file")
     eval_spec = _eval_config(state, project, body.eval)
+    from tunewise.serve.executors.resources import for_job
+
+    ray_spec = for_job(settings, body.ray)
     check_metadata(body.metadata)
     chosen = integrations.check(body.integrations)
     job_id = new_id("ftjob-")
@@ -283,12 +301,13 @@ def create_job(body: CreateJob, state: StateDep, principal: PrincipalDep) -> dic
         db.execute(
             "INSERT INTO jobs (id, project, model, local_model, training_file, validation_file, hyperparameters, "
             "method, suffix, seed, metadata, status, output_dir, created_at, eval, parent_model, init_path, "
-            "integrations) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "integrations, ray) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (job_id, project, body.model, local, body.training_file, body.validation_file, json.dumps(hyper),
              json.dumps(method), body.suffix, seed, json.dumps(body.metadata) if body.metadata else None,
-             "validating_files", str(store.jobs_dir / job_id), now(),
+             "validating_files", str(_output_dir(state, job_id)), now(),
              json.dumps(eval_spec) if eval_spec else None, parent.name if parent else None,
-             parent.local if parent else None, json.dumps(chosen) if chosen else None))
+             parent.local if parent else None, json.dumps(chosen) if chosen else None,
+             json.dumps(ray_spec) if ray_spec else None))
     store.add_event(job_id, f"Created fine-tuning job: {job_id}")
     if parent is not None:
         store.add_event(job_id, f"Continuing the {parent.kind} model '{parent.name}': training starts from its "
