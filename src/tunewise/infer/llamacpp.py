@@ -58,6 +58,34 @@ def available() -> bool:
     return True
 
 
+def model_params():
+    """llama.cpp's default model parameters, without the extra weight buffers (AMX/repacked layouts): with them,
+    llama-cpp-python 0.3.36 built from source crashes (segmentation fault in ``llama_decode``) on quantized weights
+    on CPUs with AMX, as here (the default model's own Q4_1 GGUF too)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    params.use_extra_bufts = False
+    return params
+
+
+def open_llama(path: str | os.PathLike, **kwargs):
+    """llama-cpp-python's own ``Llama`` on a GGUF file, with ``model_params()`` (for baselines and checks)."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as lib
+
+    original = lib.llama_model_default_params
+    with _llama_patch_lock:
+        lib.llama_model_default_params = model_params
+        try:
+            return llama_cpp.Llama(str(path), **{"verbose": False, **kwargs})
+        finally:
+            lib.llama_model_default_params = original
+
+
+_llama_patch_lock = threading.Lock()
+
+
 def _digest(paths: list[Path], extra: str = "") -> str:
     h = hashlib.sha256(extra.encode())
     for path in paths:
@@ -151,8 +179,7 @@ class _Model:
 
         _quiet_llama_cpp()
         llama_cpp.llama_backend_init()
-        mparams = llama_cpp.llama_model_default_params()
-        self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
+        self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), model_params())
         if not self.model:
             raise DataError(f"llama.cpp could not load {self.path}.", hint="Delete the file to have it converted "
                             "again, or use TUNEWISE_ENGINE_BACKEND=torch.")
@@ -393,6 +420,8 @@ class LlamaCppRunner(Runner):
                     llama_cpp.llama_memory_seq_cp(m.mem, prefix.seq_id, first, 0, shared)
                     m.clock += 1
                     prefix.used = m.clock
+                    with self._stats_lock:
+                        self._stats.cached_prompt_tokens += shared
                 for pos in range(shared, len(prompt)):
                     entries.append((prompt[pos], pos, first, pos == len(prompt) - 1))
                 firsts.append(first)

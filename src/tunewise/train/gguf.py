@@ -333,3 +333,52 @@ def write_modelfile(gguf_path: str | os.PathLike, out: str | os.PathLike, tokeni
     out = Path(out)
     out.write_text(modelfile_text(Path(gguf_path).name, tokenizer))
     return out
+
+
+# ---- tunewise export --format gguf ----------------------------------------------------------------------------
+
+def _resolve_run(run: Path) -> Path:
+    """A run's model directory: the directory itself, or its ``final`` (a run's OUTPUT directory)."""
+    if not (run / "tunewise_model.json").is_file() and (run / "final" / "tunewise_model.json").is_file():
+        return run / "final"
+    return run
+
+
+def export_gguf(run: str | os.PathLike, out_dir: str | os.PathLike, quant: str = "f16", *,
+                threads: int = 1) -> dict[str, Path]:
+    """Write a fine-tuned model (a LoRA adapter, merged first, or a full model directory) as ``OUT/model-QUANT.gguf``
+    plus an Ollama ``OUT/Modelfile``; returns their paths (``gguf``, ``modelfile``)."""
+    from tunewise import models
+
+    if quant not in QUANTS:
+        raise UsageError(f"Unknown GGUF quantization {quant!r}.", hint=f"Use one of: {', '.join(QUANTS)}.",
+                         param="quant")
+    run = _resolve_run(Path(run))
+    out_dir = Path(out_dir).expanduser().resolve()
+    is_adapter = (run / "adapter_config.json").is_file()
+    if not is_adapter and not (run / "config.json").is_file():
+        raise UsageError(f"{run} is neither a LoRA adapter nor a model directory written by tunewise.",
+                         hint="Pass OUTPUT/final of a run (or the run's OUTPUT directory).", param="run")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gguf_path = out_dir / f"model-{quant}.gguf"
+    if is_adapter:
+        from tunewise.train.trainer import export_merged
+
+        with tempfile.TemporaryDirectory(prefix=".merged-", dir=out_dir) as tmp:
+            merged = export_merged(run, Path(tmp) / "merged")
+            convert_to_gguf(merged, gguf_path, quant, name=run.parent.name or run.name, threads=threads)
+            tokenizer = models.load_tokenizer(merged)
+    else:
+        convert_to_gguf(run, gguf_path, quant, name=run.parent.name or run.name, threads=threads)
+        tokenizer = _run_tokenizer(run)
+    modelfile = write_modelfile(gguf_path, out_dir / "Modelfile", tokenizer)
+    return {"gguf": gguf_path, "modelfile": modelfile}
+
+
+def _run_tokenizer(run: Path):
+    from tunewise import models
+
+    if (run / "tokenizer_config.json").is_file():
+        return models.load_tokenizer(run)
+    base = _read_json(run / "tunewise_model.json").get("base_model")
+    return models.load_tokenizer(base or run)
