@@ -18,7 +18,7 @@ tokens) and the *short* one (the short system prompt and the receipt, ~80 tokens
 
 A one-at-a-time server at concurrency 8 answers the requests in turn: request k's latency is the time until the
 k-th answer. For each: output tokens/s (tokens generated, end-of-turn included, over wall time) and p50/p95
-latency per call, the medians of ``--runs`` runs (``--hf-runs`` for HF; one untimed warm-up run first), with the
+latency per call, the medians of ``--runs`` runs (``--hf-runs`` for HF; one untimed warm-up call first), with the
 ratio to llama.cpp
 (goals: latency at concurrency 1 no higher; throughput at concurrency 8 at least 1.5x) and to HF generate.
 Then the greedy identity: how many of tunewise's answers are exactly HF generate's (the float32 torch reference)
@@ -191,9 +191,9 @@ def bench_chat(args: argparse.Namespace) -> None:
     results: dict[tuple[str, str, int], list[Run]] = {}
 
     def measure(label: str, kind: str, conc: int, fn, runs: int | None = None) -> None:
-        fn()  # warm-up: loading, first compilation, caches
+        fn(prompts[kind][:1])  # warm-up, one call: loading, and the prompt prefix in each one's KV cache
         for run in range(runs or args.runs):
-            r = fn()
+            r = fn(prompts[kind])
             results.setdefault((label, kind, conc), []).append(r)
             print(f"run {run + 1} {label:<10} {kind:<5} c={conc}  {r.tokens:4d} tokens {r.wall:7.2f} s "
                   f"{r.rate:6.1f} tok/s  p50 {percentile(r.latencies, 50):5.2f} s", flush=True)
@@ -203,7 +203,7 @@ def bench_chat(args: argparse.Namespace) -> None:
         gguf = gguf_for(model_dir, quant, threads=threads)
         call, llm = llama_caller(gguf, tokenizer, stop_ids, args.max_tokens, threads)
         for kind in ("long", "short"):
-            measure("llama.cpp", kind, 1, lambda kind=kind: one_at_a_time(call, prompts[kind]))
+            measure("llama.cpp", kind, 1, lambda ps: one_at_a_time(call, ps))
             results[("llama.cpp", kind, 8)] = [r.queued() for r in results[("llama.cpp", kind, 1)]]
         llm.close()
     else:
@@ -211,15 +211,15 @@ def bench_chat(args: argparse.Namespace) -> None:
     if not args.no_hf:
         call = hf_caller(args.model, tokenizer, stop_ids, args.max_tokens)
         for kind in ("long", "short"):
-            measure("HF", kind, 1, lambda kind=kind: one_at_a_time(call, prompts[kind]), args.hf_runs)
+            measure("HF", kind, 1, lambda ps: one_at_a_time(call, ps), args.hf_runs)
             results[("HF", kind, 8)] = [r.queued() for r in results[("HF", kind, 1)]]
         del call
     with Engine(max_batch_size=8, num_threads=threads) as engine:
         backend = engine.backend_for(args.model)
         for kind in ("long", "short"):
             for conc in (1, 8):
-                measure("tunewise", kind, conc, lambda kind=kind, conc=conc: engine_run(
-                    engine, args.model, tokenizer, prompts[kind], args.max_tokens, conc))
+                measure("tunewise", kind, conc, lambda ps, conc=conc: engine_run(
+                    engine, args.model, tokenizer, ps, args.max_tokens, conc if len(ps) > 1 else 1))
         stats = engine.stats()
 
     print(f"\nmodel {args.model}, {args.requests} held-out receipts, greedy, max_tokens {args.max_tokens}, "
