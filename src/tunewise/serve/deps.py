@@ -33,7 +33,9 @@ class State:
                 from tunewise.infer import Engine
 
                 self._engine = Engine(max_batch_size=self.settings.engine_max_batch_size,
-                                      num_threads=self.settings.engine_threads())
+                                      num_threads=self.settings.engine_threads(),
+                                      backend=self.settings.engine_backend,
+                                      gguf_quant=self.settings.engine_gguf_quant)
             return self._engine
 
     def close(self) -> None:

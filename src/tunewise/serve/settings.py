@@ -83,6 +83,13 @@ class Settings:
     """Torch threads for generation in the server process; 0 means half the CPU cores, at least 1. On a small
     CPU every thread torch spins on is taken from the event loop and the training worker: with 2 threads on a
     2-core machine, 8 concurrent completions ran about 10x slower than with 1 (``bench/serve.py``)."""
+    engine_backend: str = "auto"
+    """Which generation backend runs chat completions: ``auto`` (llama.cpp for models it can run on the CPU when
+    llama-cpp-python is installed, else torch), ``torch`` or ``llamacpp``. llama.cpp uses ``engine_num_threads``
+    threads too."""
+    engine_gguf_quant: str = "f16"
+    """The GGUF the llama.cpp backend converts a model to and serves: ``f16``, ``f32``, ``q8_0`` or ``q4_k_m``
+    (converted once, cached by content in the model cache)."""
     train_num_threads: int = 0
     """Torch threads for training in the worker process; 0 means half the CPU cores, at least 1. Training with
     every core's thread starves the server on a small machine (and the server's threads starve training)."""
@@ -148,6 +155,11 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         settings.data_dir = Path(settings.data_dir).expanduser()
+        for name, allowed in (("engine_backend", ("auto", "torch", "llamacpp")),
+                              ("engine_gguf_quant", ("f16", "f32", "q8_0", "q4_k_m"))):
+            if getattr(settings, name) not in allowed:
+                raise UsageError(f"{name} must be one of {', '.join(allowed)}, not {getattr(settings, name)!r}.",
+                                 hint=f"Fix or unset the environment variable TUNEWISE_{name.upper()}.")
         return settings
 
     def engine_threads(self) -> int:

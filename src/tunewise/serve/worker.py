@@ -69,7 +69,8 @@ class Worker:
                 from tunewise.infer import Engine
 
                 self._engine = Engine(max_batch_size=8, num_threads=self.settings.engine_threads(),
-                                      max_loaded_models=2)
+                                      max_loaded_models=2, backend=self.settings.engine_backend,
+                                      gguf_quant=self.settings.engine_gguf_quant)
             return self._engine
 
     # -- stopping -----------------------------------------------------------------------------------------

@@ -1,0 +1,488 @@
+"""The llama.cpp backend: continuous batching over llama.cpp's low-level API, with prefix caching.
+
+The model runs as a GGUF file (``gguf_for``: the HF directory converted once, cached by content under the model
+cache). One llama.cpp context holds a unified KV cache shared by every sequence; each running choice is one
+sequence id. A step is one ``llama_decode`` over a ``llama_batch`` that carries the new prompt tokens of the
+admitted jobs (each under its own sequence id), and one over the last token of every running row; a finished
+row's cells are freed with ``llama_memory_seq_rm``.
+
+Prefix caching: the KV of recent prompts stays in the cache under spare sequence ids. A new prompt that starts
+with the same tokens (every eval candidate sends the same system prompt and few-shot turns) copies that prefix's
+cells with ``llama_memory_seq_cp`` (in a unified cache the cells are shared, not copied) and prefills only the
+rest. ``n`` choices of one request share their prompt's cells the same way.
+
+Tokens come from the model's own HF tokenizer and chat template, and sampling (grammar bitmask, greedy,
+temperature, top-p, seeded generators), stop strings and streaming are ``scheduler.Runner``'s: the logits llama.cpp
+computes go through the same code as the torch backend's, so ``response_format`` is the same xgrammar machinery.
+
+LoRA adapters: llama.cpp applies adapters per context, not per sequence, so each adapter is merged into its base
+once (PEFT's ``merge_and_unload``), converted to GGUF and cached by content; it runs as a second model beside the
+base, and each model decodes its own rows in the same step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunewise import models
+from tunewise.errors import DataError
+from tunewise.infer.scheduler import Job, Runner, Seq, stop_ids_for
+from tunewise.infer.types import EngineStats
+
+GGUF_QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
+DEFAULT_GGUF_QUANT = "f16"
+"""The GGUF the backend serves by default: f16 weights (a float path; see docs/engine.md for its greedy identity
+with the float32 torch reference)."""
+MAX_KV_CELLS = 16384
+"""Upper bound on the KV cache cells of one model's context (shared by all its sequences and cached prefixes)."""
+PREFIX_SLOTS = 4
+"""Recent prompts whose KV stays cached for prefix reuse."""
+MIN_PREFIX = 16
+"""Shortest shared prefix worth copying instead of recomputing."""
+N_BATCH = 2048
+"""Most tokens one ``llama_decode`` call takes; longer prefills are split."""
+
+
+def available() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def model_params():
+    """llama.cpp's default model parameters, without the extra weight buffers (AMX/repacked layouts): with them,
+    llama-cpp-python 0.3.36 built from source crashes (segmentation fault in ``llama_decode``) on quantized weights
+    on CPUs with AMX, as here (the default model's own Q4_1 GGUF too)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    params.use_extra_bufts = False
+    return params
+
+
+def open_llama(path: str | os.PathLike, **kwargs):
+    """llama-cpp-python's own ``Llama`` on a GGUF file, with ``model_params()`` (for baselines and checks)."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as lib
+
+    original = lib.llama_model_default_params
+    with _llama_patch_lock:
+        lib.llama_model_default_params = model_params
+        try:
+            return llama_cpp.Llama(str(path), **{"verbose": False, **kwargs})
+        finally:
+            lib.llama_model_default_params = original
+
+
+_llama_patch_lock = threading.Lock()
+
+
+def _digest(paths: list[Path], extra: str = "") -> str:
+    h = hashlib.sha256(extra.encode())
+    for path in paths:
+        h.update(path.name.encode())
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _weights(model_dir: Path) -> list[Path]:
+    return [model_dir / "config.json", *sorted(model_dir.glob("*.safetensors"))]
+
+
+def gguf_for(model_dir: str | os.PathLike, quant: str = DEFAULT_GGUF_QUANT, *, threads: int = 1) -> Path:
+    """The GGUF file of an HF model directory at ``quant``, converted once and cached by content."""
+    from tunewise.train.gguf import convert_to_gguf
+
+    model_dir = Path(model_dir)
+    key = _digest(_weights(model_dir), quant)
+    target = models.cache_dir() / "gguf" / f"{model_dir.name}-{key}-{quant}.gguf"
+    if target.is_file():
+        return target
+    with models._cache_lock(f"gguf-{key}"):
+        if not target.is_file():
+            convert_to_gguf(model_dir, target, quant, threads=threads)
+    return target
+
+
+def adapter_gguf(base_dir: str | os.PathLike, adapter_dir: str | os.PathLike, quant: str = DEFAULT_GGUF_QUANT, *,
+                 threads: int = 1) -> Path:
+    """A LoRA adapter merged into its base and converted to GGUF, cached by the content of both."""
+    import torch
+    from peft import PeftModel
+
+    from tunewise.train.gguf import convert_to_gguf
+
+    base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
+    files = [adapter_dir / "adapter_config.json", *sorted(adapter_dir.glob("adapter_model.*"))]
+    key = _digest(files, quant + _digest(_weights(base_dir)))
+    target = models.cache_dir() / "gguf" / f"adapter-{key}-{quant}.gguf"
+    if target.is_file():
+        return target
+    with models._cache_lock(f"gguf-{key}"):
+        if target.is_file():
+            return target
+        base = models.load_model(str(base_dir), dtype=torch.float32, device="cpu")
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+        tmp = Path(tempfile.mkdtemp(prefix=".merge-", dir=models.cache_dir()))
+        try:
+            merged.save_pretrained(tmp, safe_serialization=True)
+            for name in ("tokenizer_config.json", "chat_template.jinja"):
+                if (adapter_dir / name).is_file():
+                    shutil.copy(adapter_dir / name, tmp / name)
+            (tmp / "tunewise_model.json").write_text(json.dumps({"base_model": str(base_dir)}))
+            convert_to_gguf(tmp, target, quant, threads=threads)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+@dataclass
+class _Prefix:
+    tokens: tuple[int, ...]
+    seq_id: int
+    used: int = 0
+
+
+@dataclass
+class _Model:
+    """One GGUF loaded in llama.cpp: its context, batch, sequence ids and cached prefixes."""
+
+    path: Path
+    n_threads: int
+    n_rows: int
+    n_ctx: int
+    model: object = None
+    ctx: object = None
+    mem: object = None
+    batch: object = None
+    n_vocab: int = 0
+    free_seqs: list[int] = field(default_factory=list)
+    prefixes: list[_Prefix] = field(default_factory=list)
+    free_prefix_seqs: list[int] = field(default_factory=list)
+    clock: int = 0
+
+    def load(self) -> None:
+        import llama_cpp
+
+        from tunewise.train.gguf import _quiet_llama_cpp
+
+        _quiet_llama_cpp()
+        llama_cpp.llama_backend_init()
+        self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), model_params())
+        if not self.model:
+            raise DataError(f"llama.cpp could not load {self.path}.", hint="Delete the file to have it converted "
+                            "again, or use TUNEWISE_ENGINE_BACKEND=torch.")
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = self.n_ctx
+        cparams.n_batch = N_BATCH
+        cparams.n_ubatch = 512
+        cparams.n_seq_max = self.n_rows + PREFIX_SLOTS
+        cparams.n_threads = self.n_threads
+        cparams.n_threads_batch = self.n_threads
+        cparams.kv_unified = True  # one cache for all sequences: shared prefixes share their cells
+        cparams.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise DataError(f"llama.cpp could not create a context for {self.path} ({self.n_ctx} KV cells).")
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
+        self.free_seqs = list(range(self.n_rows - 1, -1, -1))
+        self.free_prefix_seqs = list(range(self.n_rows + PREFIX_SLOTS - 1, self.n_rows - 1, -1))
+        self._seq_ptrs = [self.batch.seq_id[i] for i in range(N_BATCH)]
+
+    def free(self) -> None:
+        import llama_cpp
+
+        if self.batch is not None:
+            llama_cpp.llama_batch_free(self.batch)
+            self.batch = None
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+
+    def decode(self, tokens: list[tuple[int, int, int, bool]]):
+        """Run ``(token, position, seq_id, wants_logits)`` entries through the model (split into calls of at most
+        ``N_BATCH``); the logits of the entries that want them, in order, as a float32 array."""
+        import llama_cpp
+        import numpy as np
+
+        out = []
+        batch = self.batch
+        for start in range(0, len(tokens), N_BATCH):
+            chunk = tokens[start:start + N_BATCH]
+            want = []
+            for i, (tok, pos, seq, logits) in enumerate(chunk):
+                batch.token[i] = tok
+                batch.pos[i] = pos
+                batch.n_seq_id[i] = 1
+                self._seq_ptrs[i][0] = seq
+                batch.logits[i] = 1 if logits else 0
+                if logits:
+                    want.append(i)
+            batch.n_tokens = len(chunk)
+            rc = llama_cpp.llama_decode(self.ctx, batch)
+            if rc == 1:
+                raise DataError(f"The engine's KV cache ({self.n_ctx} tokens for all running requests) is full.",
+                                hint="Send fewer concurrent requests or a smaller max_tokens.",
+                                code="context_length_exceeded")
+            if rc != 0:
+                raise RuntimeError(f"llama_decode failed ({rc})")
+            for i in want:
+                ptr = llama_cpp.llama_get_logits_ith(self.ctx, i)
+                out.append(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy())
+        return np.stack(out) if out else np.zeros((0, self.n_vocab), dtype=np.float32)
+
+    def drop(self, seq_id: int) -> None:
+        import llama_cpp
+
+        llama_cpp.llama_memory_seq_rm(self.mem, seq_id, -1, -1)
+        self.free_seqs.append(seq_id)
+
+    # ---- prefix cache ----
+
+    def longest_prefix(self, prompt: list[int]) -> tuple[_Prefix | None, int]:
+        best, best_len = None, 0
+        for p in self.prefixes:
+            n = 0
+            limit = min(len(p.tokens), len(prompt) - 1)  # one token is always computed, for its logits
+            while n < limit and p.tokens[n] == prompt[n]:
+                n += 1
+            if n > best_len:
+                best, best_len = p, n
+        return (best, best_len) if best_len >= MIN_PREFIX else (None, 0)
+
+    def remember(self, prompt: list[int], seq_id: int) -> None:
+        """Keep ``prompt``'s cells (held by ``seq_id``) under a prefix slot."""
+        import llama_cpp
+
+        tokens = tuple(prompt)
+        self.clock += 1
+        for p in self.prefixes:
+            if p.tokens == tokens:
+                p.used = self.clock
+                return
+        if self.free_prefix_seqs:
+            slot = _Prefix(tokens, self.free_prefix_seqs.pop(), self.clock)
+            self.prefixes.append(slot)
+        else:
+            slot = min(self.prefixes, key=lambda p: p.used)
+            llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+            slot.tokens, slot.used = tokens, self.clock
+        llama_cpp.llama_memory_seq_cp(self.mem, seq_id, slot.seq_id, 0, len(tokens))
+
+    def forget_oldest_prefix(self) -> bool:
+        import llama_cpp
+
+        if not self.prefixes:
+            return False
+        slot = min(self.prefixes, key=lambda p: p.used)
+        llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+        self.prefixes.remove(slot)
+        self.free_prefix_seqs.append(slot.seq_id)
+        return True
+
+    def prefix_cells(self) -> int:
+        return sum(len(p.tokens) for p in self.prefixes)
+
+
+class LlamaCppRunner(Runner):
+    """A GGUF model (and merged adapters) in llama.cpp, served by the shared scheduler."""
+
+    backend = "llamacpp"
+
+    def __init__(self, name: str, model_dir: Path, tokenizer, *, context_length: int, max_batch_size: int,
+                 stats: EngineStats, stats_lock: threading.Lock, num_threads: int,
+                 quant: str = DEFAULT_GGUF_QUANT, gguf_path: Path | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        self.quant = quant
+        self.num_threads = max(1, int(num_threads))
+        config = json.loads((self.model_dir / "config.json").read_text())
+        generation = {}
+        if (self.model_dir / "generation_config.json").is_file():
+            generation = json.loads((self.model_dir / "generation_config.json").read_text())
+        vocab_size = int(config["vocab_size"])
+        stop_ids = stop_ids_for((generation, config), tokenizer, vocab_size)
+        super().__init__(name, tokenizer, vocab_size=vocab_size, stop_ids=stop_ids, context_length=context_length,
+                         max_batch_size=max_batch_size, stats=stats, stats_lock=stats_lock)
+        self.n_ctx = min(context_length * max_batch_size, max(context_length, MAX_KV_CELLS))
+        self.gguf_path = gguf_path or gguf_for(self.model_dir, quant, threads=self.num_threads)
+        self._models: dict[str | None, _Model] = {None: self._open(self.gguf_path)}
+        self._reserved: dict[int, int] = {}  # id(job) -> KV cells reserved for it while it runs
+        self._start()
+
+    def _open(self, path: Path) -> _Model:
+        m = _Model(path, self.num_threads, self.max_batch_size, self.n_ctx)
+        m.load()
+        if m.n_vocab != self.vocab_size:
+            m.free()
+            raise DataError(f"{path} has {m.n_vocab} tokens but the model's config says {self.vocab_size}.",
+                            hint="Delete the cached GGUF to have it converted again.")
+        return m
+
+    # ---- adapters (merged GGUF models beside the base) ---------------------------------------------------
+
+    def add_adapter(self, name: str, path: str) -> None:
+        gguf = adapter_gguf(self.model_dir, path, self.quant, threads=self.num_threads)
+        m = self._open(gguf)
+        with self._model_lock:
+            self._models[name] = m
+            self.adapters[name] = path
+
+    def remove_adapter(self, name: str) -> None:
+        with self._model_lock:
+            if name not in self.adapters:
+                return
+            del self.adapters[name]
+            m = self._models.pop(name, None)
+        if m is not None:
+            m.free()
+
+    def _unload(self) -> None:
+        with self._model_lock:
+            for m in self._models.values():
+                m.free()
+            self._models.clear()
+
+    # ---- steps -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _cost(job: Job) -> int:
+        return len(job.prompt_ids) + job.n * job.seqs[0].max_tokens
+
+    def _fits(self, job: Job, admitted: list[Job]) -> bool:
+        m = self._models.get(job.adapter)
+        if m is None:
+            return True  # the step fails it with a clear error
+        same = [j for j in admitted if j.adapter == job.adapter]
+        running = sum(c for j, c in self._reserved_items() if j.adapter == job.adapter)
+        need = running + sum(self._cost(j) for j in same) + self._cost(job)
+        while need + m.prefix_cells() > m.n_ctx and m.forget_oldest_prefix():
+            pass
+        if need + m.prefix_cells() <= m.n_ctx:
+            return True
+        # Too big to fit beside what runs: wait for it to finish; alone, it runs (and fails if the cache fills).
+        return not running and not same
+
+    def _reserved_items(self):
+        jobs = {id(s.job): s.job for s in self._rows}
+        return [(jobs[k], c) for k, c in self._reserved.items() if k in jobs]
+
+    def _step(self, admitted: list[Job]) -> None:
+        if admitted:
+            self._prefill(admitted)
+        if self._rows:
+            self._decode()
+
+    def _clear_batch(self) -> None:
+        for s in self._rows:
+            m = self._models.get(s.job.adapter)
+            if m is not None and getattr(s, "seq_id", None) is not None:
+                m.drop(s.seq_id)
+                s.seq_id = None
+        self._rows = []
+        self._reserved.clear()
+
+    def _prefill(self, jobs: list[Job]) -> None:
+        import llama_cpp
+        import torch
+
+        by_model: dict[str | None, list[Job]] = {}
+        for job in jobs:
+            by_model.setdefault(job.adapter, []).append(job)
+        seqs: list[Seq] = []
+        logits_rows = []
+        for adapter, group in by_model.items():
+            m = self._models[adapter]
+            entries = []
+            firsts = []
+            for job in group:
+                first = m.free_seqs.pop()
+                job.seqs[0].seq_id = first
+                prompt = job.prompt_ids
+                prefix, shared = m.longest_prefix(prompt)
+                if prefix is not None:
+                    llama_cpp.llama_memory_seq_cp(m.mem, prefix.seq_id, first, 0, shared)
+                    m.clock += 1
+                    prefix.used = m.clock
+                    with self._stats_lock:
+                        self._stats.cached_prompt_tokens += shared
+                for pos in range(shared, len(prompt)):
+                    entries.append((prompt[pos], pos, first, pos == len(prompt) - 1))
+                firsts.append(first)
+                self._reserved[id(job)] = self._cost(job)
+            logits = m.decode(entries)
+            with self._stats_lock:
+                self._stats.forward_passes += 1
+                self._stats.prefill_passes += 1
+                self._stats.max_batch_size_seen = max(self._stats.max_batch_size_seen, len(group))
+            for job, first, row in zip(group, firsts, logits, strict=True):
+                m.remember(job.prompt_ids, first)
+                for s in job.seqs[1:]:  # n > 1: the other choices share the prompt's cells
+                    s.seq_id = m.free_seqs.pop()
+                    llama_cpp.llama_memory_seq_cp(m.mem, first, s.seq_id, 0, len(job.prompt_ids))
+                for s in job.seqs:
+                    s.pos = len(job.prompt_ids)
+                    seqs.append(s)
+                    logits_rows.append(row)
+        import numpy as np
+
+        alive = self._advance(seqs, self._sample(seqs, torch.from_numpy(np.stack(logits_rows))))
+        for s, a in zip(seqs, alive, strict=True):
+            if a:
+                self._rows.append(s)
+            else:
+                self._finish(s)
+
+    def _finish(self, s: Seq) -> None:
+        m = self._models.get(s.job.adapter)
+        if m is not None and s.seq_id is not None:
+            m.drop(s.seq_id)
+        s.seq_id = None
+        if s.job.remaining == 0:
+            self._reserved.pop(id(s.job), None)
+
+    def _decode(self) -> None:
+        import numpy as np
+        import torch
+
+        rows = self._rows
+        by_model: dict[str | None, list[int]] = {}
+        for i, s in enumerate(rows):
+            by_model.setdefault(s.job.adapter, []).append(i)
+        logits = [None] * len(rows)
+        for adapter, idx in by_model.items():
+            m = self._models[adapter]
+            out = m.decode([(rows[i].last, rows[i].pos, rows[i].seq_id, True) for i in idx])
+            for i, row in zip(idx, out, strict=True):
+                logits[i] = row
+            with self._stats_lock:
+                self._stats.forward_passes += 1
+                self._stats.decode_steps += 1
+                self._stats.batch_sizes[len(idx)] = self._stats.batch_sizes.get(len(idx), 0) + 1
+                self._stats.max_batch_size_seen = max(self._stats.max_batch_size_seen, len(idx))
+        for s in rows:
+            s.pos += 1
+        alive = self._advance(rows, self._sample(rows, torch.from_numpy(np.stack(logits))))
+        if all(alive):
+            return
+        self._rows = [s for s, a in zip(rows, alive, strict=True) if a]
+        for s, a in zip(rows, alive, strict=True):
+            if not a:
+                self._finish(s)
+
