@@ -202,11 +202,23 @@ def test_loss_and_metrics_equal_trl_on_a_fixed_batch():
 # ---------------------------------------------------------------------------------------------------- training
 
 
+def short_pairs(n: int, seed: int) -> list[dict]:
+    """Short receipts-like pairs (the tiny model trains them fast): the right price against a misread one."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        name, price = rng.choice(["Coffee", "Bagel", "Tea", "Soup"]), rng.randint(2, 9)
+        rows.append(pref(user=f"{name} - ${price}.50", good=json.dumps({"items": [{"name": name, "price": price + 0.5}]}),
+                         bad=json.dumps({"items": [{"name": name, "price": price * 10 + 5.0}]})))
+    return rows
+
+
 @pytest.fixture(scope="module")
 def dpo_data(tmp_path_factory):
     d = tmp_path_factory.mktemp("dpo")
-    lines = (RECEIPTS / "train_dpo.jsonl").read_text().splitlines()
-    return write(d / "train.jsonl", lines[:10]), write(d / "valid.jsonl", lines[190:193])
+    return write(d / "train.jsonl", short_pairs(10, 1)), write(d / "valid.jsonl", short_pairs(3, 2))
 
 
 def cfg(data, out, **kw) -> TrainConfig:

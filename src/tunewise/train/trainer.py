@@ -40,7 +40,7 @@ from tunewise.train import distributed, methods
 from tunewise.train.batching import micro_batches, packed_micro_batches, plan
 from tunewise.train.config import TrainConfig, TrainEvent, TrainResult, resolve_hyperparameters
 from tunewise.train.methods import StepContext
-from tunewise.train.render import IGNORE, Rendered, Renderer, read_examples
+from tunewise.train.render import Rendered, Renderer, read_examples
 
 METRICS_HEADER = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
 STATE = "state"
