@@ -113,3 +113,30 @@ def test_bad_methods_are_400s_in_openais_shape(client, files, method, param, wor
     assert err.value.status_code == 400
     body = err.value.body
     assert body["param"] == param and words in body["message"]
+
+
+def test_jobs_create_method_dpo_validates_prices_and_creates(server, files, tmp_path, capsys, monkeypatch):
+    from helpers import run_cli
+    from tunewise import cost
+
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", server.api_key)
+    prefs = preference_file(tmp_path / "prefs.jsonl")
+    code, out, err = run_cli(capsys, "files", "upload", str(prefs))
+    assert code == 0, err  # checked locally as preference data
+    code, out, err = run_cli(capsys, "jobs", "create", str(prefs), "--model", "gpt-4o-mini-2024-07-18",
+                             "--method", "dpo", "--beta", "0.3", "--n-epochs", "1", "--batch-size", "10", "--json")
+    assert code == 0, err
+    expected = cost.estimate_training(prefs, "gpt-4o-mini", epochs=1, method="dpo")
+    assert f"estimate: {expected.billed_tokens:,} billed tokens" in err and "10 examples, no errors" in err
+    job = json.loads(out)
+    assert job["method"]["type"] == "dpo" and job["method"]["dpo"] == {"hyperparameters": {
+        "beta": 0.3, "batch_size": 10, "learning_rate_multiplier": "auto", "n_epochs": 1}}
+    code, _, err = run_cli(capsys, "jobs", "create", str(prefs), "--model", "gpt-4o-mini-2024-07-18",
+                           "--beta", "0.3")
+    assert code == 2 and "--method dpo" in err
+    chat = write_receipts(tmp_path / "chat.jsonl")
+    code, _, err = run_cli(capsys, "jobs", "create", str(chat), "--model", "gpt-4o-mini-2024-07-18",
+                           "--method", "dpo")
+    assert code == 1 and "chat_format_for_preference" in err
+    wait_for(server.client(), job["id"])
