@@ -23,44 +23,50 @@ from tunewise.train import TrainConfig, train
 RECEIPTS = Path(__file__).resolve().parents[1] / "examples" / "receipts"
 
 
-def exact_match(model_dir: Path, examples: list[dict]) -> list[int]:
-    """Greedy answers from the tunewise engine (as the server generates them), scored as tunewise eval does."""
+def exact_match(model_dirs: list[Path], examples: list[dict]) -> list[list[int]]:
+    """Per model, greedy answers from the tunewise engine (as the server generates them), scored as tunewise eval
+    scores them (the answer's JSON equal to the reference's)."""
     engine = Engine(max_batch_size=16, num_threads=1)
     try:
-        def one(ex: dict) -> int:
+        def one(job: tuple[Path, dict]) -> int:
+            model_dir, ex = job
             reference = ex["messages"][-1]["content"]
             result = engine.generate(GenerationRequest(model=str(model_dir), messages=ex["messages"][:-1],
                                                        max_tokens=len(reference) // 2 + 40, temperature=0))
             return score_answer(result.choices[0].text, reference)["exact_match"]
 
-        with ThreadPoolExecutor(16) as pool:
-            return list(pool.map(one, examples))
+        with ThreadPoolExecutor(32) as pool:
+            scores = list(pool.map(one, [(d, ex) for d in model_dirs for ex in examples]))
+        return [scores[k * len(examples):(k + 1) * len(examples)] for k in range(len(model_dirs))]
     finally:
         engine.close()
 
 
-def proof(out: Path, n_train: int = 96, sft_epochs: int = 1, dpo_epochs: int = 1, batch_size: int = 8) -> dict:
-    """Sized for minutes on 2 shared cores: the first ``n_train`` receipts (the same ones for both stages)."""
+def proof(out: Path, n_train: int = 96, n_dpo: int = 48, n_valid: int = 20, sft_epochs: int = 1,
+          dpo_epochs: int = 1, batch_size: int = 8) -> dict:
+    """Sized for minutes on 2 shared cores: supervised on the first ``n_train`` receipts, DPO on the first ``n_dpo``
+    of the same receipts as preference pairs (validated on ``n_valid`` held-out pairs), exact match on all 50 test
+    receipts for both models."""
     test = [json.loads(line) for line in (RECEIPTS / "test.jsonl").read_text().splitlines()]
-    figures: dict = {"model": models.DEFAULT_MODEL, "n_test": len(test), "n_train": n_train}
+    figures: dict = {"model": models.DEFAULT_MODEL, "n_test": len(test), "n_train": n_train, "n_dpo": n_dpo}
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("train.jsonl", "train_dpo.jsonl"):
-        lines = (RECEIPTS / name).read_text().splitlines()[:n_train]
+    for name, source, n in (("train.jsonl", "train.jsonl", n_train), ("train_dpo.jsonl", "train_dpo.jsonl", n_dpo),
+                            ("valid_dpo.jsonl", "test_dpo.jsonl", n_valid)):
+        lines = (RECEIPTS / source).read_text().splitlines()[:n]
         (out / name).write_text("\n".join(lines) + "\n")
     t0 = time.monotonic()
     sft = train(TrainConfig(training_file=out / "train.jsonl", model=models.DEFAULT_MODEL, n_epochs=sft_epochs,
                             batch_size=batch_size, seed=0, output_dir=out / "sft", num_threads=1))
     figures["sft_train_s"] = round(time.monotonic() - t0, 1)
     t0 = time.monotonic()
-    sft_em = exact_match(sft.model_dir, test)
-    figures["eval_s"] = round(time.monotonic() - t0, 1)
-    t0 = time.monotonic()
-    dpo = train(TrainConfig(training_file=out / "train_dpo.jsonl", validation_file=RECEIPTS / "test_dpo.jsonl",
+    dpo = train(TrainConfig(training_file=out / "train_dpo.jsonl", validation_file=out / "valid_dpo.jsonl",
                             model=models.DEFAULT_MODEL, objective="dpo", init_adapter=sft.model_dir,
                             n_epochs=dpo_epochs, batch_size=batch_size, seed=0, output_dir=out / "dpo",
                             num_threads=1))
     figures["dpo_train_s"] = round(time.monotonic() - t0, 1)
-    dpo_em = exact_match(dpo.model_dir, test)
+    t0 = time.monotonic()
+    sft_em, dpo_em = exact_match([sft.model_dir, dpo.model_dir], test)
+    figures["eval_s"] = round(time.monotonic() - t0, 1)
     with open(dpo.metrics_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     last = rows[-1]
@@ -72,6 +78,7 @@ def proof(out: Path, n_train: int = 96, sft_epochs: int = 1, dpo_epochs: int = 1
         "broken_by_dpo": sum(1 for a, b in zip(sft_em, dpo_em, strict=True) if a and not b),
         "dpo_steps": dpo.steps, "beta": dpo.hyperparameters["beta"],
         "dpo_first_loss": float(rows[0]["train_loss"]), "dpo_last_loss": float(last["train_loss"]),
+        "train_reward_accuracy_last": float(last["train_reward_accuracy"]),
         "valid_reward_accuracy": float(last["valid_reward_accuracy"]),
         "valid_reward_margin": float(last["valid_reward_margin"]),
     })
