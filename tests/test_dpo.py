@@ -154,8 +154,9 @@ def test_receipts_preference_files_are_what_the_generator_writes_and_clean(tmp_p
 def test_loss_and_metrics_equal_trl_on_a_fixed_batch():
     """TRL's DPOTrainer (sigmoid loss, a separate reference model) on the same batch: the same loss, rewards,
     reward accuracy and margin, log-probabilities and token accuracy as ours."""
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+    Dataset = pytest.importorskip("datasets", reason="the bench extra (trl, datasets) is not installed").Dataset
+    trl = pytest.importorskip("trl", reason="the bench extra (trl, datasets) is not installed")
+    DPOConfig, DPOTrainer = trl.DPOConfig, trl.DPOTrainer
 
     tokenizer = models.load_tokenizer(TINY)
     policy = models.load_model(TINY, dtype=torch.float32, device="cpu")

@@ -82,16 +82,6 @@ def test_a_dpo_job_trains_and_echoes_its_method(client, files):
     assert "train_reward_margin" in header
 
 
-def test_beta_auto_is_resolved_in_the_echo(client, files):
-    job = client.fine_tuning.jobs.create(training_file=files[0], model="gpt-4o-mini-2024-07-18",
-                                         method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1,
-                                                                                            "batch_size": 10}}})
-    assert job.method.dpo.hyperparameters.beta == "auto"
-    done = wait_for(client, job.id)
-    assert done.status == "succeeded", done.error
-    assert done.method.dpo.hyperparameters.beta == 0.1
-
-
 def test_chat_data_for_a_dpo_job_fails_it_saying_why(client, files):
     job = client.fine_tuning.jobs.create(training_file=files[1], model="gpt-4o-mini-2024-07-18",
                                          method={"type": "dpo"})
@@ -125,13 +115,13 @@ def test_jobs_create_method_dpo_validates_prices_and_creates(server, files, tmp_
     code, out, err = run_cli(capsys, "files", "upload", str(prefs))
     assert code == 0, err  # checked locally as preference data
     code, out, err = run_cli(capsys, "jobs", "create", str(prefs), "--model", "gpt-4o-mini-2024-07-18",
-                             "--method", "dpo", "--beta", "0.3", "--n-epochs", "1", "--batch-size", "10", "--json")
+                             "--method", "dpo", "--n-epochs", "1", "--batch-size", "10", "--json")
     assert code == 0, err
     expected = cost.estimate_training(prefs, "gpt-4o-mini", epochs=1, method="dpo")
     assert f"estimate: {expected.billed_tokens:,} billed tokens" in err and "10 examples, no errors" in err
     job = json.loads(out)
     assert job["method"]["type"] == "dpo" and job["method"]["dpo"] == {"hyperparameters": {
-        "beta": 0.3, "batch_size": 10, "learning_rate_multiplier": "auto", "n_epochs": 1}}
+        "beta": "auto", "batch_size": 10, "learning_rate_multiplier": "auto", "n_epochs": 1}}
     code, _, err = run_cli(capsys, "jobs", "create", str(prefs), "--model", "gpt-4o-mini-2024-07-18",
                            "--beta", "0.3")
     assert code == 2 and "--method dpo" in err
@@ -139,4 +129,6 @@ def test_jobs_create_method_dpo_validates_prices_and_creates(server, files, tmp_
     code, _, err = run_cli(capsys, "jobs", "create", str(chat), "--model", "gpt-4o-mini-2024-07-18",
                            "--method", "dpo")
     assert code == 1 and "chat_format_for_preference" in err
-    wait_for(server.client(), job["id"])
+    done = wait_for(server.client(), job["id"])
+    assert done.status == "succeeded", done.error
+    assert done.method.dpo.hyperparameters.beta == 0.1  # auto, resolved in the echo as the job used it
