@@ -275,7 +275,7 @@ def test_error_classes(server, client, guide_job):
     assert err.value.param == "limit"
     with pytest.raises(openai.BadRequestError) as err:
         client.fine_tuning.jobs.create(training_file=guide_job.training_file, model="gpt-4o-mini",
-                                       method={"type": "dpo", "dpo": {}})
+                                       method={"type": "reinforcement", "reinforcement": {}})
     assert "not supported yet" in err.value.message and err.value.param == "method.type"
     with pytest.raises(openai.BadRequestError) as err:
         client.fine_tuning.jobs.create(training_file=guide_job.training_file, model="gpt-4o-mini",

@@ -20,6 +20,10 @@ from tunewise.errors import ModelNotFound, UsageError
 CHAT = "chat"
 PROMPT_COMPLETION = "prompt_completion"
 TRAINING_FORMATS = (CHAT, PROMPT_COMPLETION)
+# OpenAI's preference format for DPO (``{"input": {"messages": [...]}, "preferred_output": [...],
+# "non_preferred_output": [...]}``): a method's format, not a model's, so no catalog entry names it.
+PREFERENCE = "preference"
+DATA_FORMATS = (*TRAINING_FORMATS, PREFERENCE)
 
 PRICE_FIELDS = ("training", "input", "cached_input", "output", "ft_input", "ft_cached_input", "ft_output")
 

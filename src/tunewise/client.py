@@ -160,12 +160,15 @@ def _read_schema(schema: dict | str | os.PathLike) -> dict:
     return value
 
 
-def check_job_settings(hyperparameters: dict[str, Any], suffix: str | None = None) -> None:
+def check_job_settings(hyperparameters: dict[str, Any], suffix: str | None = None,
+                       method: str = "supervised") -> None:
     """What the service would refuse in a job's settings, refused here first (before any upload)."""
-    from tunewise.hyperparameters import check_hyperparameter
+    from tunewise.hyperparameters import DPO_RANGES, HYPERPARAMETER_RANGES, check_hyperparameter
 
+    if method not in ("supervised", "dpo"):
+        raise UsageError(f"method must be 'supervised' or 'dpo', not {method!r}.", param="method")
     for name, value in hyperparameters.items():
-        check_hyperparameter(name, value)
+        check_hyperparameter(name, value, DPO_RANGES if method == "dpo" else HYPERPARAMETER_RANGES)
     if suffix is not None and len(suffix) > 64:
         raise UsageError(f"The suffix is {len(suffix)} characters; at most 64.", param="suffix")
 
@@ -269,7 +272,8 @@ class Client:
     # --- jobs -----------------------------------------------------------------------------------------------
 
     def plan_job(self, training_file: str, model: str, n_epochs: int | str | None = None,
-                 prices: str | os.PathLike | None = None, validation_file: str | None = None) -> JobPlan:
+                 prices: str | os.PathLike | None = None, validation_file: str | None = None,
+                 method: str = "supervised") -> JobPlan:
         """Validate a local training file and price it; raise ``DataError`` if it has errors.
 
         OpenAI prices apply when the service is OpenAI; a local service trains for free (cost 0).
@@ -288,14 +292,18 @@ class Client:
         from tunewise.data import validate
 
         info = load_catalog(prices).find(model)
-        plan.report = validate(training_file, model=info.name if info else None, prices=prices)
+        data_format = "preference" if method == "dpo" else None  # DPO's data: OpenAI's preference format
+        plan.report = validate(training_file, model=info.name if info else None, prices=prices,
+                               data_format=data_format)
         plan.report.raise_for_errors()
         if validation_file and Path(validation_file).is_file():
-            validate(validation_file, model=info.name if info else None, prices=prices).raise_for_errors()
+            validate(validation_file, model=info.name if info else None, prices=prices,
+                     data_format=data_format).raise_for_errors()
         if info is None:
             plan.notes.append(f"{model} is not in the catalog: validated with default limits, not priced.")
             return plan
-        estimate = cost.estimate_training(plan.report, info.name, epochs=n_epochs or "auto", prices=prices)
+        estimate = cost.estimate_training(plan.report, info.name, epochs=n_epochs or "auto", prices=prices,
+                                          method=method)
         if not self.target.is_openai and estimate.cost_usd:
             plan.notes.append(f"{self.target.base_url} is a local service: training costs nothing "
                               f"(OpenAI would charge ${estimate.cost_usd:.4f} for {estimate.billed_tokens:,} "
@@ -316,8 +324,10 @@ class Client:
                    learning_rate_multiplier: float | str | None = None, suffix: str | None = None,
                    seed: int | None = None, metadata: dict[str, str] | None = None,
                    eval_file: str | None = None, eval_schema: dict | str | os.PathLike | None = None,
-                   eval_limit: int | None = None, eval_max_tokens: int | None = None) -> dict:
-        """Upload local files (ids are used as they are) and create a supervised fine-tuning job.
+                   eval_limit: int | None = None, eval_max_tokens: int | None = None,
+                   method: str = "supervised", beta: float | str | None = None) -> dict:
+        """Upload local files (ids are used as they are) and create a fine-tuning job: supervised, or with
+        ``method="dpo"`` a DPO job on preference data (``beta``: DPO's, a number in (0, 2] or 'auto').
 
         ``eval_file`` (a local chat JSONL file or a file id), ``eval_schema`` (a JSON Schema dict or a path to
         one), ``eval_limit`` and ``eval_max_tokens`` ask ``tunewise serve`` to score each checkpoint on that
@@ -325,14 +335,20 @@ class Client:
         """
         hyper = {k: v for k, v in (("n_epochs", n_epochs), ("batch_size", batch_size),
                                    ("learning_rate_multiplier", learning_rate_multiplier)) if v is not None}
-        check_job_settings(hyper, suffix)  # before anything is uploaded
+        if beta is not None:
+            if method != "dpo":
+                raise UsageError("beta is DPO's hyperparameter; a supervised job has none.",
+                                 hint="Use method 'dpo', or leave beta out.", param="beta")
+            hyper["beta"] = beta
+        check_job_settings(hyper, suffix, method)  # before anything is uploaded
+        method_body = {"type": "dpo", "dpo": {"hyperparameters": hyper}} if method == "dpo" else None
         if eval_file is None and (eval_schema is not None or eval_limit is not None or eval_max_tokens is not None):
             raise UsageError("An eval schema, limit or max tokens needs an eval file.",
                              hint="Add --eval-file with held-out chat examples.")
         uploaded: list[str] = []  # deleted again if the job is refused: no orphan uploads
         try:
             return self._create_job(training_file, model, validation_file, hyper, suffix, seed, metadata,
-                                    eval_file, eval_schema, eval_limit, eval_max_tokens, uploaded)
+                                    eval_file, eval_schema, eval_limit, eval_max_tokens, uploaded, method_body)
         except BaseException:
             for file_id in uploaded:
                 try:
@@ -342,7 +358,8 @@ class Client:
             raise
 
     def _create_job(self, training_file, model, validation_file, hyper, suffix, seed, metadata, eval_file,
-                    eval_schema, eval_limit, eval_max_tokens, uploaded: list[str]) -> dict:
+                    eval_schema, eval_limit, eval_max_tokens, uploaded: list[str],
+                    method_body: dict[str, Any] | None = None) -> dict:
         def file_id(file_or_id: str, purpose: str = "fine-tune") -> str:
             fid = self._file_id(file_or_id, purpose=purpose)
             if fid != file_or_id:
@@ -352,7 +369,9 @@ class Client:
         kwargs: dict[str, Any] = {"model": model, "training_file": file_id(training_file)}
         if validation_file:
             kwargs["validation_file"] = file_id(validation_file)
-        if hyper:
+        if method_body is not None:  # OpenAI takes DPO's hyperparameters in `method` only
+            kwargs["method"] = method_body
+        elif hyper:
             kwargs["hyperparameters"] = hyper
         for key, value in (("suffix", suffix), ("seed", seed), ("metadata", metadata)):
             if value is not None:

@@ -94,25 +94,30 @@ class TrainingEstimate:
         return asdict(self)
 
 
-def _report_for(data: Any, model: str, prices: Any):
+def _report_for(data: Any, model: str, prices: Any, method: str = "supervised"):
     """A ``tunewise.data.Report`` for a path (validated now) or a report already made."""
     if isinstance(data, str | os.PathLike):
         from tunewise.data import validate  # imported here: cost is usable without reading any file
 
-        return validate(data, model=model, prices=prices)
+        return validate(data, model=model, prices=prices, data_format="preference" if method == "dpo" else None)
     if hasattr(data, "stats") and hasattr(data, "errors"):
         return data
     raise UsageError(f"estimate_training takes a path or a validation Report, not {type(data).__name__}.")
 
 
 def estimate_training(data: Any, model: str, epochs: int | str = "auto",
-                      prices: str | os.PathLike | None = None) -> TrainingEstimate:
+                      prices: str | os.PathLike | None = None, method: str = "supervised") -> TrainingEstimate:
     """What fine-tuning ``model`` on ``data`` (a JSONL path or a ``tunewise.data.Report``) costs.
+
+    ``method``: ``supervised`` or ``dpo``. OpenAI bills both by the tokens of the training file times the epochs
+    at the model's one training price; for DPO (preference data) that is the input's tokens and both outputs'.
 
     Raises ``DataError`` when the data has errors (run ``tunewise validate`` for the list).
     """
     info = get_model(model, prices)
-    report = _report_for(data, info.name, prices)
+    if method not in ("supervised", "dpo"):
+        raise UsageError(f"method must be 'supervised' or 'dpo', not {method!r}.", param="method")
+    report = _report_for(data, info.name, prices, method)
     # Over-long examples are an error for a training file, but they still have a price: the estimate bills
     # each one up to the context limit and says so in a warning. Any other error makes the file untrainable.
     errors = [f for f in report.errors if f.code != TOO_LONG]

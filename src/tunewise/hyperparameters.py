@@ -12,14 +12,20 @@ from tunewise.errors import UsageError
 HYPERPARAMETER_RANGES: dict[str, tuple[float, float, type]] = {
     "n_epochs": (1, 25, int), "batch_size": (1, 256, int), "learning_rate_multiplier": (0, 100, float)}
 """name -> (low, high, kind): integers in [low, high], multipliers in (low, high]."""
+DPO_RANGES: dict[str, tuple[float, float, type]] = {**HYPERPARAMETER_RANGES, "beta": (0, 2, float)}
+"""DPO's hyperparameters: the supervised ones and ``beta``, in (0, 2] (OpenAI's range)."""
 
 
-def check_hyperparameter(name: str, value: Any) -> int | float | str:
-    """``value`` checked against ``HYPERPARAMETER_RANGES`` ('auto' and None pass as 'auto'); raises ``UsageError``."""
-    if name not in HYPERPARAMETER_RANGES:
+def check_hyperparameter(name: str, value: Any, ranges: dict[str, tuple[float, float, type]] | None = None
+                         ) -> int | float | str:
+    """``value`` checked against ``ranges`` (default ``HYPERPARAMETER_RANGES``; ``DPO_RANGES`` for DPO; 'auto' and
+    None pass as 'auto'); raises ``UsageError``."""
+    ranges = HYPERPARAMETER_RANGES if ranges is None else ranges
+    if name not in ranges:
         raise UsageError(f"Unknown hyperparameter {name!r}.", param=f"hyperparameters.{name}",
-                         hint="Supervised fine-tuning takes " + ", ".join(HYPERPARAMETER_RANGES) + ".")
-    low, high, kind = HYPERPARAMETER_RANGES[name]
+                         hint=("DPO" if "beta" in ranges else "Supervised fine-tuning") + " takes "
+                         + ", ".join(ranges) + ".")
+    low, high, kind = ranges[name]
     if value == "auto" or value is None:
         return "auto"
     ok = isinstance(value, int | float) and not isinstance(value, bool)

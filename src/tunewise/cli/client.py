@@ -82,8 +82,10 @@ def files_upload(ctx: click.Context, file: str, purpose: str, no_validate: bool,
     """Upload FILE (chat JSONL for fine-tuning, checked locally first)."""
     if purpose == "fine-tune" and not no_validate:
         from tunewise.data import validate
+        from tunewise.data.validate import sniff_format
 
-        validate(file).raise_for_errors()
+        # Preference data (DPO) is checked as such; any other file in the format the default model takes.
+        validate(file, data_format="preference" if sniff_format(file) == "preference" else None).raise_for_errors()
     f = _client(ctx).upload_file(file, purpose=purpose)
     if as_json:
         _dump(f)
@@ -185,23 +187,34 @@ def _job_rows(job: dict) -> list[tuple[str, str]]:
               help="Examples scored per checkpoint (default 20).")
 @click.option("--eval-max-tokens", type=click.IntRange(1, 4096), default=None,
               help="Longest answer generated per example (default 256).")
+@click.option("--method", "method", type=click.Choice(["supervised", "dpo"]), default="supervised",
+              show_default=True, help="dpo: FILE is preference data, trained with DPO.")
+@click.option("--beta", default=None, help="With --method dpo: DPO's beta, in (0, 2], or 'auto'.")
 @click.option("--watch", is_flag=True, help="Follow the job until it ends.")
 @json_option
 @click.pass_context
 def jobs_create(ctx: click.Context, file_or_id: str, model: str, validation_file: str | None,
                 n_epochs: str | None, batch_size: str | None, learning_rate_multiplier: str | None,
                 suffix: str | None, seed: int | None, prices: str | None, eval_file: str | None,
-                eval_schema: str | None, eval_limit: int | None, eval_max_tokens: int | None, watch: bool,
-                as_json: bool) -> None:
+                eval_schema: str | None, eval_limit: int | None, eval_max_tokens: int | None, method: str,
+                beta: str | None, watch: bool, as_json: bool) -> None:
     """Validate FILE_OR_ID, show the cost estimate, upload it and create a fine-tuning job."""
     from tunewise.client import check_job_settings
 
     hyper = {"n_epochs": _hyper(n_epochs), "batch_size": _hyper(batch_size),
              "learning_rate_multiplier": _hyper(learning_rate_multiplier, float)}
-    check_job_settings({k: v for k, v in hyper.items() if v is not None}, suffix)  # before any upload
+    from tunewise.errors import UsageError
+
+    beta_value = _hyper(beta, float)
+    if beta_value is not None and method != "dpo":
+        raise UsageError("--beta is DPO's hyperparameter.", hint="Add --method dpo, or leave --beta out.",
+                         param="beta")
+    check_job_settings({k: v for k, v in {**hyper, "beta": beta_value}.items() if v is not None}, suffix,
+                       method)  # before any upload
     client = _client(ctx)
     epochs = _epochs(n_epochs) if n_epochs is not None else None
-    plan = client.plan_job(file_or_id, model, n_epochs=epochs, prices=prices, validation_file=validation_file)
+    plan = client.plan_job(file_or_id, model, n_epochs=epochs, prices=prices, validation_file=validation_file,
+                           method=method)
     out = sys.stderr if as_json else sys.stdout  # --json keeps stdout for the job object alone
     if plan.report is not None:
         click.echo(f"{file_or_id}: {plan.report.stats.n_examples:,} examples, no errors, "
@@ -222,7 +235,8 @@ def jobs_create(ctx: click.Context, file_or_id: str, model: str, validation_file
                             batch_size=hyper["batch_size"],
                             learning_rate_multiplier=hyper["learning_rate_multiplier"],
                             suffix=suffix, seed=seed, eval_file=eval_file, eval_schema=eval_schema,
-                            eval_limit=eval_limit, eval_max_tokens=eval_max_tokens)
+                            eval_limit=eval_limit, eval_max_tokens=eval_max_tokens, method=method,
+                            beta=beta_value)
     if as_json:
         _dump(job)
     else:

@@ -61,11 +61,14 @@ def _rows(rows: list[tuple[str, str]]) -> None:
 @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Model to price (name or alias).")
 @click.option("--epochs", "--n-epochs", "epochs", default="auto", show_default=True,
               help="Epochs (1-25), or 'auto' for OpenAI's default rule.")
+@click.option("--method", type=click.Choice(["supervised", "dpo"]), default="supervised", show_default=True,
+              help="dpo: FILE is preference data, billed by its tokens (input and both outputs) like supervised.")
 @prices_option
 @json_option
-def estimate(file: str, model: str, epochs: str, prices: str | None, as_json: bool) -> None:
-    """Billed training tokens and the cost of fine-tuning MODEL on FILE (chat JSONL)."""
-    result = cost.estimate_training(file, model, epochs=_epochs(epochs), prices=prices)
+def estimate(file: str, model: str, epochs: str, method: str, prices: str | None, as_json: bool) -> None:
+    """Billed training tokens and the cost of fine-tuning MODEL on FILE (chat JSONL, or preference JSONL with
+    --method dpo)."""
+    result = cost.estimate_training(file, model, epochs=_epochs(epochs), prices=prices, method=method)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return

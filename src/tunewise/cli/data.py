@@ -36,16 +36,21 @@ def stats_table(stats) -> str:
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--model", "-m", default=None, help="Model whose rules and tokenizer apply (default gpt-4o-mini).")
+@click.option("--method", "method", type=click.Choice(["supervised", "dpo"]), default="supervised",
+              show_default=True, help="The fine-tuning method the file is for: dpo checks OpenAI's preference format "
+                                      "(input, preferred_output, non_preferred_output).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--fix", "fix_out", type=click.Path(dir_okay=False), default=None,
               help="Write a repaired copy to this file (nested JSON escaped, examples in the other data format "
                    "converted to the one the model takes); the input is never modified.")
 @click.option("--prices", type=click.Path(dir_okay=False), default=None,
               help="A TOML file overriding the model catalog (also $TUNEWISE_PRICES).")
-def validate(file: str, model: str | None, as_json: bool, fix_out: str | None, prices: str | None) -> None:
+def validate(file: str, model: str | None, method: str, as_json: bool, fix_out: str | None,
+             prices: str | None) -> None:
     """Check a fine-tuning JSONL FILE against OpenAI's rules and count its tokens.
 
-    Chat models take {"messages": [...]}; babbage-002 and davinci-002 take {"prompt": ..., "completion": ...}.
+    Chat models take {"messages": [...]}; babbage-002 and davinci-002 take {"prompt": ..., "completion": ...};
+    DPO (--method dpo) takes {"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}.
 
     Exit 0 when clean (warnings allowed), 1 when there are errors, 2 on a usage error, 3 if tunewise crashed.
     """
@@ -63,8 +68,9 @@ def validate(file: str, model: str | None, as_json: bool, fix_out: str | None, p
     converted: list[int] = []
     if fix_out:
         fixed = repair(file, fix_out)
-        converted = convert(fix_out, fix_out, info.training_format)
-    report = run_validate(fix_out if fix_out else file, model=model, prices=prices)
+        converted = [] if method == "dpo" else convert(fix_out, fix_out, info.training_format)
+    report = run_validate(fix_out if fix_out else file, model=model, prices=prices,
+                          data_format="preference" if method == "dpo" else None)
     if as_json:
         out = report.to_dict()
         if fixed is not None:

@@ -25,8 +25,15 @@ def _auto_or(kind):
 @click.option("--validation-file", type=click.Path(dir_okay=False), help="Chat JSONL for validation loss/accuracy.")
 @click.option("--model", "-m", default="smollm2-135m-instruct", show_default=True,
               help="Registry name, local HF model directory or hub id.")
-@click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True,
-              help="lora: a small adapter over the frozen base (fast, small); full: every weight.")
+@click.option("--method", type=click.Choice(["lora", "full", "dpo"]), default="lora", show_default=True,
+              help="lora: a small adapter over the frozen base (fast, small); full: every weight; dpo: preference "
+                   "data (DPO), training the weights --weights names.")
+@click.option("--weights", type=click.Choice(["lora", "full"]), default=None,
+              help="With --method dpo: train a LoRA adapter (default) or every weight.")
+@click.option("--beta", default="auto", callback=_auto_or(float), show_default=True,
+              help="With --method dpo: X in (0, 2] or auto (0.1); higher holds the model closer to the reference.")
+@click.option("--init-adapter", type=click.Path(file_okay=False, exists=True),
+              help="Start from this LoRA adapter (OUTPUT/final of a run on the same base): e.g. DPO on top of SFT.")
 @click.option("--epochs", "--n-epochs", "n_epochs", default="auto", callback=_auto_or(int), show_default=True,
               help="N or auto (OpenAI's rule from the number of examples).")
 @click.option("--batch-size", default="auto", callback=_auto_or(int), show_default=True, help="N or auto.")
@@ -53,10 +60,11 @@ def _auto_or(kind):
 @click.option("--collective-timeout", "collective_timeout_s", type=click.FloatRange(min=0, min_open=True),
               default=300.0, show_default=True,
               help="Seconds a multi-process run waits for a silent process before failing with its rank.")
-def train(training_file, validation_file, model, method, n_epochs, batch_size, learning_rate_multiplier, seed,
-          suffix, output_dir, device, dtype, num_threads, packing, gradient_checkpointing, nproc_per_node, sharding,
-          collective_timeout_s):
-    """Fine-tune MODEL on TRAINING_FILE (OpenAI chat JSONL); Ctrl-C saves the state, run again to resume."""
+def train(training_file, validation_file, model, method, weights, beta, init_adapter, n_epochs, batch_size,
+          learning_rate_multiplier, seed, suffix, output_dir, device, dtype, num_threads, packing,
+          gradient_checkpointing, nproc_per_node, sharding, collective_timeout_s):
+    """Fine-tune MODEL on TRAINING_FILE (OpenAI chat JSONL, or preference JSONL with --method dpo); Ctrl-C saves
+    the state, run again to resume."""
     import signal
     import sys
     import threading
@@ -67,8 +75,18 @@ def train(training_file, validation_file, model, method, n_epochs, batch_size, l
     from tunewise.train import TrainConfig, distributed
     from tunewise.train import train as run
 
+    objective = "dpo" if method == "dpo" else "sft"
+    if objective == "sft" and weights is not None and weights != method:
+        raise UsageError(f"--weights {weights} contradicts --method {method}.",
+                         hint="--weights goes with --method dpo; for supervised training --method names the weights.",
+                         param="weights")
+    if objective == "dpo" and nproc_per_node > 1:
+        raise UsageError("--method dpo trains in one process; --nproc-per-node is for supervised training.",
+                         hint="Leave --nproc-per-node out.", param="nproc_per_node")
+    method = (weights or "lora") if objective == "dpo" else method
     config = TrainConfig(training_file=training_file, validation_file=validation_file, model=model, method=method,
-                         n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=learning_rate_multiplier,
+                         objective=objective, beta=beta, init_adapter=init_adapter, n_epochs=n_epochs, batch_size=batch_size,
+                         learning_rate_multiplier=learning_rate_multiplier,
                          seed=seed, suffix=suffix, output_dir=output_dir, device=device, dtype=dtype,
                          num_threads=num_threads, packing=packing, sharding=sharding, collective_timeout_s=collective_timeout_s,
                          gradient_checkpointing=gradient_checkpointing)

@@ -62,6 +62,19 @@ CODES: dict[str, tuple[str, str]] = {
     "invalid_prompt": (ERROR, "`prompt` is not a string."),
     "invalid_completion": (ERROR, "`completion` is not a string."),
     "empty_completion": (ERROR, "`completion` is empty: the example teaches nothing."),
+    # the preference format (DPO: `tunewise validate --method dpo`)
+    "missing_preference_input": (ERROR, "A preference example has no `input`."),
+    "invalid_preference_input": (ERROR, "`input` is not an object, or its messages end with an assistant turn."),
+    "missing_preferred_output": (ERROR, "A preference example has no `preferred_output`."),
+    "missing_non_preferred_output": (ERROR, "A preference example has no `non_preferred_output`."),
+    "invalid_preference_output": (ERROR, "`preferred_output` or `non_preferred_output` is not a list of exactly "
+                                         "one assistant message."),
+    "identical_preference_outputs": (WARNING, "The preferred and non-preferred outputs are the same: no "
+                                              "preference to learn."),
+    "chat_format_for_preference": (ERROR, "Chat or prompt/completion examples checked for DPO, which takes the "
+                                          "preference format."),
+    "preference_format_for_supervised": (ERROR, "Preference examples checked for supervised fine-tuning; "
+                                                "validate or train them with --method dpo."),
     # the data set as a whole
     "too_few_examples": (ERROR, "Fewer than 10 examples: OpenAI refuses the file."),
     "small_dataset": (WARNING, "Under 100 examples: the guide expects little (under 50) or modest gains."),

@@ -51,6 +51,8 @@ class ExampleInfo:
     messages: list[dict] = field(default_factory=list)
     """The well-formed messages (for local models' chat templates)."""
     tools: list | None = None
+    rejected: dict | None = None
+    """A preference example's non-preferred message (``messages`` ends with the preferred one)."""
 
 
 def did_you_mean(word: str, choices) -> str:
@@ -343,10 +345,16 @@ def check_example(example: dict, emit: Emit) -> ExampleInfo:
 PC_KEYS = frozenset({"prompt", "completion"})
 
 
+PREFERENCE_KEYS = frozenset({"input", "preferred_output", "non_preferred_output"})
+PREFERENCE_INPUT_KEYS = frozenset({"messages", "tools", "parallel_tool_calls"})
+
+
 def example_format(example: dict) -> str | None:
-    """``chat`` or ``prompt_completion`` by the example's keys; None when it shows neither."""
+    """``chat``, ``prompt_completion`` or ``preference`` by the example's keys; None when it shows none."""
     if "messages" in example:
         return "chat"
+    if "input" in example or "preferred_output" in example or "non_preferred_output" in example:
+        return "preference"
     if "prompt" in example or "completion" in example:
         return "prompt_completion"
     return None
@@ -380,4 +388,103 @@ def check_prompt_completion(example: dict, emit: Emit) -> ExampleInfo:
         else:
             emit("empty_completion", "`completion` is empty, so the example teaches nothing.",
                  "Give the text the model should write after the prompt, or remove the example.")
+    return info
+
+
+def _check_output(example: dict, key: str, tools, emit: Emit) -> dict | None:
+    """``preferred_output`` or ``non_preferred_output``: a list of exactly one assistant message, checked by the
+    chat rules (its findings name the key). Returns the message when it is usable."""
+    hint = f'Write "{key}": [{{"role": "assistant", "content": "..."}}].'
+    if key not in example:
+        emit(f"missing_{key}", f"the example has no `{key}`.", hint)
+        return None
+    output = example[key]
+    if not isinstance(output, list) or len(output) != 1:
+        what = type_name(output) if not isinstance(output, list) else f"a list of {len(output)} messages"
+        emit("invalid_preference_output", f"`{key}` is {what}; it must be a list of exactly one assistant "
+             "message (OpenAI trains on one final assistant turn).", hint)
+        return None
+    message = output[0]
+    if not isinstance(message, dict) or message.get("role") != "assistant":
+        role = message.get("role") if isinstance(message, dict) else type_name(message)
+        emit("invalid_preference_output", f"`{key}`[0] is {role!r}, not an assistant message.", hint)
+        return None
+    if "weight" in message:
+        emit("unknown_key", f"`{key}`[0] has `weight`; a preference output is always trained.",
+             "Remove `weight`.")
+        message = {k: v for k, v in message.items() if k != "weight"}
+
+    def relay(code: str, text: str, fix: str) -> None:
+        if code in ("invalid_tools", "deprecated_functions", "invalid_parallel_tool_calls"):
+            return  # the input's own findings
+        emit(code, text.replace("messages[0]", f"{key}[0]"), fix)
+
+    shell: dict = {"messages": [message]}
+    if isinstance(tools, list):
+        shell["tools"] = tools
+    info = check_example(shell, relay)
+    return message if info.n_messages == 1 else None
+
+
+def check_preference(example: dict, emit: Emit) -> ExampleInfo:
+    """OpenAI's rules for one DPO example: ``{"input": {"messages", "tools"?, "parallel_tool_calls"?},
+    "preferred_output": [assistant], "non_preferred_output": [assistant]}``.
+
+    The input's messages follow the chat rules (they need no assistant message: the outputs are the answers) and
+    must not end with an assistant turn; each output is one assistant message. ``texts`` holds the input's strings
+    then both outputs' (what the file's tokens are); ``messages`` is the input plus the preferred output, and
+    ``rejected`` the non-preferred message.
+    """
+    for key in example:
+        if key not in PREFERENCE_KEYS:
+            emit("unknown_key", f"unknown key '{key}' on the example.",
+                 did_you_mean(key, PREFERENCE_KEYS) or "A preference example holds input, preferred_output and "
+                 "non_preferred_output.")
+    info = ExampleInfo()
+    raw_input = example.get("input")
+    tools = None
+    if "input" not in example:
+        emit("missing_preference_input", "the example has no `input`.",
+             'Write "input": {"messages": [{"role": "user", "content": "..."}]}.')
+    elif not isinstance(raw_input, dict):
+        emit("invalid_preference_input", f"`input` is {type_name(raw_input)}, not an object.",
+             'Write "input": {"messages": [...], "tools": [...], "parallel_tool_calls": true}.')
+    else:
+        def relay(code: str, text: str, fix: str) -> None:
+            if code in ("no_assistant_message", "no_trainable_assistant"):
+                return  # the outputs are the answers
+            if code == "unknown_key" and text.startswith("unknown key '"):
+                fix = did_you_mean(text.split("'")[1], PREFERENCE_INPUT_KEYS) or \
+                    "`input` holds messages, and optionally tools and parallel_tool_calls."
+            text = text.replace("on the example", "on `input`").replace("the example has no `messages`",
+                                                                         "`input` has no `messages`")
+            emit(code, text.replace("`messages`", "`input.messages`").replace("messages[", "input.messages["), fix)
+
+        info = check_example(raw_input, relay)
+        tools = info.tools
+        if info.messages and info.messages[-1].get("role") == "assistant":
+            emit("invalid_preference_input", f"input.messages ends with an assistant message "
+                 f"(messages[{len(info.messages) - 1}]); the outputs are the answer to the input.",
+                 "End the input with the user (or tool) message the outputs answer.")
+        if any(m.get("role") == "assistant" and m.get("weight") is not None for m in info.messages):
+            emit("unknown_key", "an input message has `weight`; only the outputs are trained.", "Remove `weight`.")
+    info.answers = []
+    info.assistant_texts = []
+    preferred = _check_output(example, "preferred_output", tools, emit)
+    rejected = _check_output(example, "non_preferred_output", tools, emit)
+    for message in (preferred, rejected):
+        if message is None:
+            continue
+        part = check_example({"messages": [message]}, lambda *a: None)
+        info.n_messages += 1
+        info.texts.extend(part.texts)
+        info.assistant_texts.extend(part.assistant_texts)
+    if preferred is not None:
+        info.messages.append(preferred)
+        if isinstance(preferred.get("content"), str):
+            info.answers.append(preferred["content"])
+    info.rejected = rejected
+    if preferred is not None and rejected is not None and preferred == rejected:
+        emit("identical_preference_outputs", "preferred_output and non_preferred_output are the same message, so "
+             "the example teaches no preference.", "Give a worse answer as non_preferred_output, or remove it.")
     return info

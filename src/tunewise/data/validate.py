@@ -18,7 +18,7 @@ import threading
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
-from tunewise.catalog import PROMPT_COMPLETION, TRAINING_FORMATS, ModelInfo, load_catalog
+from tunewise.catalog import DATA_FORMATS, PREFERENCE, PROMPT_COMPLETION, ModelInfo, load_catalog
 from tunewise.data.reading import (
     MAX_INT_DIGITS,
     MAX_JSON_DEPTH,
@@ -37,7 +37,13 @@ from tunewise.data.reading import (
     utf16_bom,
 )
 from tunewise.data.report import CODES, Finding, Report, Stats, Summary
-from tunewise.data.rules import ExampleInfo, check_example, check_prompt_completion, example_format
+from tunewise.data.rules import (
+    ExampleInfo,
+    check_example,
+    check_preference,
+    check_prompt_completion,
+    example_format,
+)
 from tunewise.errors import DataError, UsageError
 from tunewise.tokens import (
     REPLY_PRIMER,
@@ -94,7 +100,9 @@ class _Validator:
         self.model = info
         self.format = data_format or info.training_format
         self.pc = self.format == PROMPT_COMPLETION
+        self.preference = self.format == PREFERENCE
         self.wrong_format: list[int] = []  # lines in the other format than the one this file is checked in
+        self.wrong_preference: list[int] = []  # those of them in the preference format
         self.enc = get_encoding(info.encoding)
         self.hf = isinstance(self.enc, HFEncoding)
         self.findings: list[Finding] = []
@@ -185,6 +193,7 @@ class _Validator:
         self.findings += other.findings
         self.blank_lines += other.blank_lines
         self.wrong_format += other.wrong_format
+        self.wrong_preference += other.wrong_preference
         for digest, line in other.seen.items():
             lines = other.duplicates.get(digest, [line])
             if digest in self.seen:
@@ -236,13 +245,16 @@ class _Validator:
         def emit(code: str, message: str, hint: str) -> None:
             self.add(code, number, message, hint)
 
-        if example_format(example) not in (None, self.format):
+        fmt = example_format(example)
+        if fmt not in (None, self.format):
             self.wrong_format.append(number)  # one finding for the file, at the end
+            if fmt == PREFERENCE:
+                self.wrong_preference.append(number)
             return
         if self.pc:
             self.prompt_completion(number, raw, example, emit)
             return
-        info = check_example(example, emit)
+        info = check_preference(example, emit) if self.preference else check_example(example, emit)
         self.dataset_checks(number, raw, info)
         if info.tools:
             info.texts.append(tools_text(info.tools))
@@ -312,6 +324,8 @@ class _Validator:
             n = len(info.assistant_texts)
             try:
                 total = self.enc.count_chat(info.messages, info.tools)
+                if info.rejected is not None:  # a preference example: the non-preferred answer's tokens too
+                    total += sum(self.enc.count_batch(message_texts(info.rejected))) + TOKENS_PER_MESSAGE
             except Exception:  # a template that rejects the shape (tool calls, ...): count the strings
                 total = sum(self.enc.count_batch(info.texts)) + TOKENS_PER_MESSAGE * info.n_messages
             self.record(number, info, total, sum(assistant[pos:pos + n]))
@@ -409,7 +423,20 @@ class _Validator:
         lines, model = self.wrong_format, self.model
         fix = (f"`tunewise validate {self.path} --model {model.name} --fix OUT` writes a converted copy "
                "(see docs/data.md, \"Converting between the formats\")")
-        if self.pc:
+        if self.preference:
+            self.add("chat_format_for_preference", lines[0],
+                     f"{len(lines)} example(s) are not in the preference format DPO trains on ({{\"input\": "
+                     f"{{\"messages\": [...]}}, \"preferred_output\": [...], \"non_preferred_output\": [...]}}): "
+                     f"lines {_lines_text(lines)}.",
+                     "Write each example as an input with a preferred and a non-preferred assistant answer "
+                     "(see docs/methods.md), or fine-tune with the supervised method instead.", lines)
+        elif any(self.preference_lines(lines)):
+            self.add("preference_format_for_supervised", lines[0],
+                     f"{len(lines)} example(s) are in the preference format (DPO), but the file is checked for "
+                     f"supervised fine-tuning: lines {_lines_text(lines)}.",
+                     f"Validate it with `tunewise validate {self.path} --method dpo` and train it with "
+                     "`--method dpo` (the API: method type \"dpo\").", lines)
+        elif self.pc:
             self.add("chat_format_for_prompt_completion_model", lines[0],
                      f"{len(lines)} example(s) are chat ({{\"messages\": [...]}}), but {model.name} is trained on "
                      f"the prompt/completion format ({{\"prompt\": ..., \"completion\": ...}}): lines "
@@ -422,6 +449,10 @@ class _Validator:
                      f"{_lines_text(lines)}.",
                      f"Convert the file: {fix}; or fine-tune babbage-002 or davinci-002, which take this format.",
                      lines)
+
+    def preference_lines(self, lines: list[int]) -> list[int]:
+        """The lines in the preference format, when every wrongly formatted line is one."""
+        return lines if len(self.wrong_preference) == len(lines) else []
 
     def check_prompts(self) -> None:
         if len(self.prompts) < 2 or len(self.prompts) >= MAX_SYSTEM_PROMPTS:
@@ -567,8 +598,10 @@ def validate(path: str | os.PathLike, model: str | None = None, prices: str | os
     token statistics (exact counts in the model's encoding, billed tokens capped at its context limit).
 
     ``data_format``: the format the file must be in; by default the one the model takes (the catalog's
-    ``training_format``: ``chat``, or ``prompt_completion`` for babbage-002 and davinci-002). ``"auto"``
-    accepts either, by the file's first example (the local trainer, which trains both).
+    ``training_format``: ``chat``, or ``prompt_completion`` for babbage-002 and davinci-002); ``preference``
+    for DPO (``{"input", "preferred_output", "non_preferred_output"}``: the tokens of the input and of both
+    outputs are counted, which is what OpenAI bills for a DPO file). ``"auto"`` accepts any, by the file's first
+    example (the local trainer, which trains all three).
 
     ``workers``: processes that read parts of the file in parallel (default: see ``default_workers``;
     1 for small files and local models). The report is the same whatever the number.
@@ -578,9 +611,9 @@ def validate(path: str | os.PathLike, model: str | None = None, prices: str | os
     open_checked(path).close()  # a missing file is one clear error, whatever the workers
     if data_format == "auto":
         data_format = sniff_format(path) or info.training_format
-    elif data_format is not None and data_format not in TRAINING_FORMATS:
+    elif data_format is not None and data_format not in DATA_FORMATS:
         raise UsageError(f"Unknown data format {data_format!r}.",
-                         hint="Use " + ", ".join(TRAINING_FORMATS) + " or auto.", param="data_format")
+                         hint="Use " + ", ".join(DATA_FORMATS) + " or auto.", param="data_format")
     n = default_workers(path, info) if workers is None else max(1, workers)
     chunks = _chunks(path, n) if n > 1 else [(0, None, 1)]
     result = _Validator(path, info, data_format)  # loads the encoding here, before any fork, so workers inherit it

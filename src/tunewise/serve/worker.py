@@ -173,7 +173,7 @@ class Worker:
                 path = self._file_path(job[param], param)
                 if path is None:
                     continue
-                report = _validate_file(path, job["model"])
+                report = _validate_file(path, job["model"], _method_kind(job))
                 problems = [f for f in report.findings if f.severity == "error"]
                 if problems:
                     detail = "; ".join(f"line {f.line}: {f.message}" if f.line else f.message
@@ -190,7 +190,7 @@ class Worker:
             hyper = json.loads(job["hyperparameters"])
             n = _count_examples(self._file_path(job["training_file"]))
             hyper = _resolve_auto(hyper, n)
-            method = {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+            method = _method_echo(job, hyper)
         except _JobError as exc:
             self.fail(job_id, exc.code, exc.message, exc.param, only_if=("validating_files",))
             return
@@ -330,7 +330,11 @@ class Worker:
         from tunewise.train import TrainConfig
 
         hyper = json.loads(job["hyperparameters"])
+        kind = _method_kind(job)
+        beta = (json.loads(job["method"]).get("dpo") or {}).get("hyperparameters", {}).get("beta", "auto") \
+            if kind == "dpo" else "auto"
         return TrainConfig(
+            objective="dpo" if kind == "dpo" else "sft", beta=beta,
             training_file=self._file_path(job["training_file"], started=True),
             validation_file=self._file_path(job["validation_file"], "validation_file", started=True),
             model=job["local_model"], method="lora",
@@ -454,7 +458,7 @@ class Worker:
                        "trained_tokens = ?, hyperparameters = ?, method = ?, finished_at = ?, estimated_finish = NULL "
                        "WHERE id = ?",
                        (ft_name, json.dumps([file_id]), int(result.trained_tokens), json.dumps(hyper),
-                        json.dumps({"type": "supervised", "supervised": {"hyperparameters": hyper}}), now(), job_id))
+                        json.dumps(_method_echo(job, hyper, result.hyperparameters.get("beta"))), now(), job_id))
         store.add_event(job_id, f"New fine-tuned model created: {ft_name}")
         store.add_event(job_id, "The job has successfully completed")
 
@@ -505,6 +509,26 @@ def _count_examples(path: Path | None) -> int:
         return sum(1 for line in f if line.strip())
 
 
+def _method_kind(job: dict[str, Any]) -> str:
+    """``supervised`` or ``dpo``: the job's ``method.type``."""
+    try:
+        return json.loads(job.get("method") or "{}").get("type") or "supervised"
+    except ValueError:
+        return "supervised"
+
+
+def _method_echo(job: dict[str, Any], hyper: dict[str, Any], beta: float | None = None) -> dict[str, Any]:
+    """The job's ``method`` with ``hyper`` (numbers for ``auto``): DPO's keeps its beta, resolved when known."""
+    kind = _method_kind(job)
+    if kind != "dpo":
+        return {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+    from tunewise.train.methods.dpo import resolve_beta
+
+    asked = (json.loads(job["method"]).get("dpo") or {}).get("hyperparameters", {}).get("beta", "auto")
+    return {"type": "dpo", "dpo": {"hyperparameters": {"beta": beta if beta is not None else resolve_beta(asked),
+                                                       **hyper}}}
+
+
 def _resolve_auto(hyper: dict[str, Any], n_examples: int) -> dict[str, Any]:
     """Numbers for ``auto`` hyperparameters by the trainer's own rules (OpenAI's), as the job object shows."""
     from tunewise.train.config import auto_batch_size, auto_n_epochs
@@ -520,15 +544,17 @@ def _resolve_auto(hyper: dict[str, Any], n_examples: int) -> dict[str, Any]:
     return hyper
 
 
-def _validate_file(path: Path, model: str):
-    """The validator's report, with OpenAI's limits for ``model`` when the catalog knows it (else its default)."""
+def _validate_file(path: Path, model: str, kind: str = "supervised"):
+    """The validator's report, with OpenAI's limits for ``model`` when the catalog knows it (else its default);
+    a DPO job's files are checked as preference data."""
     from tunewise.data import validate
     from tunewise.errors import NotFound
 
+    data_format = "preference" if kind == "dpo" else None
     try:
-        return validate(path, model=model)
+        return validate(path, model=model, data_format=data_format)
     except NotFound:
-        return validate(path)
+        return validate(path, data_format=data_format)
 
 
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:

@@ -19,6 +19,7 @@ AUTO_BATCH_FRACTION = 0.002
 MAX_BATCH_SIZE = 256
 
 Method = Literal["lora", "full"]
+Objective = Literal["sft", "dpo"]
 
 
 @dataclass
@@ -31,6 +32,13 @@ class TrainConfig:
     """A registry name (``tunewise models``), a local Hugging Face model directory, or a hub id."""
     method: Method = "lora"
     """``lora`` trains a PEFT LoRA adapter (small, fast); ``full`` trains every weight."""
+    objective: Objective = "sft"
+    """What the loss is (``tunewise.train.methods``): ``sft`` (supervised, chat or prompt/completion data) or
+    ``dpo`` (direct preference optimization, preference data, OpenAI's ``method.type`` "dpo"); ``method`` says
+    which weights train either way."""
+    beta: float | Literal["auto"] = "auto"
+    """DPO's beta (OpenAI's range: above 0, at most 2): how strongly the policy is held to the reference.
+    ``auto``: 0.1. Only for ``objective="dpo"``."""
     n_epochs: int | Literal["auto"] = "auto"
     """Passes over the training data. ``auto``: 3, raised so at least 100 examples are seen, lowered so at most
     25,000 are, clamped to 1..25 (OpenAI's rule)."""
@@ -105,6 +113,17 @@ class TrainConfig:
         """Raise ``UsageError`` for a value that cannot work, before anything is loaded."""
         if self.method not in ("lora", "full"):
             raise UsageError(f"method must be 'lora' or 'full', not {self.method!r}.", param="method")
+        if self.objective not in ("sft", "dpo"):
+            raise UsageError(f"objective must be 'sft' or 'dpo', not {self.objective!r}.", param="objective")
+        b = self.beta
+        if b != "auto" and (isinstance(b, bool) or not isinstance(b, int | float) or not 0 < b <= 2):
+            raise UsageError(f"beta must be 'auto' or a number in (0, 2], not {b!r}.", param="beta")
+        if b != "auto" and self.objective != "dpo":
+            raise UsageError("beta is DPO's hyperparameter; supervised training has none.",
+                             hint="Use --method dpo, or leave --beta out.", param="beta")
+        if self.objective == "dpo" and self.packing:
+            raise UsageError("packing is for supervised training; DPO keeps each answer in a row of its own.",
+                             hint="Leave --packing out.", param="packing")
         _check_auto_int("n_epochs", self.n_epochs, 1, MAX_EPOCHS)
         _check_auto_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         m = self.learning_rate_multiplier
@@ -172,13 +191,18 @@ def resolve_hyperparameters(config: TrainConfig, n_examples: int, base_learning_
     batch_size = auto_batch_size(n_examples) if config.batch_size == "auto" else int(config.batch_size)
     batch_size = min(batch_size, n_examples)  # a batch larger than the data is the whole data
     multiplier = 1.0 if config.learning_rate_multiplier == "auto" else float(config.learning_rate_multiplier)
-    return {
+    out = {
         "n_epochs": n_epochs,
         "batch_size": batch_size,
         "learning_rate_multiplier": multiplier,
         "learning_rate": multiplier * base_learning_rate,
         "seed": config.seed,
     }
+    if config.objective == "dpo":
+        from tunewise.train.methods.dpo import resolve_beta
+
+        out["beta"] = resolve_beta(config.beta)
+    return out
 
 
 @dataclass

@@ -62,6 +62,11 @@ def read_examples(path: str | Path, model: str | None = None,
         return
     # The local trainer trains both formats: the file's first example says which one it is in.
     report = data.validate(path, model=model, data_format="auto")
+    if getattr(report.stats, "data_format", None) == "preference":
+        raise DataError(f"{path} is preference data (input, preferred_output, non_preferred_output): it trains "
+                        "with DPO, not supervised fine-tuning.",
+                        hint="Train it with --method dpo (the API: method type \"dpo\").",
+                        code="preference_format_for_supervised", param=param)
     if param != "training_file":
         report.findings = [f for f in report.findings if f.code != "too_few_examples"]
     try:

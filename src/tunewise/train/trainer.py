@@ -36,10 +36,11 @@ from tunewise.errors import (
     Unsupported,
     UsageError,
 )
-from tunewise.train import distributed
+from tunewise.train import distributed, methods
 from tunewise.train.batching import micro_batches, packed_micro_batches, plan
 from tunewise.train.config import TrainConfig, TrainEvent, TrainResult, resolve_hyperparameters
-from tunewise.train.render import IGNORE, Rendered, Renderer, read_examples
+from tunewise.train.methods import StepContext
+from tunewise.train.render import Rendered, Renderer, read_examples
 
 METRICS_HEADER = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
 STATE = "state"
@@ -126,7 +127,7 @@ def _default_output_dir(config: TrainConfig) -> Path:
 
 
 # What must be the same for a run to continue in an existing output directory.
-_RESUME_KEYS = ("base_model", "method", "hyperparameters", "training_file_sha256", "validation_file_sha256",
+_RESUME_KEYS = ("base_model", "method", "objective", "hyperparameters", "training_file_sha256", "validation_file_sha256",
                 "dtype", "lora", "weight_decay", "warmup_ratio", "max_grad_norm", "max_tokens_per_microbatch",
                 "sharding", "packing")
 
@@ -197,27 +198,11 @@ def _core_and_head(model):
 
 
 def _sums(model, core, head, mb, device, forward=None):
-    """Summed token loss, correct argmax count and labelled-token count of one micro-batch. ``forward`` (a
-    data-parallel wrapper of the same computation, ``distributed.labelled_module``) replaces the direct calls."""
-    import torch.nn.functional as F
+    """Summed token loss, correct argmax count and labelled-token count of one micro-batch (SFT's loss, see
+    ``methods.sft.token_sums``)."""
+    from tunewise.train.methods.sft import token_sums
 
-    ids = mb.input_ids.to(device)
-    targets = mb.labels[:, 1:].to(device)  # position t predicts token t + 1
-    keep = targets != IGNORE
-    # Packed rows carry position ids that restart with each example: attention stays within an example.
-    extra = {} if mb.position_ids is None else {"position_ids": mb.position_ids.to(device)}
-    if forward is not None:
-        logits = forward(ids, keep, **extra).float()
-    elif core is not None:
-        # No attention mask: rows are right-padded, so causal attention already hides padding from real tokens.
-        hidden = core(input_ids=ids, use_cache=False, **extra).last_hidden_state
-        logits = head(hidden[:, :-1][keep]).float()
-    else:
-        logits = model(input_ids=ids, use_cache=False, **extra).logits[:, :-1][keep].float()
-    wanted = targets[keep]
-    loss = F.cross_entropy(logits, wanted, reduction="sum")
-    correct = (logits.detach().argmax(-1) == wanted).sum().item()
-    return loss, correct, int(wanted.numel())
+    return token_sums(model, core, head, mb, device, forward=forward)
 
 
 def evaluate(model, examples: list[Rendered], *, max_tokens: int, pad_id: int, device: str,
@@ -279,22 +264,25 @@ def _fmt(x: float | None) -> str:
     return "" if x is None else f"{x:.6f}"
 
 
-def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+def _csv_row(r: dict[str, Any], columns: tuple[str, ...]) -> list[str]:
+    return [str(r["step"]), *(_fmt(r.get(c)) for c in METRICS_HEADER[1:]), *(_fmt(r.get(c)) for c in columns)]
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...] = ()) -> None:
+    """``METRICS_HEADER``, then the method's own columns (none for SFT)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(METRICS_HEADER)
+    writer.writerow([*METRICS_HEADER, *columns])
     for r in rows:
-        writer.writerow([r["step"], _fmt(r["train_loss"]), _fmt(r["train_accuracy"]), _fmt(r["valid_loss"]),
-                         _fmt(r["valid_mean_token_accuracy"])])
+        writer.writerow(_csv_row(r, columns))
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(buf.getvalue())
     os.replace(tmp, path)
 
 
-def _append_metrics(path: Path, r: dict[str, Any]) -> None:
+def _append_metrics(path: Path, r: dict[str, Any], columns: tuple[str, ...] = ()) -> None:
     with path.open("a") as f:
-        f.write(",".join([str(r["step"]), _fmt(r["train_loss"]), _fmt(r["train_accuracy"]), _fmt(r["valid_loss"]),
-                          _fmt(r["valid_mean_token_accuracy"])]) + "\n")
+        f.write(",".join(_csv_row(r, columns)) + "\n")
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:
@@ -435,6 +423,10 @@ def train(config: TrainConfig, on_event: EventCallback | None = None, stop=None)
                              hint="Add --nproc-per-node N (N >= 2), launch with torchrun, or leave --sharding out.",
                              param="sharding")
         return _train(config, spec, device, dtype, on_event or (lambda event: None), should_stop, None)
+    if config.objective != "sft":
+        raise Unsupported(f"{config.objective.upper()} trains in one process here; multi-process runs are "
+                          "supervised only.", hint="Leave --nproc-per-node out (and launch without torchrun).",
+                          param="nproc_per_node")
     group = distributed.join(device, config.collective_timeout_s, sharding=config.sharding)
     emit = (on_event or (lambda event: None)) if group.main else (lambda event: None)
     try:
@@ -457,11 +449,12 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
     saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else None
     tokenizer = models.load_tokenizer(config.model)
     renderer = Renderer(tokenizer, model_name=spec.name)
-    train_set = render_file(config.training_file, renderer, spec.context_length, "training_file", config.model)
-    valid_set = (render_file(config.validation_file, renderer, spec.context_length, "validation_file",
-                             config.model) if config.validation_file else [])
+    method = methods.get(config)
+    train_set = method.render_file(config.training_file, renderer, spec.context_length, "training_file", config.model)
+    valid_set = (method.render_file(config.validation_file, renderer, spec.context_length, "validation_file",
+                                    config.model) if config.validation_file else [])
 
-    base_lr = spec.learning_rate if config.method == "lora" else spec.full_learning_rate
+    base_lr = (spec.learning_rate if config.method == "lora" else spec.full_learning_rate) * method.lr_scale
     hyper = resolve_hyperparameters(config, len(train_set), base_lr)
     if hyper["seed"] is None:
         hyper["seed"] = saved["hyperparameters"]["seed"] if saved else random.SystemRandom().randrange(2**31)
@@ -492,6 +485,8 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
         resolved["sharding"] = "fsdp"  # a resume key: its state is saved by name
     if config.packing:
         resolved["packing"] = True  # a resume key (recorded only when on, so older runs still resume)
+    if config.objective != "sft":
+        resolved["objective"] = config.objective  # a resume key (recorded only for DPO, so older runs resume)
     if saved:
         changed = [k for k in _RESUME_KEYS if json.loads(json.dumps(saved.get(k), default=str))
                    != json.loads(json.dumps(resolved.get(k), default=str))]
@@ -513,7 +508,7 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    steps = plan([len(e.input_ids) for e in train_set], hyper["batch_size"], hyper["n_epochs"], seed)
+    steps = plan([method.length(e) for e in train_set], hyper["batch_size"], hyper["n_epochs"], seed)
     total = len(steps)
     model = _load(config, seed, device, dtype)
     model.train()
@@ -524,6 +519,10 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
     core, head = _core_and_head(model)
     pad_id = tokenizer.pad_token_id
     progress, state = _load_state(out)
+    ctx = StepContext(device=device, pad_id=pad_id, max_tokens=config.max_tokens_per_microbatch,
+                      autocast_dtype=autocast_dtype, packing=config.packing, core=core, head=head)
+    # What the method computes once from the starting model (DPO's reference), before any saved weights go in.
+    method.prepare(model, train_set, valid_set, out, ctx, main, lambda text: emit(TrainEvent("message", text)))
     if progress:  # the saved weights go in before the model is wrapped or sharded
         named = dict(model.named_parameters())
         with torch.no_grad():
@@ -561,16 +560,19 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
         start = 0
         emit(TrainEvent("message", f"Training started: {_count(len(train_set), 'example')}, "
                         f"{_count(hyper['n_epochs'], 'epoch')}, batch size {hyper['batch_size']}, "
-                        f"{_count(total, 'step')}, {config.method} on {device} ({dtype})"
+                        f"{_count(total, 'step')}, {config.method}"
+                        + (f" {config.objective.upper()} (beta {hyper['beta']:g})" if config.objective != "sft" else "")
+                        + f" on {device} ({dtype})"
                         + (f", {world} processes" if group is not None else "")))
     if main:
-        _write_metrics(metrics_csv, progress["rows"])
-    lengths = [len(e.input_ids) for e in train_set]
+        _write_metrics(metrics_csv, progress["rows"], method.columns)
+    lengths = [len(e.input_ids) for e in train_set] if method.name == "sft" else []
     sharded = group is not None and group.sharding == "fsdp"
-    batcher = packed_micro_batches if config.packing else micro_batches
 
     meta_base = {"base_model": resolved["base_model"], "method": config.method, "suffix": config.suffix,
                  "train_config": resolved}
+    if config.objective != "sft":
+        meta_base["objective"] = config.objective
     if config.init_adapter is not None:
         meta_base["parent_model"] = config.parent_model
         meta_base["lineage"] = [*_lineage(Path(config.init_adapter)), config.parent_model or str(config.init_adapter)]
@@ -591,37 +593,27 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
                 raise stopped
             epoch, indices = steps[i]
             batch = [train_set[j] for j in indices]
-            n_labels = sum(e.n_labels for e in batch)
             for group_ in optimizer.param_groups:
                 group_["lr"] = _lr_at(i, total, hyper["learning_rate"], config.warmup_ratio)
             optimizer.zero_grad(set_to_none=True)
             if group is None:
-                loss_sum, correct = 0.0, 0
-                for mb in batcher(batch, config.max_tokens_per_microbatch, pad_id):
-                    with _autocast(device, autocast_dtype):
-                        loss, c, _ = _sums(model, core, head, mb, device)
-                    # Each micro-batch's share of the batch's mean token loss: the gradients sum to the batch's.
-                    (loss / n_labels).backward()
-                    loss_sum += loss.item()
-                    correct += c
-                    progress["real_tokens"] += mb.real_tokens
-                    progress["padded_tokens"] += mb.padded_tokens
+                stats = method.step(model, batch, ctx, progress)
             else:
+                n_labels = sum(e.n_labels for e in batch)
                 loss_sum, correct = _distributed_step(model, core, head, ddp, group, indices, lengths, train_set,
                                                       n_labels, config, pad_id, device, autocast_dtype, progress)
+                stats = {"train_loss": loss_sum / n_labels, "train_accuracy": correct / n_labels}
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             progress["step"] = i + 1
-            progress["trained_tokens"] += sum(len(e.input_ids) for e in batch)
+            progress["trained_tokens"] += sum(method.tokens(e) for e in batch)
             epoch_end = i + 1 == total or steps[i + 1][0] != epoch
-            row = {"step": i + 1, "train_loss": loss_sum / n_labels, "train_accuracy": correct / n_labels,
-                   "valid_loss": None, "valid_mean_token_accuracy": None}
+            row = {"step": i + 1, "valid_loss": None, "valid_mean_token_accuracy": None,
+                   **{c: None for c in method.columns}, **stats}
             if valid_set and (epoch_end or (config.eval_every_steps and (i + 1) % config.eval_every_steps == 0)):
                 if group is None:
-                    row["valid_loss"], row["valid_mean_token_accuracy"] = evaluate(
-                        model, valid_set, max_tokens=config.max_tokens_per_microbatch, pad_id=pad_id,
-                        device=device, autocast_dtype=autocast_dtype)
+                    row.update(method.evaluate(model, valid_set, ctx))
                 else:  # each rank evaluates a share; the sums are added up
                     sums = _eval_sums(model, valid_set[group.rank::world], max_tokens=config.max_tokens_per_microbatch,
                                       pad_id=pad_id, device=device, autocast_dtype=autocast_dtype,
@@ -630,7 +622,7 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
                     row["valid_loss"], row["valid_mean_token_accuracy"] = v_loss / v_count, v_correct / v_count
             progress["rows"].append(row)
             if main:
-                _append_metrics(metrics_csv, row)
+                _append_metrics(metrics_csv, row, method.columns)
             elapsed = time.monotonic() - t0
             done_here = i + 1 - start
             emit(TrainEvent("metrics", f"step {i + 1}/{total}: loss {row['train_loss']:.4f}", data={
@@ -638,7 +630,8 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
                 "train_mean_token_accuracy": row["train_accuracy"], "valid_loss": row["valid_loss"],
                 "valid_mean_token_accuracy": row["valid_mean_token_accuracy"],
                 "trained_tokens": progress["trained_tokens"], "elapsed_s": elapsed,
-                "eta_s": elapsed / done_here * (total - i - 1), "learning_rate": optimizer.param_groups[0]["lr"]}))
+                "eta_s": elapsed / done_here * (total - i - 1), "learning_rate": optimizer.param_groups[0]["lr"],
+                **{c: row[c] for c in method.columns}}))
             if epoch_end:
                 path = out / "checkpoints" / f"step-{i + 1}"
                 weights = distributed.full_state(model)[0] if sharded else None  # every rank gathers

@@ -43,6 +43,7 @@ PAST = {"cancel": "cancelled", "pause": "paused", "resume": "resumed"}
 # The local trainer's ranges (tunewise.train.config): OpenAI allows up to 50 epochs, the trainer 25.
 HYPERPARAMETER_RANGES = {"n_epochs": (1, 25, int), "batch_size": (1, 256, int),
                          "learning_rate_multiplier": (0, 100, float)}
+BETA_RANGE = (0, 2, float)  # DPO's beta: OpenAI's range, above 0 and at most 2
 
 
 class CreateJob(BaseModel):
@@ -131,28 +132,31 @@ def get_job(state: State, project: str, job_id: str) -> dict[str, Any]:
     return row
 
 
-def _hyperparameters(body: CreateJob) -> dict[str, Any]:
-    """The supervised hyperparameters from ``method`` (or the deprecated top-level field), checked."""
+def _method(body: CreateJob) -> tuple[str, dict[str, Any]]:
+    """The method's type and its hyperparameters from ``method`` (or the deprecated top-level field), checked:
+    ``supervised`` (n_epochs, batch_size, learning_rate_multiplier) or ``dpo`` (the same and beta)."""
     method = body.method or {"type": "supervised"}
     kind = method.get("type")
     if not isinstance(kind, str):
         raise UsageError(f"method.type must be a string, not {_type_name(kind)}.", param="method.type",
                          hint="Use method={'type': 'supervised', 'supervised': {'hyperparameters': {...}}}.")
-    if kind in ("dpo", "reinforcement"):
-        raise Unsupported(f"Fine-tuning method '{kind}' is not supported yet: only 'supervised' is.",
-                          hint="Use method={'type': 'supervised', ...} with chat-format training data.",
+    if kind == "reinforcement":
+        raise Unsupported(f"Fine-tuning method '{kind}' is not supported yet: 'supervised' and 'dpo' are.",
+                          hint="Use method={'type': 'supervised', ...} with chat-format training data, or "
+                          "{'type': 'dpo', ...} with preference data.",
                           param="method.type", code="unsupported_method")
-    if kind != "supervised":
-        raise UsageError(f"Unknown fine-tuning method type {kind!r}.", hint="Use 'supervised'.",
+    if kind not in ("supervised", "dpo"):
+        raise UsageError(f"Unknown fine-tuning method type {kind!r}.", hint="Use 'supervised' or 'dpo'.",
                          param="method.type")
-    supervised = method.get("supervised")
-    if supervised is not None and not isinstance(supervised, dict):
-        raise UsageError(f"method.supervised must be an object, not {_type_name(supervised)}.",
-                         param="method.supervised", hint="Use {'hyperparameters': {'n_epochs': 3, ...}}.")
-    hyper = (supervised or {}).get("hyperparameters")
+    ranges = dict(HYPERPARAMETER_RANGES, beta=BETA_RANGE) if kind == "dpo" else HYPERPARAMETER_RANGES
+    section = method.get(kind)
+    if section is not None and not isinstance(section, dict):
+        raise UsageError(f"method.{kind} must be an object, not {_type_name(section)}.",
+                         param=f"method.{kind}", hint="Use {'hyperparameters': {'n_epochs': 3, ...}}.")
+    hyper = (section or {}).get("hyperparameters")
     if hyper is not None and not isinstance(hyper, dict):
-        raise UsageError(f"method.supervised.hyperparameters must be an object, not {_type_name(hyper)}.",
-                         param="method.supervised.hyperparameters",
+        raise UsageError(f"method.{kind}.hyperparameters must be an object, not {_type_name(hyper)}.",
+                         param=f"method.{kind}.hyperparameters",
                          hint="Use {'n_epochs': 3, 'batch_size': 'auto', 'learning_rate_multiplier': 'auto'}.")
     hyper = dict(hyper or {})
     if body.hyperparameters:
@@ -162,10 +166,11 @@ def _hyperparameters(body: CreateJob) -> dict[str, Any]:
         hyper = dict(body.hyperparameters)
     out: dict[str, Any] = {}
     for name, value in hyper.items():
-        if name not in HYPERPARAMETER_RANGES:
+        if name not in ranges:
             raise UsageError(f"Unknown hyperparameter {name!r}.", param=f"hyperparameters.{name}",
-                             hint="Supervised fine-tuning takes " + ", ".join(HYPERPARAMETER_RANGES) + ".")
-        low, high, kind_ = HYPERPARAMETER_RANGES[name]
+                             hint=("DPO" if kind == "dpo" else "Supervised fine-tuning") + " takes "
+                             + ", ".join(ranges) + ".")
+        low, high, kind_ = ranges[name]
         if value == "auto" or value is None:
             out[name] = "auto"
             continue
@@ -180,10 +185,18 @@ def _hyperparameters(body: CreateJob) -> dict[str, Any]:
             raise UsageError(f"Invalid {name} {_shown(value)}: expected 'auto' or {limits}.",
                              param=f"hyperparameters.{name}")
         out[name] = int(value) if kind_ is int else float(value)
-    for name in HYPERPARAMETER_RANGES:
+    for name in ranges:
         out.setdefault(name, "auto")
-    return {"batch_size": out["batch_size"], "learning_rate_multiplier": out["learning_rate_multiplier"],
-            "n_epochs": out["n_epochs"]}
+    result = {"batch_size": out["batch_size"], "learning_rate_multiplier": out["learning_rate_multiplier"],
+              "n_epochs": out["n_epochs"]}
+    if kind == "dpo":
+        result = {"beta": out["beta"], **result}
+    return kind, result
+
+
+def method_object(kind: str, hyper: dict[str, Any]) -> dict[str, Any]:
+    """The job's ``method`` as OpenAI echoes it: ``{"type": kind, kind: {"hyperparameters": {...}}}``."""
+    return {"type": kind, kind: {"hyperparameters": hyper}}
 
 
 def _check_file(state: State, project: str, file_id: str, param: str,
@@ -262,7 +275,8 @@ def _output_dir(state: State, job_id: str):
 def create_job(body: CreateJob, state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
     store, settings, project = state.store, state.settings, principal.project
     check_model_name(body.model)
-    hyper = _hyperparameters(body)
+    kind, method_hyper = _method(body)
+    hyper = {k: v for k, v in method_hyper.items() if k != "beta"}
     if body.suffix is not None and not all(c.isalnum() or c in "-_." for c in body.suffix):
         raise UsageError(f"Invalid suffix {body.suffix!r}: use letters, digits, '-', '_' and '.' (it becomes part "
                          "of the model name, whose parts ':' separates).", param="suffix")
@@ -290,7 +304,7 @@ def create_job(body: CreateJob, state: StateDep, principal: PrincipalDep) -> dic
     chosen = integrations.check(body.integrations)
     job_id = new_id("ftjob-")
     seed = body.seed if body.seed is not None else random.randrange(2**31)
-    method = {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+    method = method_object(kind, method_hyper)
     with store.transaction() as db:
         active = db.execute(f"SELECT COUNT(*) FROM jobs WHERE project = ? AND status IN ({','.join('?' * len(ACTIVE))})",
                             (project, *ACTIVE)).fetchone()[0]

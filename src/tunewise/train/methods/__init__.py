@@ -1,0 +1,82 @@
+"""Training methods behind the one training loop: what a step's loss is, what data it reads, what it reports.
+
+The loop (``tunewise.train.trainer``) owns everything a method shares: the resolved config, the seeded plan of
+batches, the optimizer and learning-rate schedule, the resumable state, checkpoints, events, the metrics CSV and
+evaluation during training. A method supplies the rest through this interface:
+
+- ``render_file``: the file's examples rendered (and checked identical to inference renders) as the method's
+  items; ``length`` of an item is what the plan groups batches by, ``tokens`` what it adds to trained tokens;
+- ``prepare``: anything computed once from the starting model before the first step (DPO's reference
+  log-probabilities), kept in the output directory so that a resumed run reads it instead of recomputing it;
+- ``step``: one batch's forward and backward (the gradient of the batch's loss), and its metrics;
+- ``evaluate``: the validation metrics, without gradients;
+- ``columns``: the method's own metrics, beyond ``train_loss``/``train_accuracy``/``valid_loss``/
+  ``valid_mean_token_accuracy``: extra columns of ``metrics.csv`` and extra keys of each ``metrics`` event.
+
+Methods: ``sft`` (supervised: mean token cross-entropy on the assistant tokens; ``tunewise.train.methods.sft``)
+and ``dpo`` (direct preference optimization against the starting model; ``tunewise.train.methods.dpo``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+OBJECTIVES = ("sft", "dpo")
+
+
+@dataclass
+class StepContext:
+    """What a method's step and evaluation need from the loop."""
+
+    device: str
+    pad_id: int
+    max_tokens: int
+    autocast_dtype: Any = None
+    packing: bool = False
+    core: Any = None
+    head: Any = None
+    """The model's body and LM head where the loss can be computed from hidden states at labelled positions
+    (see ``trainer.PLAIN_HEAD_MODEL_TYPES``), else None (the full-logits path)."""
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=self.autocast_dtype)
+
+
+class Method(Protocol):
+    name: str
+    columns: tuple[str, ...]
+    lr_scale: float
+    """The method's base learning rate as a share of the model's supervised one (registry ``learning_rate``)."""
+
+    def render_file(self, path: str | Path, renderer: Any, context_length: int, param: str,
+                    model: str | None) -> list[Any]: ...
+
+    def length(self, item: Any) -> int: ...
+
+    def tokens(self, item: Any) -> int: ...
+
+    def prepare(self, model: Any, train_set: list[Any], valid_set: list[Any], out: Path, ctx: StepContext,
+                main: bool, emit: Callable[[str], None]) -> None: ...
+
+    def step(self, model: Any, batch: list[Any], ctx: StepContext, progress: dict[str, Any]) -> dict[str, float]: ...
+
+    def evaluate(self, model: Any, items: list[Any], ctx: StepContext) -> dict[str, float]: ...
+
+
+def get(config: Any) -> Method:
+    """The method a ``TrainConfig`` asks for (``objective``)."""
+    if config.objective == "dpo":
+        from tunewise.train.methods.dpo import DPO
+
+        return DPO(config)
+    from tunewise.train.methods.sft import SFT
+
+    return SFT(config)
