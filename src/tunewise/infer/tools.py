@@ -325,22 +325,27 @@ class ToolCallStream:
 
     Events are ``("content", text)`` and ``("tool_call", index, id, name, arguments)``. Text that might begin a
     ``<tool_call>`` is held back until it is known, a call is emitted once its ``</tool_call>`` arrives, and
-    whitespace next to a call is dropped (as ``parse_tool_calls`` strips it), so the streamed calls and content
-    are those of the whole answer.
+    whitespace is held until more content follows it, so the streamed calls are those of the whole answer and the
+    streamed content is its content (but for whitespace before the first call, which cannot be known to lead a
+    call until the call comes).
     """
 
     def __init__(self) -> None:
         self.buffer = ""
-        self.pending_space = ""  # whitespace held until content follows it (a call after it drops it)
+        self.pending_space = ""  # whitespace held until more content follows it (trailing whitespace is dropped)
         self.calls = 0
+        self.sent = False  # whether any content went out
 
     def _content(self, text: str, out: list) -> None:
         stripped = text.rstrip()
         if not stripped:
             self.pending_space += text
             return
+        if not self.sent and self.calls:  # the content starts after the calls: no leading whitespace
+            self.pending_space, stripped = "", stripped.lstrip()
         out.append(("content", self.pending_space + stripped))
-        self.pending_space = text[len(stripped):]
+        self.sent = True
+        self.pending_space = text[len(text.rstrip()):]
 
     def feed(self, text: str) -> list:
         out: list = []
@@ -365,7 +370,6 @@ class ToolCallStream:
                 self._content(self.buffer[:end + len(CALL_CLOSE)], out)
             else:
                 self._content(self.buffer[:start], out)
-                self.pending_space = ""
                 out.append(("tool_call", self.calls, new_call_id(), call[0], call[1]))
                 self.calls += 1
             self.buffer = self.buffer[end + len(CALL_CLOSE):]
