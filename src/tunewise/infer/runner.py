@@ -162,6 +162,15 @@ class ModelRunner:
             raise
         return [int(x) for x in ids]
 
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """A legacy completion's prompt as the trainer encodes a prompt/completion example's prompt."""
+        with self._tok_lock:
+            ids = [int(x) for x in self.tokenizer(prompt, add_special_tokens=True)["input_ids"]]
+        if not ids:
+            raise UsageError("The prompt is empty: there is nothing to complete.", param="prompt",
+                             hint="Pass a non-empty prompt.")
+        return ids
+
     def reserve(self, adapter: str | None) -> None:
         """Count a request as in flight before it is queued, so the engine cannot unload its adapter meanwhile;
         ``submit`` takes the reservation over (or ``release`` gives it back)."""
@@ -192,7 +201,8 @@ class ModelRunner:
         return job
 
     def _make_job(self, request: GenerationRequest, adapter: str | None) -> Job:
-        prompt_ids = self.render(request.messages, request.tools)
+        prompt_ids = (self.render(request.messages, request.tools) if request.prompt is None
+                      else self.encode_prompt(request.prompt))
         n_prompt = len(prompt_ids)
         if n_prompt >= self.context_length:
             raise DataError(

@@ -56,6 +56,10 @@ class GenerationRequest:
     {"name": ...}}``; see ``tunewise.infer.tools.structural_tag`` for what each constrains."""
     parallel_tool_calls: bool | None = None
     """False: at most one call per answer (constrained when decoding is)."""
+    prompt: str | None = None
+    """A legacy completion (``/v1/completions``): this text, encoded as the tokenizer encodes it (its own special
+    tokens, a BOS where it adds one: the trainer's prompt/completion render), is the prompt instead of
+    ``messages`` rendered by the chat template."""
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -64,7 +68,10 @@ class GenerationRequest:
 
     def check(self, max_batch_size: int) -> None:
         """Raise a ``UsageError`` naming the parameter at fault."""
-        if not isinstance(self.messages, list) or not self.messages:
+        if self.prompt is not None:
+            if not isinstance(self.prompt, str):
+                raise UsageError("prompt must be a string.", param="prompt")
+        elif not isinstance(self.messages, list) or not self.messages:
             raise UsageError("'messages' must be a non-empty list of chat messages.",
                              hint='Pass at least one message, e.g. [{"role": "user", "content": "Hi"}].',
                              param="messages")
