@@ -80,10 +80,13 @@ def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for m in messages:
         calls = m.get("tool_calls")
-        if calls:
+        if isinstance(calls, list) and calls:
             fixed = []
             for call in calls:
-                fn = dict(call.get("function") or {})
+                if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+                    fixed.append(call)  # the template refuses it, a 400
+                    continue
+                fn = dict(call["function"])
                 args = fn.get("arguments")
                 if isinstance(args, str):
                     try:
