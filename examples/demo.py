@@ -4,12 +4,18 @@
     make demo TASK=style            # or: .venv/bin/python examples/demo.py --task style
     make demo TASK=vocab            # the domain-vocabulary task (fault codes), with a model judge
     make demo TASK=facts            # the facts task: the guide's negative claim
+    make demo TASK=tools            # or: .venv/bin/python examples/demo.py --task tools
 
 Stages, each timed: generate the receipts example -> validate it -> estimate what training would cost on
 OpenAI -> start the local service -> fine-tune the default model on the train split with the guide's own
 snippet through the official ``openai`` SDK -> evaluate the base model with the guide's prompt (long prompt,
 few-shot, structured outputs) against the fine-tuned model with the short prompt on the held-out split ->
 decide, and write the report. Nothing leaves 127.0.0.1.
+
+``--task tools`` runs the function-calling example (examples/tools): every candidate is given the same tools,
+and the base model (answering freely, and made to call with ``tool_choice: required``) is compared with the
+fine-tuned model on tool-call exact match (the right function with exactly the right arguments), on all 40
+held-out examples.
 
 ``--task style`` runs the style-and-tone example (examples/style) the same way: the house style's graders
 judge every answer, the decision's primary measure is the ``house_style`` grader, and the candidates are also
@@ -46,7 +52,8 @@ GUIDE_HYPERPARAMETERS = {"n_epochs": 3, "batch_size": 4, "learning_rate_multipli
 DEMO_EPOCHS = 1
 # 20 of the 50 held-out examples keeps evaluation to a few minutes there; `--limit 0` evaluates them all.
 DEMO_LIMIT = 20
-# The demo leaves out the long prompt without examples (the few-shot candidate is that prompt with examples):
+# The demo leaves out the long prompt without examples (the few-shot candidate is that prompt with examples;
+# the tools task, without few-shot, keeps it):
 # with two prompting candidates, `decide` picks the better on a random half of the examples and compares on the
 # other half only (against the winner's curse), and 10 compared examples cannot settle the demo's question.
 # With one, all 20 are compared. `examples/candidates.yaml` keeps all four for `tunewise eval` by hand.
@@ -67,6 +74,10 @@ TASKS = {
     "facts": {"dir": "facts", "candidates": HERE / "facts" / "candidates.yaml", "schema": False,
               "graders": "graders.yaml", "primary": "fact", "splits": ["test"], "claim": "facts",
               "leave_out": ("base-no-facts",), "what": "questions about a catalogue's facts"},
+    # Every candidate is given the test file's tools; the decision's primary measure is tool-call exact match.
+    "tools": {"dir": "tools", "candidates": HERE / "tools" / "candidates.yaml", "schema": False, "graders": None,
+              "primary": "accuracy", "splits": ["test"], "what": "order-desk function calls", "limit": 0,
+              "leave_out": ()},
 }
 
 
@@ -172,6 +183,9 @@ def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = Non
                     if graders:
                         scores = ", ".join(f"{g} {_pct(v)}" for g, v in (m.get("graders") or {}).items())
                         print(f"   {name:18s} {scores}")
+                    elif evaluation.metrics.get("task") == "tools":
+                        print(f"   {name:18s} right function {_pct(m.get('tool_name_match'))}, tool-call exact "
+                              f"match {_pct(m.get('tool_exact_match'))}, argument F1 {_pct(m.get('tool_args_f1'))}")
                     else:
                         print(f"   {name:18s} valid JSON {_pct(m.get('valid_json'))}, schema "
                               f"{_pct(m.get('schema_adherence'))}, exact match {_pct(m.get('exact_match'))}")
@@ -271,11 +285,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(TASKS), default="receipts",
                         help="the example task (default receipts; style: the house-style task, with a shifted split; "
-                        "vocab: fault codes, with a model judge; facts: the guide's negative claim)")
+                        "vocab: fault codes, with a model judge; facts: the guide's negative claim; "
+                        "tools: the function-calling task)")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default out/demo, "
                         "out/demo-TASK for another task)")
-    parser.add_argument("--limit", type=int, default=DEMO_LIMIT,
-                        help=f"evaluate the first N examples of each held-out split (default {DEMO_LIMIT}; 0: all)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help=f"evaluate the first N examples of each held-out split (default {DEMO_LIMIT}, all for "
+                        "the tools task; 0: all)")
     parser.add_argument("--model", default=None, help="local model to fine-tune (default: the registry default)")
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS,
                         help=f"epochs to train locally (default {DEMO_EPOCHS}; the guide's snippet says 3)")
@@ -289,7 +305,8 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         out = args.out or Path("out/demo" if args.task == "receipts" else f"out/demo-{args.task}")
-        run(out, limit=args.limit or None, local_model=args.model, epochs=args.epochs, task=args.task)
+        limit = args.limit if args.limit is not None else TASKS[args.task].get("limit", DEMO_LIMIT)
+        run(out, limit=limit or None, local_model=args.model, epochs=args.epochs, task=args.task)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -31,6 +31,7 @@ OPERATIONS = [
     ("POST", "/chat/completions/{completion_id}"),
     ("DELETE", "/chat/completions/{completion_id}"),
     ("GET", "/chat/completions/{completion_id}/messages"),
+    ("POST", "/completions"),
     ("GET", "/files"),
     ("POST", "/files"),
     ("GET", "/files/{file_id}"),

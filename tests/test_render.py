@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import json
+
 import pytest
 
 from tunewise import models
@@ -129,10 +132,85 @@ def test_nothing_to_train_is_an_error(renderer):
         renderer.render(5, ex)
 
 
-def test_tool_examples_are_refused_without_template_support(renderer):
+TOOLS = [{"type": "function", "function": {"name": "get_order", "description": "Look up an order.",
+                                           "parameters": {"type": "object",
+                                                          "properties": {"order_id": {"type": "string"}},
+                                                          "required": ["order_id"]}}}]
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_order", "arguments": '{"order_id": "A1"}'}}
+TOOL_CHAT = {"tools": TOOLS, "messages": [
+    {"role": "system", "content": "You are a shop assistant."},
+    {"role": "user", "content": "Where is A1?"},
+    {"role": "assistant", "tool_calls": [CALL]},
+    {"role": "tool", "tool_call_id": "call_1", "content": '{"status": "shipped"}'},
+    {"role": "assistant", "content": "Order A1 has shipped."},
+]}
+
+
+def test_tool_conversations_render_with_the_shipped_chatml_template(tokenizer, renderer):
+    from tunewise.infer.tools import chatml_tools_template, template_for
+
+    assert "tools" not in (tokenizer.chat_template or "")  # the tiny model's own template has no tool format
+    assert template_for(tokenizer, TOOL_CHAT["messages"], TOOLS) == chatml_tools_template()
+    r = renderer.render(1, TOOL_CHAT)
+    text = tokenizer.decode(r.input_ids, skip_special_tokens=False)
+    tool_json = json.dumps(TOOLS[0])
+    # Byte for byte Qwen2.5's format: the functions in <tools>, the call in <tool_call>, the result in a user turn.
+    assert text == (
+        "<|im_start|>system\nYou are a shop assistant.\n\n# Tools\n\nYou may call one or more functions to assist "
+        "with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n"
+        f"<tools>\n{tool_json}\n</tools>\n\nFor each function call, return a json object with function name and "
+        "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, "
+        "\"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n"
+        "<|im_start|>user\nWhere is A1?<|im_end|>\n"
+        "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_order\", \"arguments\": {\"order_id\": \"A1\"}}\n"
+        "</tool_call><|im_end|>\n"
+        "<|im_start|>user\n<tool_response>\n{\"status\": \"shipped\"}\n</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\nOrder A1 has shipped.<|im_end|>")
+    # Token identity with inference, turn by turn: each prompt is what the server feeds the model (the same
+    # template, the same tools), and the labels are the call (then the answer) and the end-of-turn token.
+    got = [tokenizer.decode(r.labels[a:b], skip_special_tokens=False) for a, b in spans(r.labels)]
+    assert got == ['<tool_call>\n{"name": "get_order", "arguments": {"order_id": "A1"}}\n</tool_call><|im_end|>',
+                   "Order A1 has shipped.<|im_end|>"]
+    for k in (2, 4):
+        prompt = renderer.prompt_ids(TOOL_CHAT["messages"][:k], TOOLS)
+        assert r.input_ids[: len(prompt)] == prompt
+        assert r.labels[len(prompt) - 1] == IGNORE and r.labels[len(prompt)] != IGNORE
+
+
+def test_the_server_renders_tool_prompts_with_the_trainers_call(tokenizer, renderer):
+    from tunewise.infer.runner import ModelRunner
+
+    # ModelRunner.render is the inference side (no model needed to call it unbound with a stand-in).
+    class Stand:
+        name = "tiny"
+        _tok_lock = __import__("threading").Lock()
+
+    Stand.tokenizer = tokenizer
+    for k in (2, 4):
+        msgs = TOOL_CHAT["messages"][:k]
+        assert ModelRunner.render(Stand(), msgs, TOOLS) == renderer.prompt_ids(msgs, TOOLS)
+
+
+def test_models_with_their_own_tool_template_keep_it(tokenizer):
+    from tunewise.infer.tools import apply_template, template_for
+
+    own = copy.deepcopy(tokenizer)
+    own.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                         "{% if tools %}TOOLS:{{ tools | length }}{% endif %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    msgs = [{"role": "user", "content": "hi"}]
+    assert template_for(own, msgs, TOOLS) is None
+    assert own.decode(apply_template(own, msgs, TOOLS)).endswith("TOOLS:1<|im_start|>assistant\n")
+    # Conversations without tools keep the model's own template on a ChatML model too.
+    assert template_for(tokenizer, msgs) is None
+
+
+def test_tool_examples_are_refused_without_template_support(tokenizer):
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
     ex = {"messages": [{"role": "user", "content": "weather?"},
                        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
                                                              "function": {"name": "w", "arguments": "{}"}}]}],
           "tools": [{"type": "function", "function": {"name": "w", "parameters": {}}}]}
     with pytest.raises(Unsupported, match="Line 9: a tool-calling example"):
-        renderer.render(9, ex)
+        Renderer(plain, model_name="plain").render(9, ex)

@@ -74,8 +74,6 @@ ASKING = {
     "top_logprobs": 3,
     "audio": {"voice": "alloy", "format": "mp3"},
     "modalities": ["text", "audio"],
-    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
-    "tool_choice": "auto",
     "functions": [{"name": "f", "parameters": {"type": "object"}}],
     "function_call": "auto",
     "prediction": {"type": "content", "content": "Hello"},

@@ -244,7 +244,6 @@ def bad_line(tmp_path, obj) -> Path:
     ("missing", NotFound, "does not exist"),
     ("not json", DataError, "line 11"),
     ("too long", DataError, "longer than the model's context of 2048"),
-    ("tools", Unsupported, "tool"),
     ("model", ModelNotFound, "Unknown model"),
     ("cuda", Unsupported, "no CUDA"),
     ("epochs", UsageError, "n_epochs"),
@@ -262,13 +261,6 @@ def test_bad_input_fails_before_training(tmp_path, case, error, match):
         # A long answer: the data checks only warn (OpenAI would truncate it); the trainer refuses it.
         train_file = bad_line(tmp_path, {"messages": [{"role": "user", "content": "q"},
                                                       {"role": "assistant", "content": "word " * 3000}]})
-    elif case == "tools":
-        call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
-        train_file = bad_line(tmp_path, {
-            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [call]},
-                         {"role": "tool", "content": "sunny", "tool_call_id": "c1"},
-                         {"role": "assistant", "content": "a"}],
-            "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]})
     elif case == "model":
         kw["model"] = "no-such-model"
     elif case == "cuda":

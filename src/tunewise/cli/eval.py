@@ -141,13 +141,16 @@ def eval_command(test_file, candidates_file, schema, models, prompts, specs, str
     if as_json:
         click.echo(json.dumps(run.metrics, indent=2))
         return
-    header = ("candidate", "role", "valid JSON", "schema", "exact", "field F1", "text F1", "in tok", "out tok",
-              "p50 s", "p95 s", "$/1k calls", "failed")
+    quality = (("right fn", "tool_name_match"), ("tool exact", "tool_exact_match"), ("args F1", "tool_args_f1")) \
+        if run.metrics.get("task") == "tools" else (("valid JSON", "valid_json"), ("schema", "schema_adherence"),
+                                                    ("exact", "exact_match"), ("field F1", "field_f1"),
+                                                    ("text F1", "text_f1"))
+    header = ("candidate", "role", *(label for label, _ in quality), "in tok", "out tok", "p50 s", "p95 s",
+              "$/1k calls", "failed")
     rows = []
     for name, s in run.metrics["candidates"].items():
         cost = s.get("cost_per_1k_usd")
-        rows.append((name, s["role"], _cell(s.get("valid_json")), _cell(s.get("schema_adherence")),
-                     _cell(s.get("exact_match")), _cell(s.get("field_f1")), _cell(s.get("text_f1")),
+        rows.append((name, s["role"], *(_cell(s.get(metric)) for _, metric in quality),
                      _cell(s.get("priced_input_tokens"), False), _cell(s.get("priced_output_tokens"), False),
                      "-" if s.get("latency_p50_s") is None else f"{s['latency_p50_s']:.2f}",
                      "-" if s.get("latency_p95_s") is None else f"{s['latency_p95_s']:.2f}",
@@ -182,7 +185,8 @@ def eval_command(test_file, candidates_file, schema, models, prompts, specs, str
               help="OpenAI-format step metrics CSV for the loss plot.")
 @click.option("--primary", default=None,
               help="The primary measure, named up front: format, accuracy, or the name of a grader the "
-                   "evaluation ran (default: format for JSON answers, token F1 for text).")
+                   "evaluation ran (default: format for JSON answers, token F1 for text, the right function for "
+                   "tool calls; accuracy: exact match, or tool-call exact match).")
 @click.option("--margin", type=float, default=0.05, show_default=True,
               help="Equivalence margin: a difference within +-MARGIN (0.05 = 5 points) counts as no difference.")
 @click.option("--cache-hit-rate", type=float, default=0.0, show_default=True,

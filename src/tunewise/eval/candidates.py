@@ -68,6 +68,9 @@ class Candidate:
     """Catalog model whose prices (and encoding) cost this candidate; None: the model's own catalog entry."""
     kind: str | None = None
     """``prompting``, ``structured`` or ``fine-tuned``; None infers it (``ft:`` names, a response_format)."""
+    tool_choice: str | dict | None = None
+    """OpenAI ``tool_choice`` sent with an example's ``tools`` (``auto``, ``required``, ``none`` or ``{"type":
+    "function", "function": {"name": ...}}``); None leaves it to the endpoint (``auto``)."""
 
     @property
     def role(self) -> str:
@@ -80,13 +83,18 @@ class Candidate:
             return "structured"
         return "prompting"
 
-    def params(self) -> dict[str, Any]:
-        """The request parameters besides model and messages (part of the cache key)."""
+    def params(self, tools: list | None = None) -> dict[str, Any]:
+        """The request parameters besides model and messages (part of the cache key); ``tools``: the example's
+        functions, sent with the candidate's ``tool_choice``."""
         out: dict[str, Any] = {"temperature": self.temperature}
         if self.max_tokens is not None:
             out["max_tokens"] = self.max_tokens
         if self.response_format is not None:
             out["response_format"] = self.response_format
+        if tools:
+            out["tools"] = tools
+            if self.tool_choice is not None:
+                out["tool_choice"] = self.tool_choice
         return out
 
     def resolved(self) -> dict[str, Any]:

@@ -5,8 +5,9 @@ with few-shot turns), ``structured`` (a base model with a ``response_format``: c
 format without training) and ``fine-tuned``. The procedure, fixed before looking at the data:
 
 1. **Measures.** The primary measure is named up front: format (schema adherence, or valid JSON without a
-   schema) for structured answers, token F1 for free text; ``primary="accuracy"`` makes exact match primary
-   instead. The other (exact match, or format) is secondary.
+   schema) for structured answers, token F1 for free text, the right function (``tool_name_match``) for tool
+   calls; ``primary="accuracy"`` makes exact match (``tool_exact_match`` for tool calls: the right function with
+   exactly the right arguments) primary instead. The other (exact match, or format) is secondary.
 2. **Failed calls** (after the runner's retries) are not answers: they are left out of every metric and every
    paired comparison, and counted. Above ``max_failure_rate`` (5%) for any candidate that decides, there is no
    verdict.
@@ -226,7 +227,9 @@ def training_cost_from(training_cost: float | None = None, training_file: str | 
 # ---------------------------------------------------------------- formatting
 
 LABELS = {"schema_adherence": "schema adherence", "valid_json": "valid JSON", "exact_match": "exact match",
-          "text_f1": "token F1", "text_exact_match": "text exact match", "field_f1": "field F1"}
+          "text_f1": "token F1", "text_exact_match": "text exact match", "field_f1": "field F1",
+          "tool_name_match": "right function", "tool_exact_match": "tool-call exact match",
+          "tool_args_f1": "argument field F1"}
 
 
 def _label(metric: str | None) -> str:
@@ -504,6 +507,10 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
         fmt = "schema_adherence" if run.metrics.get("schema") else "valid_json"
         accuracy = "exact_match"
         measures = [fmt, accuracy] if primary in (None, "format") or grader_primary else [accuracy, fmt]
+    elif task == "tools":
+        # Tool calls: the right function is the format, the call with exactly the right arguments the accuracy.
+        fmt, accuracy = "tool_name_match", "tool_exact_match"
+        measures = [fmt, accuracy] if primary in (None, "format") or grader_primary else [accuracy, fmt]
     else:
         if primary == "format":
             raise UsageError("--primary format applies to JSON answers; these references are free text.",
@@ -667,7 +674,7 @@ def decide(eval_dir: str | os.PathLike | EvalRun, *, calls_per_month: float | No
     def fine_tune_text(r: _Rel, base: str) -> str:
         text = (f"{F} is significantly better than {base} on {', '.join(_label(m) for m in r.better)}, and "
                 "worse on nothing.")
-        if fmt in r.better:
+        if fmt in r.better and task == "json":
             p_fmt = (cands[base].get(fmt) or {}).get("value")
             if p_fmt is not None and 0.85 <= p_fmt <= 0.90:
                 text += " As the guide says, prompting alone holds the format 85-90% of the time."

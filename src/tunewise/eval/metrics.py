@@ -31,8 +31,11 @@ MIN_DISCORDANT = 6
 _MISSING = object()
 
 # Metrics that are 0/1 per example (rates: Wilson intervals, McNemar) versus means (bootstrap).
-RATE_METRICS = ("valid_json", "schema_adherence", "exact_match", "text_exact_match")
-MEAN_METRICS = ("field_precision", "field_recall", "field_f1", "text_f1")
+RATE_METRICS = ("valid_json", "schema_adherence", "exact_match", "text_exact_match", "tool_name_match",
+                "tool_exact_match")
+MEAN_METRICS = ("field_precision", "field_recall", "field_f1", "text_f1", "tool_args_f1")
+TOOL_METRICS = ("tool_name_match", "tool_exact_match", "tool_args_f1")
+"""Per answer whose reference is a tool call (an assistant message with ``tool_calls``): ``score_tool_calls``."""
 
 
 # ---------------------------------------------------------------- parsing and comparing answers
@@ -212,6 +215,61 @@ def score_answer(answer: str | None, reference: str, validator=None) -> dict[str
     out["text_exact_match"] = int(normalize_text(text) == normalize_text(reference))
     out["text_f1"] = text_f1(text, reference)
     return out
+
+
+def canonical_calls(calls: list[dict] | None) -> list[dict]:
+    """OpenAI tool calls (``{"function": {"name", "arguments": JSON string}}``, or already ``{"name",
+    "arguments"}``) as ``[{"name", "arguments": parsed}]``; arguments that are not a JSON object stay a string
+    (and then match nothing)."""
+    out = []
+    for call in calls or []:
+        fn = call.get("function", call) if isinstance(call, dict) else {}
+        args = fn.get("arguments")
+        if isinstance(args, str):
+            parsed = parse_json(args)
+            args = parsed if isinstance(parsed, dict) else args
+        out.append({"name": fn.get("name"), "arguments": args if args is not None else {}})
+    return out
+
+
+def score_tool_calls(predicted: list[dict] | None, reference: list[dict]) -> dict[str, Any]:
+    """The tool-call metrics of one answer against the reference calls (both ``canonical_calls``):
+
+    - ``tool_name_match``: the same functions called (as a multiset: order ignored);
+    - ``tool_exact_match``: the same calls, arguments exactly right (canonical JSON compare), order ignored;
+    - ``tool_args_f1``: field F1 of the arguments: calls paired by name (best overlap first), each argument
+      flattened to path=value leaves as for JSON answers; a call of another function, or arguments that are not
+      a JSON object, match nothing. An answer without calls scores 0 on all three.
+    """
+    pred = predicted or []
+    names_match = sorted(str(c["name"]) for c in pred) == sorted(str(c["name"]) for c in reference)
+
+    def args(c: dict) -> Any:
+        return c["arguments"] if isinstance(c["arguments"], dict) else _MISSING
+
+    # Pair calls by name, the pairs with the most matching leaves first.
+    scores = sorted(((matched_leaves(args(p), args(r)) if p["name"] == r["name"] and args(p) is not _MISSING
+                      and args(r) is not _MISSING else -1, i, j)
+                     for i, p in enumerate(pred) for j, r in enumerate(reference)), key=lambda t: (-t[0], t[1], t[2]))
+    used_p: set[int] = set()
+    used_r: set[int] = set()
+    tp = 0
+    exact = 0
+    for score, i, j in scores:
+        if score < 0 or i in used_p or j in used_r:
+            continue
+        used_p.add(i)
+        used_r.add(j)
+        tp += score
+        exact += int(json_equal(args(pred[i]), args(reference[j])))
+    n_pred = sum(count_leaves(c["arguments"]) if isinstance(c["arguments"], dict) else 1 for c in pred)
+    n_ref = sum(count_leaves(c["arguments"]) if isinstance(c["arguments"], dict) else 1 for c in reference)
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_ref if n_ref else 0.0
+    f1 = 0.0 if tp == 0 else 2 * precision * recall / (precision + recall)
+    return {"tool_name_match": int(bool(pred) and names_match),
+            "tool_exact_match": int(bool(pred) and len(pred) == len(reference) == exact),
+            "tool_args_f1": f1}
 
 
 # ---------------------------------------------------------------- intervals

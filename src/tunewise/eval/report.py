@@ -181,8 +181,13 @@ def _fmt_est(e: dict | None, pct: bool = True, digits: int = 1) -> str:
 
 
 def _table_rows(decision: Decision) -> tuple[list[str], list[list[str]]]:
-    head = ["candidate", "role", "model", "n", "failed calls", "valid JSON", "schema", "exact match", "field F1",
-            "text F1", "input tok", "output tok", "p50 ms", "p95 ms", "$ / 1k calls", "$ / month"]
+    tools = decision.task == "tools"
+    quality = (("right function", "tool_name_match"), ("tool-call exact match", "tool_exact_match"),
+               ("argument field F1", "tool_args_f1")) if tools else (
+        ("valid JSON", "valid_json"), ("schema", "schema_adherence"), ("exact match", "exact_match"),
+        ("field F1", "field_f1"), ("text F1", "text_f1"))
+    head = ["candidate", "role", "model", "n", "failed calls", *(label for label, _ in quality), "input tok",
+            "output tok", "p50 ms", "p95 ms", "$ / 1k calls", "$ / month"]
     rows = []
     for name, s in decision.candidates.items():
         p50, p95 = s.get("latency_p50_s"), s.get("latency_p95_s")
@@ -193,8 +198,7 @@ def _table_rows(decision: Decision) -> tuple[list[str], list[list[str]]]:
             cost = per_call * 1000
         failed = s.get("n_failed", s.get("n_errors", 0))
         rows.append([name, s.get("role", ""), s.get("model", ""), str(s.get("n", "")), str(failed),
-                     _fmt_est(s.get("valid_json")), _fmt_est(s.get("schema_adherence")),
-                     _fmt_est(s.get("exact_match")), _fmt_est(s.get("field_f1")), _fmt_est(s.get("text_f1")),
+                     *(_fmt_est(s.get(metric)) for _, metric in quality),
                      _fmt_est(s.get("priced_input_tokens"), pct=False, digits=0),
                      _fmt_est(s.get("priced_output_tokens"), pct=False, digits=0),
                      "n/a" if p50 is None else f"{p50 * 1000:.0f}", "n/a" if p95 is None else f"{p95 * 1000:.0f}",

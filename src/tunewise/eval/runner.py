@@ -57,6 +57,11 @@ class Example:
     """The last assistant message: the answer the candidates are scored against."""
     item: dict = field(default_factory=dict, compare=False, hash=False)
     """The example's row as graders see it (``{{ item.* }}``): the JSONL object's keys, plus ``reference``."""
+    tools: list | None = field(default=None, compare=False, hash=False)
+    """The example's ``tools``: every candidate is given them."""
+    reference_calls: list | None = field(default=None, compare=False, hash=False)
+    """When the reference answer is a tool call: its calls (``metrics.canonical_calls``); ``reference`` is then
+    their JSON."""
 
     @property
     def id(self) -> str:
@@ -84,13 +89,19 @@ def load_examples(path: str | os.PathLike, limit: int | None = None) -> list[Exa
             raise DataError(f"{path}, line {n}: not a chat example ({{\"messages\": [...]}}).",
                             hint=f"Check it with `tunewise validate {path}`.") from None
         last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
-        if last is None or not isinstance(messages[last].get("content"), str):
+        calls = messages[last].get("tool_calls") if last is not None else None
+        if last is None or not (isinstance(messages[last].get("content"), str)
+                                or (isinstance(calls, list) and calls)):
             raise DataError(f"{path}, line {n}: no assistant message to use as the reference answer.",
-                            hint="Each held-out example ends with the expected assistant answer.")
+                            hint="Each held-out example ends with the expected assistant answer (or tool calls).")
         prompt = [{k: v for k, v in m.items() if k != "weight"} for m in messages[:last]]
         row = json.loads(line)
-        examples.append(Example(n, prompt, messages[last]["content"],
-                                {**row, "reference": messages[last]["content"]}))
+        tools = row.get("tools") if isinstance(row.get("tools"), list) and row.get("tools") else None
+        reference_calls = M.canonical_calls(calls) if isinstance(calls, list) and calls else None
+        reference = (json.dumps(reference_calls, ensure_ascii=False) if reference_calls is not None
+                     else messages[last]["content"])
+        examples.append(Example(n, prompt, reference, {**row, "reference": reference}, tools=tools,
+                                reference_calls=reference_calls))
         if limit is not None and len(examples) >= limit:
             break
     if not examples:
@@ -139,17 +150,18 @@ def _error_text(exc: Exception) -> str:
 
 
 def call_candidate(client, candidate: Candidate, messages: list[dict],
-                   stop: threading.Event | None = None) -> dict[str, Any]:
-    """One chat completion with our backoff around the SDK's retries; returns the answer, usage and latency.
+                   stop: threading.Event | None = None, tools: list | None = None) -> dict[str, Any]:
+    """One chat completion with our backoff around the SDK's retries; returns the answer, its tool calls (with
+    ``tools``), usage and latency.
 
     ``stop``, once set, ends the retrying (the run is being abandoned).
     """
     attempt = 0
+    params = candidate.params(tools)
     while True:
         start = time.perf_counter()
         try:
-            response = client.chat.completions.create(model=candidate.model, messages=messages,
-                                                      **candidate.params())
+            response = client.chat.completions.create(model=candidate.model, messages=messages, **params)
         except Exception as exc:
             if _transient(exc) and attempt < BACKOFF_RETRIES and not (stop and stop.is_set()):
                 # Full jitter: concurrent workers that failed together should not retry together.
@@ -160,8 +172,11 @@ def call_candidate(client, candidate: Candidate, messages: list[dict],
         latency = time.perf_counter() - start
         choice = response.choices[0] if response.choices else None
         usage = response.usage
+        calls = getattr(choice.message, "tool_calls", None) if choice is not None else None
         return {
             "answer": choice.message.content if choice is not None else None,
+            "tool_calls": [{"name": c.function.name, "arguments": c.function.arguments} for c in calls
+                           if getattr(c, "function", None) is not None] if calls else None,
             "finish_reason": choice.finish_reason if choice is not None else None,
             "input_tokens": usage.prompt_tokens if usage else None,
             "output_tokens": usage.completion_tokens if usage else None,
@@ -207,13 +222,16 @@ def pricing_for(candidate: Candidate, prices: str | os.PathLike | None = None) -
     return Pricing(info.name, inp, out, fine_tuned, recount, note)
 
 
-def recount_tokens(model: str, messages: list[dict], answer: str | None) -> tuple[int, int] | None:
-    """Input and output tokens as ``model``'s encoding counts them (None if token counting is unavailable)."""
+def recount_tokens(model: str, messages: list[dict], answer: str | None, tools: list | None = None,
+                   tool_calls: list | None = None) -> tuple[int, int] | None:
+    """Input and output tokens as ``model``'s encoding counts them (None if token counting is unavailable): the
+    tools' definitions are input, the calls' names and arguments output."""
     try:
         from tunewise.tokens import count_messages, count_text
     except ImportError:
         return None
-    return count_messages(messages, model=model), count_text(answer or "", model=model)
+    output = (answer or "") + "".join(f"{c.get('name') or ''}{c.get('arguments') or ''}" for c in tool_calls or [])
+    return count_messages(messages, model=model, tools=tools), count_text(output, model=model)
 
 
 # ---------------------------------------------------------------- the run
@@ -382,7 +400,7 @@ def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schem
     def job(candidate: Candidate, index: int, example: Example) -> dict:
         ep = endpoints[candidate.name]
         messages = build_messages(example.prompt, candidate)
-        key = cache_key(ep.base_url, candidate.model, messages, candidate.params())
+        key = cache_key(ep.base_url, candidate.model, messages, candidate.params(example.tools))
         response = store.get(key) if store is not None else None
         cached = response is not None
         error = None
@@ -390,7 +408,8 @@ def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schem
             try:
                 with count_lock:
                     requests[0] += 1
-                response = call_candidate(clients[(ep.base_url, ep.api_key)], candidate, messages, stopping)
+                response = call_candidate(clients[(ep.base_url, ep.api_key)], candidate, messages, stopping,
+                                          tools=example.tools)
             except openai.OpenAIError as exc:
                 fatal = _fatal(exc, candidate, ep.base_url)
                 if fatal is not None:
@@ -404,7 +423,15 @@ def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schem
         row: dict[str, Any] = {"candidate": candidate.name, "index": index, "line": example.line,
                                "example_id": example.id, "prompt": messages, "answer": response["answer"],
                                "reference": example.reference, "failed": error is not None}
-        scores = M.score_answer(response["answer"], example.reference, validator)
+        if example.tools:
+            row["tool_calls"] = response.get("tool_calls")
+        if example.reference_calls is not None:
+            # A tool-call reference: the tool metrics; the answer's own JSON and text metrics do not apply.
+            scores = {name: None for name in (*M.RATE_METRICS, *M.MEAN_METRICS)}
+            scores.update(M.score_tool_calls(M.canonical_calls(response.get("tool_calls")),
+                                             example.reference_calls))
+        else:
+            scores = M.score_answer(response["answer"], example.reference, validator)
         if error is not None:
             # A failed call is not an answer: no score, so it is neither right nor wrong anywhere.
             scores = {k: None for k in scores}
@@ -422,7 +449,8 @@ def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schem
         pricing = pricings[candidate.name]
         priced = (response["input_tokens"], response["output_tokens"])
         if pricing.recount_model and error is None:
-            counted = recount_tokens(pricing.recount_model, messages, response["answer"])
+            counted = recount_tokens(pricing.recount_model, messages, response["answer"], example.tools,
+                                     response.get("tool_calls"))
             if counted is not None:
                 priced = counted
         row["priced_input_tokens"], row["priced_output_tokens"] = priced
@@ -451,7 +479,10 @@ def run_eval(test_file: str | os.PathLike, candidates: list[Candidate], *, schem
             store.close()
     results.sort(key=lambda r: ([c.name for c in candidates].index(r["candidate"]), r["index"]))
 
-    task = "json" if all(M.is_json_answer(ex.reference) for ex in examples) else "text"
+    if all(ex.reference_calls is not None for ex in examples):
+        task = "tools"
+    else:
+        task = "json" if all(M.is_json_answer(ex.reference) for ex in examples) else "text"
     notes = []
     for c in candidates:
         p = pricings[c.name]

@@ -9,7 +9,11 @@ res.choices[0].text, res.choices[0].finish_reason, res.prompt_tokens, res.comple
 for delta in (stream := engine.stream(request)): ...   # StreamDelta(index, text, finish_reason); stream.usage
 ```
 
-Modules: ``types`` (request, result, deltas, counters), ``grammar`` (``response_format`` via xgrammar),
+Tool calls: ``GenerationRequest(tools=..., tool_choice=..., parallel_tool_calls=...)``; the answer's text holds the
+calls, read with ``tunewise.infer.tools.parse_tool_calls(text) -> (content, tool_calls)``.
+
+Modules: ``types`` (request, result, deltas, counters), ``grammar`` (``response_format`` via xgrammar), ``tools``
+(the tool-capable chat template, the checks of tool definitions, their grammar and the parser of calls),
 ``runner`` (one model and its continuous-batching scheduler thread), ``engine`` (loading, LRU, dispatch).
 """
 

@@ -144,6 +144,16 @@ class Grammars:
                              "integer, boolean, null, enum, const) and resolvable $refs.",
                              param="response_format") from exc
 
+    def compile_structural_tag(self, spec: dict[str, Any], param: str = "tools"):
+        """The compiled grammar of an xgrammar structural tag (the tool calls: ``tunewise.infer.tools``)."""
+        try:
+            return self._bounded(lambda: self._get_compiler().compile_structural_tag(json.dumps(spec)))
+        except (RuntimeError, ValueError) as exc:
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"The functions' parameters cannot be used for constrained decoding: "
+                             f"{_strip_location(detail)}", param=param,
+                             hint="Use JSON Schemas with supported types (object, array, string, number, "
+                             "integer, boolean, null, enum, const) and resolvable $refs.") from exc
 
     def _bounded(self, compile_):
         """Run ``compile_`` in a helper thread; refuse the schema if it takes over ``compile_timeout_s``. (The

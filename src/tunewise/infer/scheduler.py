@@ -19,6 +19,7 @@ from typing import Any
 
 from tunewise.errors import Cancelled, DataError, UsageError
 from tunewise.infer.grammar import Grammars, new_matcher
+from tunewise.infer.tools import apply_template
 from tunewise.infer.types import EngineStats, GenerationRequest, StreamDelta
 
 # The trainer's own normalisation: a fine-tuned model must see at inference the prompt it was trained on.
@@ -137,12 +138,12 @@ class Runner:
 
     # ---- caller side -------------------------------------------------------------------------------------
 
-    def render(self, messages: list[dict[str, Any]]) -> list[int]:
-        """The prompt's token ids, by the model's own chat template with the generation prompt."""
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """The prompt's token ids, by the model's own chat template with the generation prompt (or tunewise's
+        tool-capable one: ``tunewise.infer.tools.apply_template``, the trainer's very call)."""
         try:
             with self._tok_lock:
-                ids = self.tokenizer.apply_chat_template(normalize_messages(messages), add_generation_prompt=True,
-                                                         tokenize=True, return_dict=False)
+                ids = apply_template(self.tokenizer, normalize_messages(messages), tools)
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"The messages cannot be rendered with {self.name}'s chat template: {exc}",
                              hint="Each message needs a 'role' (system, user, assistant) and a 'content'.",
@@ -153,6 +154,15 @@ class Runner:
                                  hint="Check the roles and their order.", param="messages") from exc
             raise
         return [int(x) for x in ids]
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """A legacy completion's prompt as the trainer encodes a prompt/completion example's prompt."""
+        with self._tok_lock:
+            ids = [int(x) for x in self.tokenizer(prompt, add_special_tokens=True)["input_ids"]]
+        if not ids:
+            raise UsageError("The prompt is empty: there is nothing to complete.", param="prompt",
+                             hint="Pass a non-empty prompt.")
+        return ids
 
     def reserve(self, adapter: str | None) -> None:
         """Count a request as in flight before it is queued, so the engine cannot unload its adapter meanwhile;
@@ -184,7 +194,8 @@ class Runner:
         return job
 
     def _make_job(self, request: GenerationRequest, adapter: str | None) -> Job:
-        prompt_ids = self.render(request.messages)
+        prompt_ids = (self.render(request.messages, request.tools) if request.prompt is None
+                      else self.encode_prompt(request.prompt))
         n_prompt = len(prompt_ids)
         if n_prompt >= self.context_length:
             raise DataError(
@@ -201,7 +212,9 @@ class Runner:
                 param="messages")
         max_tokens = request.max_tokens or min(self.context_length - n_prompt,
                                                request.default_max_tokens or self.context_length)
-        compiled = self.grammars.compile(request.response_format)
+        tool_grammar = request.tool_grammar()
+        compiled = (self.grammars.compile_structural_tag(tool_grammar) if tool_grammar is not None
+                    else self.grammars.compile(request.response_format))
         return Job(request, prompt_ids, max_tokens, adapter, compiled, self.stop_ids)
 
     def busy(self, adapter: str | None = None, *, any_adapter: bool = False) -> bool:

@@ -47,6 +47,19 @@ class GenerationRequest:
     response_format: dict[str, Any] | None = None
     """``{"type": "text"}``, ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {"name",
     "schema", "strict"}}``: decoding is constrained so the answer is valid JSON (matching the schema)."""
+    tools: list[dict[str, Any]] | None = None
+    """OpenAI function tools (``{"type": "function", "function": {"name", "description", "parameters",
+    "strict"}}``): written into the prompt by the chat template; the answer's calls are read back with
+    ``tunewise.infer.tools.parse_tool_calls``."""
+    tool_choice: str | dict[str, Any] | None = None
+    """``"none"``, ``"auto"`` (the default with tools), ``"required"`` or ``{"type": "function", "function":
+    {"name": ...}}``; see ``tunewise.infer.tools.structural_tag`` for what each constrains."""
+    parallel_tool_calls: bool | None = None
+    """False: at most one call per answer (constrained when decoding is)."""
+    prompt: str | None = None
+    """A legacy completion (``/v1/completions``): this text, encoded as the tokenizer encodes it (its own special
+    tokens, a BOS where it adds one: the trainer's prompt/completion render), is the prompt instead of
+    ``messages`` rendered by the chat template."""
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -55,7 +68,10 @@ class GenerationRequest:
 
     def check(self, max_batch_size: int) -> None:
         """Raise a ``UsageError`` naming the parameter at fault."""
-        if not isinstance(self.messages, list) or not self.messages:
+        if self.prompt is not None:
+            if not isinstance(self.prompt, str):
+                raise UsageError("prompt must be a string.", param="prompt")
+        elif not isinstance(self.messages, list) or not self.messages:
             raise UsageError("'messages' must be a non-empty list of chat messages.",
                              hint='Pass at least one message, e.g. [{"role": "user", "content": "Hi"}].',
                              param="messages")
@@ -87,6 +103,20 @@ class GenerationRequest:
                              "non-empty strings.", param="stop")
         if self.seed is not None and not isinstance(self.seed, int):
             raise UsageError(f"seed must be an integer, not {self.seed!r}.", param="seed")
+        from tunewise.infer.tools import check_tools
+
+        check_tools(self.tools, self.tool_choice, self.parallel_tool_calls)
+
+    def tool_grammar(self) -> dict[str, Any] | None:
+        """The structural tag that constrains the tool calls (``tunewise.infer.tools.structural_tag``), or None."""
+        from tunewise.infer.tools import structural_tag
+
+        spec = structural_tag(self.tools, self.tool_choice, self.parallel_tool_calls)
+        if spec is not None and self.response_format not in (None, {"type": "text"}):
+            raise UsageError("response_format and constrained tool calls (tool_choice required, a named function, "
+                             "strict functions, or tool_choice none) cannot be combined.", param="response_format",
+                             hint="Leave response_format out, or tool_choice \"auto\" with non-strict functions.")
+        return spec
 
 
 @dataclass

@@ -47,6 +47,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (files, uploads, jobs, permissions, models, chat, graders, stored):
         app.include_router(module.router, prefix="/v1")
+    from tunewise.serve.routes.completions import router as completions  # legacy prompt/completion models
+
+    app.include_router(completions, prefix="/v1")
     from tunewise.dashboard import mount  # the web page at / and its read-only /v1/dashboard endpoints
 
     mount(app)

@@ -134,8 +134,11 @@ def uses_tools(example: dict[str, Any]) -> bool:
 
 
 def template_supports_tools(tokenizer) -> bool:
-    template = tokenizer.chat_template or ""
-    return "tools" in template or "tool_calls" in template
+    """Its own chat template has a tool format, or it is a ChatML model, for which tunewise ships one
+    (``tunewise.infer.tools``)."""
+    from tunewise.infer.tools import supports_tools
+
+    return supports_tools(tokenizer)
 
 
 class Renderer:
@@ -148,10 +151,11 @@ class Renderer:
         self.tools_ok = template_supports_tools(tokenizer)
 
     def _ids(self, messages: list[dict[str, Any]], tools: Any, generation_prompt: bool) -> list[int]:
-        # The very call inference makes (token ids, not text re-tokenized differently).
-        kwargs = {"tools": tools} if tools else {}
-        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt,
-                                                       tokenize=True, return_dict=False, **kwargs))
+        # The very call inference makes (token ids, not text re-tokenized differently), with the template it
+        # picks (tunewise's tool-capable ChatML template for a tool conversation on a model without one).
+        from tunewise.infer.tools import apply_template
+
+        return apply_template(self.tokenizer, messages, tools, generation_prompt=generation_prompt)
 
     def prompt_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
         """What inference feeds the model before it answers after ``messages``."""
@@ -170,6 +174,7 @@ class Renderer:
         raw = example["messages"]
         messages = normalize_messages(raw)
         tools = example.get("tools")
+
         # Built turn by turn: each trained turn's context is exactly the inference prompt for it, and its labels
         # exactly the tokens inference must generate (the content, then the end-of-turn token).
         ids: list[int] = []

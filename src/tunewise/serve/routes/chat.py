@@ -54,6 +54,9 @@ class ChatRequest(BaseModel):
     response_format: dict[str, Any] | None = None
     store: bool | None = None
     metadata: dict[str, Any] | None = None
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
 
 
 def _generation_request(body: ChatRequest, local: str, max_chat_tokens: int):
@@ -73,7 +76,29 @@ def _generation_request(body: ChatRequest, local: str, max_chat_tokens: int):
         model=local, messages=body.messages, max_tokens=max_tokens, default_max_tokens=max_chat_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p, stop=body.stop, seed=body.seed,
-        n=1 if body.n is None else body.n, response_format=response_format)
+        n=1 if body.n is None else body.n, response_format=response_format,
+        tools=body.tools or None, tool_choice=body.tool_choice, parallel_tool_calls=body.parallel_tool_calls)
+
+
+def _reads_calls(req: Any) -> bool:
+    """Whether the answer's tool calls are read back (tools given, and tool_choice not "none")."""
+    return bool(req.tools) and req.tool_choice != "none"
+
+
+def _message(req: Any, text: str, finish_reason: str) -> tuple[dict[str, Any], str]:
+    """The assistant message of one choice and its finish reason: with tools, the calls read out of the text
+    (``finish_reason: "tool_calls"`` when there are any), as OpenAI answers."""
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+    if _reads_calls(req):
+        from tunewise.infer.tools import parse_tool_calls
+
+        content, calls = parse_tool_calls(text)
+        if calls:
+            message["content"] = content
+            message["tool_calls"] = calls
+            if finish_reason == "stop":
+                finish_reason = "tool_calls"
+    return message, finish_reason
 
 
 async def _generate_while_connected(request: Request, engine: Any, req: Any) -> Any:
@@ -105,6 +130,14 @@ def _collect(stream: Any, n: int) -> Any:
                             stream.prompt_tokens, stream.completion_tokens, model=stream.model)
 
 
+def _stored_message(req: Any, text: str, calls: list[dict] | None) -> dict[str, Any]:
+    """The message of a streamed choice as the non-streamed answer would hold it (the streamed call ids)."""
+    message, _ = _message(req, text, "stop")
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
 def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -123,12 +156,14 @@ async def create_chat_completion(body: ChatRequest, request: Request, state: Sta
     fingerprint = f"fp_tunewise_{__version__}"
     if not body.stream:
         result = await _generate_while_connected(request, engine, req)
+        choices = []
+        for c in result.choices:
+            message, reason = _message(req, c.text, c.finish_reason)
+            choices.append({"index": c.index, "finish_reason": reason, "logprobs": None, "message": message})
         answer = {
             "id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
             "system_fingerprint": fingerprint,
-            "choices": [{"index": c.index, "finish_reason": c.finish_reason, "logprobs": None,
-                         "message": {"role": "assistant", "content": c.text, "refusal": None, "annotations": []}}
-                        for c in result.choices],
+            "choices": choices,
             "usage": _usage(result.prompt_tokens, result.completion_tokens),
         }
         if body.store:
@@ -155,24 +190,48 @@ async def create_chat_completion(body: ChatRequest, request: Request, state: Sta
 
     texts: dict[int, list[str]] = {}
     finished: dict[int, str] = {}
+    readers: dict[int, Any] = {}
+    calls: dict[int, list[dict]] = {}
+
+    def pieces(index: int, text: str, last: bool) -> list[dict[str, Any]]:
+        """The deltas of a piece of text: content as it comes, or with tools the calls in OpenAI's shape (the
+        first delta of a call carries its index, id, type and name, the next its arguments)."""
+        if not _reads_calls(req):
+            return [{"content": text}] if text else []
+        from tunewise.infer.tools import ToolCallStream
+
+        reader = readers.setdefault(index, ToolCallStream())
+        events = reader.feed(text) + (reader.finish() if last else [])
+        out: list[dict[str, Any]] = []
+        for event in events:
+            if event[0] == "content":
+                out.append({"content": event[1]})
+                continue
+            _, k, call_id, name, arguments = event
+            calls.setdefault(index, []).append({"id": call_id, "type": "function",
+                                                "function": {"name": name, "arguments": arguments}})
+            out.append({"tool_calls": [{"index": k, "id": call_id, "type": "function",
+                                        "function": {"name": name, "arguments": ""}}]})
+            out.append({"tool_calls": [{"index": k, "function": {"arguments": arguments}}]})
+        return out
 
     async def events() -> AsyncIterator[str]:
         started: set[int] = set()
         try:
             async for delta in iterate_in_threadpool(rest()):
                 texts.setdefault(delta.index, []).append(delta.text)
-                if delta.finish_reason is not None:
-                    finished[delta.index] = delta.finish_reason
+                reason = delta.finish_reason
                 if delta.index not in started:
                     started.add(delta.index)
                     yield chunk([{"index": delta.index, "delta": {"role": "assistant", "content": ""},
                                   "logprobs": None, "finish_reason": None}])
-                if delta.text:
-                    yield chunk([{"index": delta.index, "delta": {"content": delta.text}, "logprobs": None,
-                                  "finish_reason": None}])
-                if delta.finish_reason is not None:
-                    yield chunk([{"index": delta.index, "delta": {}, "logprobs": None,
-                                  "finish_reason": delta.finish_reason}])
+                for piece in pieces(delta.index, delta.text, reason is not None):
+                    yield chunk([{"index": delta.index, "delta": piece, "logprobs": None, "finish_reason": None}])
+                if reason is not None:
+                    if reason == "stop" and calls.get(delta.index):
+                        reason = "tool_calls"
+                    finished[delta.index] = reason
+                    yield chunk([{"index": delta.index, "delta": {}, "logprobs": None, "finish_reason": reason}])
         except Exception as exc:
             # The status line is already sent: report the failure in the stream, as OpenAI does (the SDK raises).
             log.exception("chat completion stream failed")
@@ -189,8 +248,8 @@ async def create_chat_completion(body: ChatRequest, request: Request, state: Sta
                 "id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
                 "system_fingerprint": fingerprint,
                 "choices": [{"index": i, "finish_reason": finished[i], "logprobs": None,
-                             "message": {"role": "assistant", "content": "".join(texts.get(i, [])), "refusal": None,
-                                         "annotations": []}} for i in sorted(finished)],
+                             "message": _stored_message(req, "".join(texts.get(i, [])), calls.get(i))}
+                            for i in sorted(finished)],
                 "usage": _usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
             }, metadata)
         if include_usage:

@@ -1,7 +1,7 @@
 """Which of OpenAI's chat completion request fields the server honours, which it accepts because they ask for
 nothing, and which it refuses because they ask for behaviour it does not have.
 
-A field that asks for something the server cannot do (``logprobs: true``, ``audio``, ``tools``, ...) is refused with
+A field that asks for something the server cannot do (``logprobs: true``, ``audio``, ``functions``, ...) is refused with
 a 400 naming it, rather than answered as if it had not been asked: a client that relies on log probabilities or a
 tool call must learn at once that it gets neither. Fields that only carry information for OpenAI's own accounting
 (``user``, ``service_tier``, ``prompt_cache_key``, ...) or that ask for the default (``logprobs: false``,
@@ -18,16 +18,17 @@ from tunewise.errors import UsageError
 
 HONOURED = frozenset({
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "n",
-    "stream", "stream_options", "response_format", "store", "metadata",
+    "stream", "stream_options", "response_format", "store", "metadata", "tools", "tool_choice",
+    "parallel_tool_calls",
 })
-"""Fields ``ChatRequest`` reads (``store`` and ``metadata``: stored completions)."""
+"""Fields ``ChatRequest`` reads (``store`` and ``metadata``: stored completions; ``tools``, ``tool_choice`` and
+``parallel_tool_calls``: tool calls, ``tunewise.infer.tools``)."""
 
 ACCEPTED = frozenset({
     "user", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
-    "service_tier", "parallel_tool_calls",
+    "service_tier",
 })
-"""Fields that ask for no behaviour of a local server: any value passes (``parallel_tool_calls`` means nothing
-without ``tools``, which are refused)."""
+"""Fields that ask for no behaviour of a local server: any value passes."""
 
 
 def _none(v: Any) -> bool:
@@ -50,13 +51,10 @@ REFUSED: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "audio": (_none, "audio output", "Leave audio out: the server answers with text only."),
     "modalities": (lambda v: v is None or v == ["text"], "output modalities other than text",
                    'Leave modalities out or use ["text"].'),
-    "tools": (_empty, "tool calls", "Leave tools out; to get structured output use response_format with a "
-              "json_schema."),
-    "tool_choice": (lambda v: v is None or v == "none", "tool calls", 'Leave tool_choice out (or use "none").'),
-    "functions": (_empty, "function calls", "Leave functions out; to get structured output use response_format "
-                  "with a json_schema."),
-    "function_call": (lambda v: v is None or v == "none", "function calls",
-                      'Leave function_call out (or use "none").'),
+    "functions": (_empty, "the deprecated functions parameter", "Pass the functions as tools: "
+                  '[{"type": "function", "function": {...}}].'),
+    "function_call": (lambda v: v is None or v == "none", "the deprecated function_call parameter",
+                      'Use tool_choice instead (e.g. {"type": "function", "function": {"name": ...}}).'),
     "prediction": (_none, "predicted outputs", "Leave prediction out."),
     "web_search_options": (_none, "web search", "Leave web_search_options out."),
     "logit_bias": (_empty, "logit bias", "Leave logit_bias out."),
