@@ -208,12 +208,6 @@ def bench_chat(args: argparse.Namespace) -> None:
         llm.close()
     else:
         print("(llama-cpp-python is not installed: the llama.cpp baseline is skipped)")
-    if not args.no_hf:
-        call = hf_caller(args.model, tokenizer, stop_ids, args.max_tokens)
-        for kind in ("long", "short"):
-            measure("HF", kind, 1, lambda ps: one_at_a_time(call, ps), args.hf_runs)
-            results[("HF", kind, 8)] = [r.queued() for r in results[("HF", kind, 1)]]
-        del call
     with Engine(max_batch_size=8, num_threads=threads) as engine:
         backend = engine.backend_for(args.model)
         for kind in ("long", "short"):
@@ -221,6 +215,14 @@ def bench_chat(args: argparse.Namespace) -> None:
                 measure("tunewise", kind, conc, lambda ps, conc=conc: engine_run(
                     engine, args.model, tokenizer, ps, args.max_tokens, conc if len(ps) > 1 else 1))
         stats = engine.stats()
+    # HF generate last: once PyTorch's own OpenMP threads have run big matrix products in a process, llama.cpp's
+    # threads in that process ran at half speed here (two OpenMP runtimes on the same cores).
+    if not args.no_hf:
+        call = hf_caller(args.model, tokenizer, stop_ids, args.max_tokens)
+        for kind in ("long", "short"):
+            measure("HF", kind, 1, lambda ps: one_at_a_time(call, ps), args.hf_runs)
+            results[("HF", kind, 8)] = [r.queued() for r in results[("HF", kind, 1)]]
+        del call
 
     print(f"\nmodel {args.model}, {args.requests} held-out receipts, greedy, max_tokens {args.max_tokens}, "
           f"{threads} threads, medians of {args.runs} runs; tunewise backend: {backend}"
