@@ -303,6 +303,21 @@ def _from_hub(repo_id: str) -> Path:
         ) from exc
 
 
+def load_run_tokenizer(model: str | os.PathLike):
+    """The tokenizer of a model name or run directory; a full fine-tune saved without one borrows its base
+    model's (``base_model`` in its ``tunewise_model.json``)."""
+    path = Path(model).expanduser()
+    if path.is_dir() and not (path / "tokenizer_config.json").is_file():
+        try:
+            meta = json.loads((path / "tunewise_model.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        base = meta.get("base_model") if isinstance(meta, dict) else None
+        if base:
+            return load_tokenizer(base)
+    return load_tokenizer(model)
+
+
 def load_tokenizer(name_or_path: str | os.PathLike):
     """The model's own tokenizer (with its chat template); a pad token is set if the model has none."""
     (AutoTokenizer,) = _hf("AutoTokenizer")

@@ -266,7 +266,7 @@ class Engine:
 
     def _load(self, base: str, key: str) -> Runner:
         spec = models.resolve(base)
-        tokenizer = _load_tokenizer(base)
+        tokenizer = models.load_run_tokenizer(base)
         name = Path(key).name if spec.source.startswith("dir:") else spec.name
         backend, _ = self._pick(base, Path(key))
         if backend == "llamacpp":
@@ -355,13 +355,3 @@ def _locate(model: str) -> tuple[str, Path | None]:
             base = str((path / base).resolve())  # a base given relative to the adapter directory
         return base, path.resolve()
     return model, None
-
-
-def _load_tokenizer(model: str):
-    """The model's tokenizer; a full fine-tune saved without one borrows its base model's."""
-    path = Path(model).expanduser()
-    if path.is_dir() and not (path / "tokenizer_config.json").is_file():
-        base = _read_json(path / "tunewise_model.json").get("base_model")
-        if base:
-            return models.load_tokenizer(base)
-    return models.load_tokenizer(model)

@@ -370,15 +370,6 @@ def export_gguf(run: str | os.PathLike, out_dir: str | os.PathLike, quant: str =
             tokenizer = models.load_tokenizer(merged)
     else:
         convert_to_gguf(run, gguf_path, quant, name=run.parent.name or run.name, threads=threads)
-        tokenizer = _run_tokenizer(run)
+        tokenizer = models.load_run_tokenizer(run)
     modelfile = write_modelfile(gguf_path, out_dir / "Modelfile", tokenizer)
     return {"gguf": gguf_path, "modelfile": modelfile}
-
-
-def _run_tokenizer(run: Path):
-    from tunewise import models
-
-    if (run / "tokenizer_config.json").is_file():
-        return models.load_tokenizer(run)
-    base = _read_json(run / "tunewise_model.json").get("base_model")
-    return models.load_tokenizer(base or run)
