@@ -34,6 +34,7 @@ from pathlib import Path
 from tunewise import models
 from tunewise.errors import DataError
 from tunewise.infer.scheduler import Job, Runner, Seq, stop_ids_for
+from tunewise.infer.threads import ThreadGovernor
 from tunewise.infer.types import EngineStats
 
 GGUF_QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
@@ -171,6 +172,9 @@ class _Model:
     prefixes: list[_Prefix] = field(default_factory=list)
     free_prefix_seqs: list[int] = field(default_factory=list)
     clock: int = 0
+    governor: ThreadGovernor | None = None
+    """Asked before each decode how many threads to use (``infer/threads.py``); None: always ``n_threads``."""
+    threads_now: int = 0
 
     def load(self) -> None:
         import llama_cpp
@@ -205,6 +209,7 @@ class _Model:
         self.free_seqs = list(range(self.n_rows - 1, -1, -1))
         self.free_prefix_seqs = list(range(self.n_rows + PREFIX_SLOTS - 1, self.n_rows - 1, -1))
         self._seq_ptrs = [self.batch.seq_id[i] for i in range(N_BATCH)]
+        self.threads_now = self.n_threads
 
     def free(self) -> None:
         import llama_cpp
@@ -225,6 +230,11 @@ class _Model:
         import llama_cpp
         import numpy as np
 
+        if self.governor is not None:
+            n = self.governor.threads()
+            if n != self.threads_now:
+                llama_cpp.llama_set_n_threads(self.ctx, n, n)
+                self.threads_now = n
         out = []
         batch = self.batch
         for start in range(0, len(tokens), N_BATCH):
@@ -324,13 +334,14 @@ class LlamaCppRunner(Runner):
         super().__init__(name, tokenizer, vocab_size=vocab_size, stop_ids=stop_ids, context_length=context_length,
                          max_batch_size=max_batch_size, stats=stats, stats_lock=stats_lock)
         self.n_ctx = min(context_length * max_batch_size, max(context_length, MAX_KV_CELLS))
+        self.governor = ThreadGovernor(self.num_threads)
         self.gguf_path = gguf_path or gguf_for(self.model_dir, quant, threads=self.num_threads)
         self._models: dict[str | None, _Model] = {None: self._open(self.gguf_path)}
         self._reserved: dict[int, int] = {}  # id(job) -> KV cells reserved for it while it runs
         self._start()
 
     def _open(self, path: Path) -> _Model:
-        m = _Model(path, self.num_threads, self.max_batch_size, self.n_ctx)
+        m = _Model(path, self.num_threads, self.max_batch_size, self.n_ctx, governor=self.governor)
         m.load()
         if m.n_vocab != self.vocab_size:
             m.free()
