@@ -9,7 +9,9 @@ row's cells are freed with ``llama_memory_seq_rm``.
 Prefix caching: the KV of recent prompts stays in the cache under spare sequence ids. A new prompt that starts
 with the same tokens (every eval candidate sends the same system prompt and few-shot turns) copies that prefix's
 cells with ``llama_memory_seq_cp`` (in a unified cache the cells are shared, not copied) and prefills only the
-rest. ``n`` choices of one request share their prompt's cells the same way.
+rest. Prompts admitted in the same step that start alike (an eval's concurrent calls, sent at once) have their
+common start computed once into a prefix slot first. ``n`` choices of one request share their prompt's cells the
+same way.
 
 Tokens come from the model's own HF tokenizer and chat template, and sampling (grammar bitmask, greedy,
 temperature, top-p, seeded generators), stop strings and streaming are ``scheduler.Runner``'s: the logits llama.cpp
@@ -414,7 +416,6 @@ class LlamaCppRunner(Runner):
 
     def _prefill(self, jobs: list[Job]) -> None:
         import llama_cpp
-        import torch
 
         by_model: dict[str | None, list[Job]] = {}
         for job in jobs:
@@ -423,6 +424,8 @@ class LlamaCppRunner(Runner):
         logits_rows = []
         for adapter, group in by_model.items():
             m = self._models[adapter]
+            if len(group) > 1:
+                self._share_prefix(m, [job.prompt_ids for job in group])
             entries = []
             firsts = []
             for job in group:
@@ -456,12 +459,43 @@ class LlamaCppRunner(Runner):
                     logits_rows.append(row)
         import numpy as np
 
-        alive = self._advance(seqs, self._sample(seqs, torch.from_numpy(np.stack(logits_rows))))
+        alive = self._advance(seqs, self._sample(seqs, np.stack(logits_rows)))
         for s, a in zip(seqs, alive, strict=True):
             if a:
                 self._rows.append(s)
             else:
                 self._finish(s)
+
+    def _share_prefix(self, m: _Model, prompts: list[list[int]]) -> None:
+        """Prompts admitted together that start alike (the same system prompt and few-shot turns, sent at once
+        by an eval's concurrent calls) share that start: it is computed once, into a prefix slot, before their
+        prefill, which then copies it like any cached prefix, instead of computing it once per prompt."""
+        import llama_cpp
+
+        common = min(len(p) for p in prompts) - 1  # one token of each is always computed, for its logits
+        first = prompts[0]
+        for p in prompts[1:]:
+            n = 0
+            while n < common and p[n] == first[n]:
+                n += 1
+            common = n
+        if common < MIN_PREFIX:
+            return
+        prefix = first[:common]
+        cached, shared = m.longest_prefix(prefix + [-1])  # the sentinel lets the whole of ``prefix`` match
+        if shared >= common:
+            return
+        seq = m.free_seqs.pop()
+        try:
+            if cached is not None:
+                llama_cpp.llama_memory_seq_cp(m.mem, cached.seq_id, seq, 0, shared)
+            m.decode([(prefix[pos], pos, seq, pos == common - 1) for pos in range(shared, common)])
+            with self._stats_lock:
+                self._stats.forward_passes += 1
+                self._stats.prefill_passes += 1
+            m.remember(prefix, seq)
+        finally:
+            m.drop(seq)
 
     def _finish(self, s: Seq) -> None:
         m = self._models.get(s.job.adapter)
@@ -473,7 +507,6 @@ class LlamaCppRunner(Runner):
 
     def _decode(self) -> None:
         import numpy as np
-        import torch
 
         rows = self._rows
         by_model: dict[str | None, list[int]] = {}
@@ -492,7 +525,7 @@ class LlamaCppRunner(Runner):
                 self._stats.max_batch_size_seen = max(self._stats.max_batch_size_seen, len(idx))
         for s in rows:
             s.pos += 1
-        alive = self._advance(rows, self._sample(rows, torch.from_numpy(np.stack(logits))))
+        alive = self._advance(rows, self._sample(rows, np.stack(logits)))
         if all(alive):
             return
         self._rows = [s for s, a in zip(rows, alive, strict=True) if a]

@@ -307,7 +307,19 @@ class Runner:
             job.events.put(_DONE)
 
     def _sample(self, seqs: list[Seq], logits) -> list[int]:
-        """The next token of each row: grammar mask, then greedy or temperature/top-p sampling."""
+        """The next token of each row: grammar mask, then greedy or temperature/top-p sampling.
+
+        ``logits``: a torch tensor, or a numpy array (the llama.cpp backend's), ``[rows, vocab]``. Greedy rows
+        without a grammar are answered by numpy's argmax when the logits are numpy's: no torch operation (and no
+        wake-up of torch's thread pool beside llama.cpp's threads) on the common path."""
+        import numpy as np
+
+        if isinstance(logits, np.ndarray):
+            if all(s.matcher is None and s.temperature == 0 for s in seqs):
+                return [int(t) for t in logits.argmax(axis=-1)]  # first maximum on ties, as torch's argmax
+            import torch
+
+            logits = torch.from_numpy(logits)
         import torch
 
         logits = logits.float().cpu()
