@@ -164,6 +164,24 @@ def test_lora_adapter_served_by_llamacpp_matches_torch(engines, adapter):
     got = [ll.generate(ask(m, model=str(adapter))).choices[0].text for m in msgs]
     assert got == want
     assert got != base
+    # Served as a LoRA adapter GGUF over the loaded base (no second copy of the weights), on a context of its own.
+    runner = next(r for r in ll._runners.values() if r.adapters)
+    served = [m for k, m in runner._models.items() if k is not None]
+    assert served and all(m.lora and m.base is runner._models[None] and m.model == m.base.model for m in served)
+
+
+def test_an_adapter_llamacpp_cannot_apply_is_served_merged(engines, tmp_path):
+    """DoRA (which the torch backend's mixed batches cannot serve either): merged, the merged model's answers."""
+    from tunewise.train import export_merged
+
+    _, ll = engines
+    dora = _tiny_lora(tmp_path / "dora" / "final", seed=6, target_modules=["q_proj", "v_proj"], use_dora=True)
+    merged = export_merged(dora, tmp_path / "merged")
+    msgs = held_out(2)
+    want = [ll.generate(ask(m, model=str(merged))).choices[0].text for m in msgs]
+    assert [ll.generate(ask(m, model=str(dora))).choices[0].text for m in msgs] == want
+    runner = next(r for r in ll._runners.values() if r.adapters)
+    assert any(k is not None and m.base is None for k, m in runner._models.items())  # a merged model of its own
 
 
 def _greedy_llama(gguf: Path, prompts: list[list[dict]], tokenizer, max_tokens: int,
@@ -352,3 +370,44 @@ def test_default_model_llamacpp_matches_torch_and_quantized_exports(tmp_path):
     for quant in ("q8_0", "q4_k_m"):
         path = convert_to_gguf(models.local_dir(name), tmp_path / f"{quant}.gguf", quant)
         assert _same(_greedy_llama(path, prompts, tokenizer, 48), reference) >= 0.95, quant
+
+
+@pytest.mark.slow
+def test_default_model_lora_adapter_gguf_gives_the_merged_models_answers(capsys, tmp_path):
+    """The default model: its Modelfile's FROM is the GGUF the model came from (no base copy is written), and the
+    f32 adapter over the f32 base gives the merged f32 GGUF's greedy answers on held-out receipts."""
+    import gguf as gguf_lib
+    from peft import LoraConfig, get_peft_model
+
+    from tunewise.infer.llamacpp import gguf_for
+    from tunewise.train import export_merged
+    from tunewise.train.gguf import base_gguf, convert_to_gguf
+
+    name = models.DEFAULT_MODEL
+    torch.manual_seed(0)
+    model = get_peft_model(models.load_model(name), LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR,
+                                                               task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            if "lora_B" in key:
+                param.copy_(torch.randn(param.shape) * 0.02)
+    run = tmp_path / "run" / "final"
+    model.save_pretrained(run)
+    models.load_tokenizer(name).save_pretrained(run)
+    (run / "tunewise_model.json").write_text(json.dumps({"base_model": name, "method": "lora"}))
+
+    code, out, err = run_cli(capsys, "export", str(run), str(tmp_path / "out"), "--format", "gguf-lora", "--quant",
+                             "f32")
+    assert code == 0, err
+    source = base_gguf(models.local_dir(name))
+    adapter = tmp_path / "out" / "adapter-f32.gguf"
+    assert out.split() == [str(adapter), str(source), str(tmp_path / "out" / "Modelfile")]
+    assert (tmp_path / "out" / "Modelfile").read_text().startswith(f"FROM {source}\nADAPTER ./adapter-f32.gguf\n")
+    assert not list((tmp_path / "out").glob("base-*.gguf"))
+    assert len(gguf_lib.GGUFReader(adapter).tensors) == 30 * 7 * 2
+
+    tokenizer = models.load_tokenizer(name)
+    prompts = held_out(20)
+    merged = convert_to_gguf(export_merged(run, tmp_path / "merged"), tmp_path / "merged-f32.gguf", "f32")
+    base = gguf_for(models.local_dir(name), "f32")
+    assert _greedy_llama(base, prompts, tokenizer, 48, lora=adapter) == _greedy_llama(merged, prompts, tokenizer, 48)
