@@ -386,7 +386,10 @@ class LlamaCppRunner(Runner):
         from tunewise.errors import UsageError
 
         try:
-            m = self._open(lora_gguf(self.model_dir, path, self.quant), base=self._models[None])
+            lora = lora_gguf(self.model_dir, path, self.quant)
+            # llama.cpp registers the adapter in the base model's own state: not while a step decodes on it.
+            with self._model_lock:
+                m = self._open(lora, base=self._models[None])
         except UsageError:
             m = self._open(adapter_gguf(self.model_dir, path, self.quant, threads=self.num_threads))
         with self._model_lock:
@@ -399,7 +402,9 @@ class LlamaCppRunner(Runner):
                 return
             del self.adapters[name]
             m = self._models.pop(name, None)
-        if m is not None:
+            if m is not None and m.base is not None:
+                m.free()  # unregisters the adapter from the base model: under the lock, as its loading
+        if m is not None and m.base is None:
             m.free()
 
     def _unload(self) -> None:
