@@ -133,13 +133,13 @@ def test_response_format_is_the_same_constrained_decoding(engines):
         assert b.choices[0].text.startswith("{")
 
 
-def _tiny_lora(out_dir: Path, seed: int) -> Path:
+def _tiny_lora(out_dir: Path, seed: int, **lora) -> Path:
     """A LoRA adapter for the tiny model with random non-zero weights, saved as the trainer saves one."""
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(models.load_model(TINY), LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
-        task_type="CAUSAL_LM"))
+    lora.setdefault("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"])
+    torch.manual_seed(seed)  # PEFT draws lora_A from the global generator: the same adapter whatever ran before
+    model = get_peft_model(models.load_model(TINY), LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM", **lora))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -164,13 +164,32 @@ def test_lora_adapter_served_by_llamacpp_matches_torch(engines, adapter):
     got = [ll.generate(ask(m, model=str(adapter))).choices[0].text for m in msgs]
     assert got == want
     assert got != base
+    # Served as a LoRA adapter GGUF over the loaded base (no second copy of the weights), on a context of its own.
+    runner = next(r for r in ll._runners.values() if r.adapters)
+    served = [m for k, m in runner._models.items() if k is not None]
+    assert served and all(m.lora and m.base is runner._models[None] and m.model == m.base.model for m in served)
 
 
-def _greedy_llama(gguf: Path, prompts: list[list[dict]], tokenizer, max_tokens: int) -> list[list[int]]:
-    """Greedy token ids from llama-cpp-python's own ``Llama`` on the GGUF file."""
+def test_an_adapter_llamacpp_cannot_apply_is_served_merged(engines, tmp_path):
+    """DoRA (which the torch backend's mixed batches cannot serve either): merged, the merged model's answers."""
+    from tunewise.train import export_merged
+
+    _, ll = engines
+    dora = _tiny_lora(tmp_path / "dora" / "final", seed=6, target_modules=["q_proj", "v_proj"], use_dora=True)
+    merged = export_merged(dora, tmp_path / "merged")
+    msgs = held_out(2)
+    want = [ll.generate(ask(m, model=str(merged))).choices[0].text for m in msgs]
+    assert [ll.generate(ask(m, model=str(dora))).choices[0].text for m in msgs] == want
+    runner = next(r for r in ll._runners.values() if r.adapters)
+    assert any(k is not None and m.base is None for k, m in runner._models.items())  # a merged model of its own
+
+
+def _greedy_llama(gguf: Path, prompts: list[list[dict]], tokenizer, max_tokens: int,
+                  lora: Path | None = None) -> list[list[int]]:
+    """Greedy token ids from llama-cpp-python's own ``Llama`` on the GGUF file (with a LoRA adapter GGUF over it)."""
     from tunewise.infer.llamacpp import open_llama
 
-    llm = open_llama(gguf, n_ctx=2048, n_threads=1)
+    llm = open_llama(gguf, n_ctx=2048, n_threads=1, **({"lora_path": str(lora)} if lora else {}))
     out = []
     for p in prompts:
         ids = tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
@@ -245,10 +264,95 @@ def test_export_gguf_loads_in_llamacpp_with_the_merged_models_answers(capsys, ad
 
 def test_export_errors_are_clear(capsys, adapter, tmp_path):
     code, _, err = run_cli(capsys, "export", str(adapter), str(tmp_path / "x"), "--quant", "q8_0")
-    assert code == 2 and "--quant applies to --format gguf only" in err
+    assert code == 2 and "--quant applies to --format gguf and gguf-lora only" in err
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli(capsys, "export", str(tmp_path / "empty"), str(tmp_path / "y"), "--format", "gguf")
     assert code != 0 and "neither a LoRA adapter nor a model directory" in err and "Traceback" not in err
+
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def test_export_gguf_lora_over_the_base_gives_the_merged_models_answers(capsys, tmp_path):
+    """The adapter alone, in llama.cpp's LoRA format, applied by llama.cpp over the base model's GGUF: in f32 it
+    gives exactly the merged GGUF's greedy answers (the q/k permutation of lora_b and the alpha / r scaling are
+    right, or they would not); f16 rounds base and adapter apart, so a near-tie of the tiny model's random weights
+    may flip. rsLoRA's scaling is carried by the alpha it writes."""
+    import gguf as gguf_lib
+
+    from tunewise.train import export_merged
+    from tunewise.train.gguf import convert_to_gguf
+
+    tokenizer = models.load_tokenizer(TINY)
+    prompts = held_out(10)
+    run = _tiny_lora(tmp_path / "run" / "final", seed=4, target_modules=ALL_LINEAR)
+    reference = _greedy_hf(export_merged(run, tmp_path / "merged"), prompts, tokenizer, 20)
+
+    code, out, err = run_cli(capsys, "export", str(run.parent), str(tmp_path / "f32"), "--format", "gguf-lora",
+                             "--quant", "f32")
+    assert code == 0, err
+    adapter, base, modelfile = (tmp_path / "f32" / n for n in ("adapter-f32.gguf", "base-f32.gguf", "Modelfile"))
+    assert out.split() == [str(adapter), str(base), str(modelfile)]
+    merged_gguf = convert_to_gguf(tmp_path / "merged", tmp_path / "merged-f32.gguf", "f32")
+    answers = _greedy_llama(base, prompts, tokenizer, 20, lora=adapter)
+    assert answers == _greedy_llama(merged_gguf, prompts, tokenizer, 20)  # the same function, to the last token
+    assert _same(answers, reference) >= 0.9  # llama.cpp's float32 against torch's: a near-tie may flip
+    assert _same(_greedy_llama(base, prompts[:3], tokenizer, 20), answers[:3]) == 0  # the adapter changes them
+
+    reader = gguf_lib.GGUFReader(adapter)
+    fields = reader.fields
+    assert fields["general.type"].contents() == "adapter" and fields["adapter.type"].contents() == "lora"
+    assert fields["adapter.lora.alpha"].contents() == 8.0
+    shapes = {t.name: (tuple(int(x) for x in t.shape), t.tensor_type.name) for t in reader.tensors}
+    assert len(shapes) == 2 * 7 * 2  # lora_a and lora_b of seven projections in two layers
+    assert shapes["blk.0.attn_q.weight.lora_a"] == ((64, 4), "F32")  # ggml order: (in, r), PEFT's A is r x in
+    assert shapes["blk.0.attn_k.weight.lora_b"] == ((4, 32), "F32")  # (r, out): two kv heads of 16
+    assert shapes["blk.1.ffn_down.weight.lora_a"] == ((128, 4), "F32")
+    text = modelfile.read_text()
+    assert text.startswith("FROM ./base-f32.gguf\nADAPTER ./adapter-f32.gguf\n")
+    assert 'PARAMETER stop "<|im_end|>"' in text
+
+    code, out, err = run_cli(capsys, "export", str(run), str(tmp_path / "f16"), "--format", "gguf-lora")
+    assert code == 0, err
+    f16 = tmp_path / "f16"
+    assert (f16 / "adapter-f16.gguf").stat().st_size < 0.6 * adapter.stat().st_size
+    f16_answers = _greedy_llama(f16 / "base-f16.gguf", prompts, tokenizer, 20, lora=f16 / "adapter-f16.gguf")
+    # f16 rounds the base and the adapter apart (a merged f16 GGUF, their sum): a near-tie of random weights may flip.
+    assert _same(f16_answers, reference) >= 0.9
+
+    rs = _tiny_lora(tmp_path / "rs" / "final", seed=5, target_modules=["q_proj", "v_proj"], use_rslora=True)
+    code, _, err = run_cli(capsys, "export", str(rs), str(tmp_path / "rs-out"), "--format", "gguf-lora",
+                           "--quant", "f32")
+    assert code == 0, err
+    assert gguf_lib.GGUFReader(tmp_path / "rs-out" / "adapter-f32.gguf").fields["adapter.lora.alpha"].contents() \
+        == pytest.approx(16.0)  # alpha * sqrt(r): llama.cpp's alpha / r is then rsLoRA's alpha / sqrt(r)
+    rs_merged = convert_to_gguf(export_merged(rs, tmp_path / "rs-merged"), tmp_path / "rs-merged.gguf", "f32")
+    assert _greedy_llama(base, prompts[:4], tokenizer, 20, lora=tmp_path / "rs-out" / "adapter-f32.gguf") == \
+        _greedy_llama(rs_merged, prompts[:4], tokenizer, 20)
+
+
+def test_export_gguf_lora_refuses_what_llamacpp_cannot_apply(capsys, tmp_path):
+    from tunewise.train import export_merged
+
+    def export(run: Path, *extra: str) -> str:
+        code, _, err = run_cli(capsys, "export", str(run), str(tmp_path / "out"), "--format", "gguf-lora", *extra)
+        assert code != 0 and "Traceback" not in err
+        return err
+
+    plain = _tiny_lora(tmp_path / "plain" / "final", seed=1, target_modules=["q_proj"])
+    assert "f32 or f16, not 'q8_0'" in export(plain, "--quant", "q8_0")
+    full = export_merged(plain, tmp_path / "full")
+    assert "is a full fine-tune" in export(full) and "--format gguf" in export(full)
+    dora = _tiny_lora(tmp_path / "dora" / "final", seed=1, target_modules=["q_proj"], use_dora=True)
+    assert "DoRA" in export(dora)
+    embed = _tiny_lora(tmp_path / "embed" / "final", seed=1, target_modules=["q_proj", "embed_tokens"])
+    err = export(embed)
+    assert "embed_tokens" in err and "embedding adapters" in err
+    head = _tiny_lora(tmp_path / "head" / "final", seed=1, target_modules=["q_proj", "lm_head"])
+    assert "adapts lm_head" in export(head) and "tied" in export(head)
+    saved = _tiny_lora(tmp_path / "saved" / "final", seed=1, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    assert "trains whole modules" in export(saved)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.gguf"))
 
 
 @pytest.mark.slow
@@ -268,3 +372,44 @@ def test_default_model_llamacpp_matches_torch_and_quantized_exports(tmp_path):
     for quant in ("q8_0", "q4_k_m"):
         path = convert_to_gguf(models.local_dir(name), tmp_path / f"{quant}.gguf", quant)
         assert _same(_greedy_llama(path, prompts, tokenizer, 48), reference) >= 0.95, quant
+
+
+@pytest.mark.slow
+def test_default_model_lora_adapter_gguf_gives_the_merged_models_answers(capsys, tmp_path):
+    """The default model: its Modelfile's FROM is the GGUF the model came from (no base copy is written), and the
+    f32 adapter over the f32 base gives the merged f32 GGUF's greedy answers on held-out receipts."""
+    import gguf as gguf_lib
+    from peft import LoraConfig, get_peft_model
+
+    from tunewise.infer.llamacpp import gguf_for
+    from tunewise.train import export_merged
+    from tunewise.train.gguf import base_gguf, convert_to_gguf
+
+    name = models.DEFAULT_MODEL
+    torch.manual_seed(0)
+    model = get_peft_model(models.load_model(name), LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR,
+                                                               task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            if "lora_B" in key:
+                param.copy_(torch.randn(param.shape) * 0.02)
+    run = tmp_path / "run" / "final"
+    model.save_pretrained(run)
+    models.load_tokenizer(name).save_pretrained(run)
+    (run / "tunewise_model.json").write_text(json.dumps({"base_model": name, "method": "lora"}))
+
+    code, out, err = run_cli(capsys, "export", str(run), str(tmp_path / "out"), "--format", "gguf-lora", "--quant",
+                             "f32")
+    assert code == 0, err
+    source = base_gguf(models.local_dir(name))
+    adapter = tmp_path / "out" / "adapter-f32.gguf"
+    assert out.split() == [str(adapter), str(source), str(tmp_path / "out" / "Modelfile")]
+    assert (tmp_path / "out" / "Modelfile").read_text().startswith(f"FROM {source}\nADAPTER ./adapter-f32.gguf\n")
+    assert not list((tmp_path / "out").glob("base-*.gguf"))
+    assert len(gguf_lib.GGUFReader(adapter).tensors) == 30 * 7 * 2
+
+    tokenizer = models.load_tokenizer(name)
+    prompts = held_out(20)
+    merged = convert_to_gguf(export_merged(run, tmp_path / "merged"), tmp_path / "merged-f32.gguf", "f32")
+    base = gguf_for(models.local_dir(name), "f32")
+    assert _greedy_llama(base, prompts, tokenizer, 48, lora=adapter) == _greedy_llama(merged, prompts, tokenizer, 48)

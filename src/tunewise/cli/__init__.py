@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "files": ("tunewise.cli.client:files", "Upload, list, show and delete files on the fine-tuning service."),
     "jobs": ("tunewise.cli.client:jobs", "Create, follow and control fine-tuning jobs."),
     "train": ("tunewise.cli.train:train", "Fine-tune a local model (LoRA or full) on a JSONL file."),
-    "export": ("tunewise.cli.train:export", "Merge a LoRA adapter into a plain Hugging Face model directory."),
+    "export": ("tunewise.cli.train:export", "Export a run: merged HF model directory, GGUF, or a llama.cpp LoRA adapter GGUF."),
     "serve": ("tunewise.cli.serve:serve", "Run the OpenAI-compatible fine-tuning service and its dashboard."),
     "keys": ("tunewise.cli.serve:keys", "API keys of the local service, one project each."),
     "eval": ("tunewise.cli.eval:eval_command", "Score candidates (model + prompt) on a held-out set."),

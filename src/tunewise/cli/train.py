@@ -240,26 +240,36 @@ def resume_command(argv: list[str], output_dir) -> str:
 @click.command("export")
 @click.argument("run", type=click.Path(file_okay=False, exists=True))
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["hf", "gguf"]), default="hf", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(["hf", "gguf", "gguf-lora"]), default="hf", show_default=True,
               help="hf: a merged Hugging Face model directory; gguf: one GGUF file for llama.cpp plus an Ollama "
-              "Modelfile.")
+              "Modelfile; gguf-lora: the LoRA adapter alone in llama.cpp's adapter GGUF format, with a Modelfile "
+              "that applies it over the base model's GGUF.")
 @click.option("--quant", type=click.Choice(["f16", "f32", "q8_0", "q4_k_m"]), default="f16", show_default=True,
               help="GGUF weights: f16/f32 as they are; q8_0/q4_k_m by llama.cpp's quantizer (needs "
-              "llama-cpp-python). Only with --format gguf.")
+              "llama-cpp-python; --format gguf only). Not with --format hf.")
 @click.pass_context
 def export(ctx, run, out_dir, fmt, quant):
     """Export a fine-tuned model: merge a LoRA adapter (OUTPUT/final of a run) into its base model as a plain HF
-    model directory, or write it (or a full fine-tune) as GGUF with an Ollama Modelfile."""
+    model directory, write it (or a full fine-tune) as GGUF with an Ollama Modelfile, or write the adapter alone
+    as a llama.cpp LoRA adapter GGUF."""
     if fmt == "hf" and ctx.get_parameter_source("quant") is click.core.ParameterSource.COMMANDLINE:
-        raise click.UsageError("--quant applies to --format gguf only (an HF export keeps float32 weights).")
+        raise click.UsageError("--quant applies to --format gguf and gguf-lora only (an HF export keeps float32 "
+                               "weights).")
     if fmt == "hf":
         from tunewise.train import export_merged
 
         click.echo(export_merged(run, out_dir))
         return
+    threads = max(1, (os.cpu_count() or 2) // 2)
+    if fmt == "gguf-lora":
+        from tunewise.train.gguf import export_gguf_lora
+
+        paths = export_gguf_lora(run, out_dir, quant, threads=threads)
+        for key in ("adapter", "base", "modelfile"):
+            click.echo(paths[key])
+        return
     from tunewise.train.gguf import export_gguf
 
-    threads = max(1, (os.cpu_count() or 2) // 2)
     paths = export_gguf(run, out_dir, quant, threads=threads)
     click.echo(paths["gguf"])
     click.echo(paths["modelfile"])

@@ -17,9 +17,14 @@ Tokens come from the model's own HF tokenizer and chat template, and sampling (g
 temperature, top-p, seeded generators), stop strings and streaming are ``scheduler.Runner``'s: the logits llama.cpp
 computes go through the same code as the torch backend's, so ``response_format`` is the same xgrammar machinery.
 
-LoRA adapters: llama.cpp applies adapters per context, not per sequence, so each adapter is merged into its base
-once (PEFT's ``merge_and_unload``), converted to GGUF and cached by content; it runs as a second model beside the
-base, and each model decodes its own rows in the same step.
+LoRA adapters: llama.cpp applies adapters per context, not per sequence. Each adapter is written once in
+llama.cpp's LoRA adapter format (``lora_gguf``: ``tunewise.train.gguf.convert_lora_to_gguf``, milliseconds, cached
+by content), loaded over the base model already in memory (``llama_adapter_lora_init``) and set on a context of
+its own (``llama_set_adapters_lora``): the base weights are not copied, each adapter costs its LoRA matrices and
+its KV cache, and each context decodes its own rows in the same step. An adapter llama.cpp cannot apply (DoRA,
+trained embeddings, ...) is merged into its base instead (PEFT's ``merge_and_unload``), converted to a whole GGUF
+(``adapter_gguf``) and runs as a second model. The adapter path is the default because it loads faster and holds
+no second copy of the weights (bench figures in docs/engine.md).
 """
 
 from __future__ import annotations
@@ -150,6 +155,23 @@ def adapter_gguf(base_dir: str | os.PathLike, adapter_dir: str | os.PathLike, qu
     return target
 
 
+def lora_gguf(base_dir: str | os.PathLike, adapter_dir: str | os.PathLike, quant: str = DEFAULT_GGUF_QUANT) -> Path:
+    """A LoRA adapter in llama.cpp's adapter GGUF format (f32 over an f32 base, else f16), cached by content; raises
+    ``UsageError`` for an adapter llama.cpp cannot apply."""
+    from tunewise.train.gguf import convert_lora_to_gguf
+
+    adapter_dir = Path(adapter_dir)
+    level = "f32" if quant == "f32" else "f16"
+    files = [adapter_dir / "adapter_config.json", *sorted(adapter_dir.glob("adapter_model.*"))]
+    key = _digest(files, level + _digest(_weights(Path(base_dir))))
+    target = models.cache_dir() / "gguf" / f"lora-{key}-{level}.gguf"
+    if not target.is_file():
+        with models._cache_lock(f"gguf-{key}"):
+            if not target.is_file():
+                convert_lora_to_gguf(adapter_dir, target, level, base_dir=base_dir)
+    return target
+
+
 @dataclass
 class _Prefix:
     tokens: tuple[int, ...]
@@ -177,15 +199,27 @@ class _Model:
     governor: ThreadGovernor | None = None
     """Asked before each decode how many threads to use (``infer/threads.py``); None: always ``n_threads``."""
     threads_now: int = 0
+    base: _Model | None = None
+    """Set for a LoRA adapter (``path``, an adapter GGUF) applied over this loaded model, whose weights it shares."""
+    lora: object = None
 
     def load(self) -> None:
+        import ctypes
+
         import llama_cpp
 
         from tunewise.train.gguf import _quiet_llama_cpp
 
         _quiet_llama_cpp()
         llama_cpp.llama_backend_init()
-        self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), model_params())
+        if self.base is not None:
+            self.model = self.base.model
+            self.lora = llama_cpp.llama_adapter_lora_init(self.model, str(self.path).encode())
+            if not self.lora:
+                raise DataError(f"llama.cpp could not load the LoRA adapter {self.path} over {self.base.path}.",
+                                hint="Delete the file to have it converted again.")
+        else:
+            self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), model_params())
         if not self.model:
             raise DataError(f"llama.cpp could not load {self.path}.", hint="Delete the file to have it converted "
                             "again, or use TUNEWISE_ENGINE_BACKEND=torch.")
@@ -203,8 +237,13 @@ class _Model:
         cparams.no_perf = True
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
-            llama_cpp.llama_model_free(self.model)
+            self.free()
             raise DataError(f"llama.cpp could not create a context for {self.path} ({self.n_ctx} KV cells).")
+        if self.lora:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.lora)
+            if llama_cpp.llama_set_adapters_lora(self.ctx, adapters, 1, (ctypes.c_float * 1)(1.0)) != 0:
+                self.free()
+                raise DataError(f"llama.cpp could not set the LoRA adapter {self.path} on its context.")
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
@@ -222,9 +261,12 @@ class _Model:
         if self.ctx:
             llama_cpp.llama_free(self.ctx)
             self.ctx = None
-        if self.model:
+        if self.lora:
+            llama_cpp.llama_adapter_lora_free(self.lora)
+            self.lora = None
+        if self.model and self.base is None:
             llama_cpp.llama_model_free(self.model)
-            self.model = None
+        self.model = None
 
     def decode(self, tokens: list[tuple[int, int, int, bool]]):
         """Run ``(token, position, seq_id, wants_logits)`` entries through the model (split into calls of at most
@@ -342,8 +384,8 @@ class LlamaCppRunner(Runner):
         self._reserved: dict[int, int] = {}  # id(job) -> KV cells reserved for it while it runs
         self._start()
 
-    def _open(self, path: Path) -> _Model:
-        m = _Model(path, self.num_threads, self.max_batch_size, self.n_ctx, governor=self.governor)
+    def _open(self, path: Path, base: _Model | None = None) -> _Model:
+        m = _Model(path, self.num_threads, self.max_batch_size, self.n_ctx, governor=self.governor, base=base)
         m.load()
         if m.n_vocab != self.vocab_size:
             m.free()
@@ -351,11 +393,18 @@ class LlamaCppRunner(Runner):
                             hint="Delete the cached GGUF to have it converted again.")
         return m
 
-    # ---- adapters (merged GGUF models beside the base) ---------------------------------------------------
+    # ---- adapters (LoRA GGUFs over the base; merged GGUF models where llama.cpp cannot apply one) ----------
 
     def add_adapter(self, name: str, path: str) -> None:
-        gguf = adapter_gguf(self.model_dir, path, self.quant, threads=self.num_threads)
-        m = self._open(gguf)
+        from tunewise.errors import UsageError
+
+        try:
+            lora = lora_gguf(self.model_dir, path, self.quant)
+            # llama.cpp registers the adapter in the base model's own state: not while a step decodes on it.
+            with self._model_lock:
+                m = self._open(lora, base=self._models[None])
+        except UsageError:
+            m = self._open(adapter_gguf(self.model_dir, path, self.quant, threads=self.num_threads))
         with self._model_lock:
             self._models[name] = m
             self.adapters[name] = path
@@ -366,12 +415,15 @@ class LlamaCppRunner(Runner):
                 return
             del self.adapters[name]
             m = self._models.pop(name, None)
-        if m is not None:
+            if m is not None and m.base is not None:
+                m.free()  # unregisters the adapter from the base model: under the lock, as its loading
+        if m is not None and m.base is None:
             m.free()
 
     def _unload(self) -> None:
         with self._model_lock:
-            for m in self._models.values():
+            # Adapters over the base first: llama.cpp frees a model's adapters with it.
+            for m in sorted(self._models.values(), key=lambda m: m.base is None):
                 m.free()
             self._models.clear()
 

@@ -12,6 +12,19 @@ are permuted back to the interleaved rotary layout that llama.cpp expects (the s
 from) came from a GGUF file, that file's ``tokenizer.*`` metadata is copied, so llama.cpp tokenizes exactly as
 before; the chat template and special token ids are the HF tokenizer's. ``q8_0`` and ``q4_k_m`` are made by
 llama.cpp's own quantizer (``llama_model_quantize``) from a float32 GGUF.
+
+A LoRA adapter can also be written on its own, in llama.cpp's adapter format (what its ``convert_lora_to_gguf.py``
+writes, and what ``llama-cli --lora``, ``Llama(lora_path=...)`` and Ollama's ``ADAPTER`` load over the base GGUF):
+
+```python
+convert_lora_to_gguf("runs/x/final", "adapter-f16.gguf", quant="f16")   # f32 | f16
+```
+
+``general.type = "adapter"``, ``adapter.type = "lora"``, ``adapter.lora.alpha``, and per adapted weight the tensors
+``<base tensor name>.lora_a`` (PEFT's ``lora_A``, ``r x in``) and ``.lora_b`` (``lora_B``, ``out x r``). llama.cpp
+scales the update by ``alpha / r`` with ``r`` read from each ``lora_b``, which is PEFT's scaling; rsLoRA's
+``alpha / sqrt(r)`` is written as ``alpha * sqrt(r)``. The rotary permutation of the query and key projections acts
+on their output rows, so it is applied to ``lora_b`` alone, as to the base weights.
 """
 
 from __future__ import annotations
@@ -27,6 +40,9 @@ from tunewise.errors import ModelNotFound, UsageError
 
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 """Quantization levels ``convert_to_gguf`` writes."""
+
+LORA_QUANTS = ("f32", "f16")
+"""Levels ``convert_lora_to_gguf`` writes (an adapter is small; the base model's GGUF carries the quantization)."""
 
 # llama.cpp's ftype numbers (enum llama_ftype in llama.h) for the levels its quantizer makes.
 _LLAMA_FTYPE = {"q8_0": 7, "q4_k_m": 15}
@@ -285,6 +301,156 @@ def convert_to_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, quant:
     return out
 
 
+# ---- LoRA adapters (llama.cpp's adapter GGUF) -----------------------------------------------------------------
+
+_LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
+
+
+def _lora_refusal(config: dict[str, Any]) -> str | None:
+    """Why a PEFT adapter config cannot be written as a llama.cpp LoRA adapter (None when it can)."""
+    if str(config.get("peft_type", "LORA")).upper() != "LORA":
+        return f"it is a {config.get('peft_type')} adapter, not LoRA"
+    if config.get("use_dora"):
+        return "it is a DoRA adapter (llama.cpp's adapters have no magnitude vector)"
+    if config.get("modules_to_save"):
+        return (f"it trains whole modules besides the LoRA matrices ({', '.join(config['modules_to_save'])}), "
+                "which an adapter GGUF cannot carry")
+    if config.get("bias", "none") != "none" or config.get("lora_bias"):
+        return "it trains biases, which an adapter GGUF cannot carry"
+    if config.get("alpha_pattern"):
+        return "it has per-module alphas (alpha_pattern), and an adapter GGUF has one alpha"
+    if config.get("use_rslora") and config.get("rank_pattern"):
+        return "it is rsLoRA with per-module ranks (rank_pattern), which one alpha cannot scale"
+    if config.get("fan_in_fan_out"):
+        return "its weights are stored transposed (fan_in_fan_out), for models llama.cpp's Llama is not"
+    if config.get("alora_invocation_tokens") or config.get("trainable_token_indices") or \
+            config.get("target_parameters"):
+        return "it uses PEFT features (aLoRA, trainable tokens or target_parameters) the converter does not write"
+    return None
+
+
+def _lora_alpha(config: dict[str, Any]) -> float:
+    """The ``adapter.lora.alpha`` that makes llama.cpp's ``alpha / r`` equal PEFT's scaling."""
+    alpha, r = float(config.get("lora_alpha", 8)), int(config.get("r", 8))
+    return alpha * r ** 0.5 if config.get("use_rslora") else alpha
+
+
+def adapter_base_dir(adapter_dir: str | os.PathLike) -> Path:
+    """The base model directory of a LoRA adapter written by tunewise (``base_model`` in its metadata)."""
+    from tunewise import models
+
+    adapter_dir = Path(adapter_dir)
+    meta = _read_json(adapter_dir / "tunewise_model.json")
+    base = meta.get("base_model") or _read_json(adapter_dir / "adapter_config.json").get("base_model_name_or_path")
+    if not base:
+        raise UsageError(f"{adapter_dir} does not say which base model it adapts (base_model in "
+                         "tunewise_model.json).", hint="Pass OUTPUT/final of a LoRA run.", param="run")
+    return models.local_dir(base)
+
+
+def convert_lora_to_gguf(adapter_dir: str | os.PathLike, out: str | os.PathLike, quant: str = "f16", *,
+                         base_dir: str | os.PathLike | None = None, name: str | None = None) -> Path:
+    """Write a PEFT LoRA adapter as llama.cpp's LoRA adapter GGUF at ``out`` (for the GGUF of ``base_dir``, by
+    default the adapter's own base model); returns ``out``."""
+    import gguf
+    import numpy as np
+    import torch
+    from safetensors import safe_open
+
+    adapter_dir, out = Path(adapter_dir), Path(out)
+    if quant not in LORA_QUANTS:
+        raise UsageError(f"A LoRA adapter GGUF is written as {' or '.join(LORA_QUANTS)}, not {quant!r}.",
+                         hint="Quantize the base model instead (tunewise export BASE OUT --format gguf --quant "
+                         "q8_0) and use the f16 adapter over it.", param="quant")
+    config = _read_json(adapter_dir / "adapter_config.json")
+    if not config:
+        raise UsageError(f"{adapter_dir} is not a LoRA adapter (no adapter_config.json).",
+                         hint="A full fine-tune has no adapter: use --format gguf.", param="run")
+    reason = _lora_refusal(config)
+    if reason:
+        raise UsageError(f"{adapter_dir} cannot be written as a llama.cpp LoRA adapter: {reason}.",
+                         hint="Use --format gguf, which merges the adapter into its base model first.", param="run")
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise UsageError(f"{adapter_dir} has no adapter_model.safetensors.",
+                         hint="Save the adapter with save_pretrained(safe_serialization=True).", param="run")
+    base_dir = Path(base_dir) if base_dir is not None else adapter_base_dir(adapter_dir)
+    base = _read_json(base_dir / "config.json")
+    archs = base.get("architectures") or []
+    if not archs or archs[0] not in _ARCHS:
+        raise UsageError(f"{adapter_dir} adapts a {archs[0] if archs else 'model of no known architecture'}, "
+                         f"which the GGUF converter does not know ({', '.join(_ARCHS)}).",
+                         hint="Export it with --format hf.", param="run")
+    arch = getattr(gguf.MODEL_ARCH, _ARCHS[archs[0]])
+    n_head = int(base["num_attention_heads"])
+    n_head_kv = int(base.get("num_key_value_heads") or n_head)
+    tied = bool(base.get("tie_word_embeddings", False))
+    names = gguf.get_tensor_name_map(arch, int(base["num_hidden_layers"]))
+
+    pairs: dict[str, dict[str, Any]] = {}
+    with safe_open(weights, framework="pt") as f:
+        for key in f.keys():
+            suffix = next((x for x in _LORA_SUFFIXES if key.endswith(x)), None)
+            if suffix is None and key.endswith(".base_layer.weight"):
+                continue  # PEFT's copy of an adapted embedding's frozen weight (the base GGUF has it); as llama.cpp
+            if suffix is None:
+                raise UsageError(f"{weights}: the tensor {key} is not a LoRA matrix of a linear layer "
+                                 "(embedding adapters and extra trained tensors have no llama.cpp adapter form).",
+                                 hint="Use --format gguf, which merges the adapter into its base model first.",
+                                 param="run")
+            module = key[:-len(suffix)].removeprefix("base_model.model.")
+            pairs.setdefault(module, {})["a" if suffix == ".lora_A.weight" else "b"] = f.get_tensor(key)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}-", suffix=".gguf", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, _lora_alpha(config))
+        writer.add_name(name or adapter_dir.name)
+        writer.add_file_type(gguf.LlamaFileType.ALL_F32 if quant == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+        for module in sorted(pairs):
+            ab = pairs[module]
+            if set(ab) != {"a", "b"}:
+                raise UsageError(f"{weights}: {module} has only one of its two LoRA matrices.", param="run")
+            target = names.get_name(module + ".weight", try_suffixes=(".weight",))
+            if target is None or (tied and module == "lm_head"):
+                why = "the output projection is the token embedding (tied), which llama.cpp adapts as one" \
+                    if target else f"it has no GGUF tensor name for {gguf.MODEL_ARCH_NAMES[arch]}"
+                raise UsageError(f"{adapter_dir} adapts {module}, and {why}.",
+                                 hint="Train without it in lora_target_modules, or use --format gguf (merged).",
+                                 param="run")
+            a, b = ab["a"].to(torch.float32), ab["b"].to(torch.float32)
+            if module.endswith("q_proj"):
+                b = _permute(b, n_head, n_head)
+            elif module.endswith("k_proj"):
+                b = _permute(b, n_head, n_head_kv)
+            for suffix, tensor in ((".lora_a", a), (".lora_b", b)):
+                data = tensor.numpy()
+                if quant == "f16":
+                    data = data.astype(np.float16)
+                writer.add_tensor(target + suffix, np.ascontiguousarray(data))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        tmp.chmod(0o644)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def base_gguf(base_dir: str | os.PathLike) -> Path | None:
+    """The GGUF file a base model directory was converted from (its exact weights), if it came from one."""
+    meta = _read_json(Path(base_dir) / "tunewise_model.json")
+    path = meta.get("gguf")
+    return Path(path) if path and Path(path).is_file() else None
+
+
 # ---- Ollama ---------------------------------------------------------------------------------------------------
 
 _CHATML = (
@@ -308,14 +474,20 @@ def _default_system(tokenizer) -> str | None:
     return None
 
 
-def modelfile_text(gguf_name: str, tokenizer) -> str:
-    """An Ollama ``Modelfile`` for a GGUF whose chat template is ChatML (``<|im_start|>`` / ``<|im_end|>``)."""
+def modelfile_text(gguf_name: str, tokenizer, *, adapter: str | None = None) -> str:
+    """An Ollama ``Modelfile`` for a GGUF whose chat template is ChatML (``<|im_start|>`` / ``<|im_end|>``).
+
+    ``gguf_name`` is a file beside the Modelfile (``FROM ./NAME``) or an absolute path (``FROM PATH``);
+    ``adapter``, a LoRA adapter GGUF beside the Modelfile that Ollama applies over it (``ADAPTER ./NAME``)."""
     template = tokenizer.chat_template or ""
     if "<|im_start|>" not in template or "<|im_end|>" not in template:
         raise UsageError("The model's chat template is not ChatML (<|im_start|> ... <|im_end|>), the one "
                          "template the Modelfile writer knows.", hint="Write the Modelfile's TEMPLATE by hand "
                          "(https://github.com/ollama/ollama/blob/main/docs/modelfile.md).")
-    lines = [f"FROM ./{gguf_name}", "", f'TEMPLATE """{_CHATML}"""', ""]
+    lines = [f"FROM {gguf_name if Path(gguf_name).is_absolute() else './' + gguf_name}"]
+    if adapter:
+        lines.append(f"ADAPTER ./{adapter}")
+    lines += ["", f'TEMPLATE """{_CHATML}"""', ""]
     system = _default_system(tokenizer)
     if system:
         lines += [f'SYSTEM """{system}"""', ""]
@@ -329,9 +501,13 @@ def modelfile_text(gguf_name: str, tokenizer) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_modelfile(gguf_path: str | os.PathLike, out: str | os.PathLike, tokenizer) -> Path:
-    out = Path(out)
-    out.write_text(modelfile_text(Path(gguf_path).name, tokenizer))
+def write_modelfile(gguf_path: str | os.PathLike, out: str | os.PathLike, tokenizer, *,
+                    adapter: str | os.PathLike | None = None) -> Path:
+    """``FROM`` names ``gguf_path`` by its file name when it lies beside ``out``, else by its absolute path."""
+    out, gguf_path = Path(out), Path(gguf_path)
+    beside = gguf_path.resolve().parent == out.resolve().parent
+    out.write_text(modelfile_text(gguf_path.name if beside else str(gguf_path.resolve()), tokenizer,
+                                  adapter=Path(adapter).name if adapter else None))
     return out
 
 
@@ -373,3 +549,44 @@ def export_gguf(run: str | os.PathLike, out_dir: str | os.PathLike, quant: str =
         tokenizer = models.load_run_tokenizer(run)
     modelfile = write_modelfile(gguf_path, out_dir / "Modelfile", tokenizer)
     return {"gguf": gguf_path, "modelfile": modelfile}
+
+
+def export_gguf_lora(run: str | os.PathLike, out_dir: str | os.PathLike, quant: str = "f16", *,
+                     threads: int = 1) -> dict[str, Path]:
+    """Write a LoRA run's adapter as ``OUT/adapter-QUANT.gguf`` (llama.cpp's adapter format) plus an Ollama
+    ``OUT/Modelfile`` whose ``FROM`` is the base model's GGUF; returns their paths (``adapter``, ``base``,
+    ``modelfile``).
+
+    The base is the GGUF file the base model came from where it came from one (the default model: the exact
+    weights the adapter was trained over); otherwise it is converted and written beside the adapter as
+    ``OUT/base-QUANT.gguf``."""
+    from tunewise import models
+
+    if quant not in LORA_QUANTS:
+        raise UsageError(f"A LoRA adapter GGUF is written as {' or '.join(LORA_QUANTS)}, not {quant!r}.",
+                         hint="Use --quant f16 (or f32); for a quantized model use --format gguf --quant "
+                         f"{quant} (merged).", param="quant")
+    run = _resolve_run(Path(run))
+    if not (run / "adapter_config.json").is_file():
+        if (run / "config.json").is_file():
+            raise UsageError(f"{run} is a full fine-tune, not a LoRA adapter: there is no adapter to export.",
+                             hint="Use --format gguf to write the whole model as one GGUF.", param="run")
+        raise UsageError(f"{run} is neither a LoRA adapter nor a model directory written by tunewise.",
+                         hint="Pass OUTPUT/final of a run (or the run's OUTPUT directory).", param="run")
+    out_dir = Path(out_dir).expanduser().resolve()
+    base_dir = adapter_base_dir(run)
+    if (run / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(run)  # the run's own chat template, as the merged export's
+    else:
+        tokenizer = models.load_tokenizer(base_dir)
+    modelfile_text("base.gguf", tokenizer)  # refuses a non-ChatML template before any file is written
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = run.parent.name or run.name
+    adapter = convert_lora_to_gguf(run, out_dir / f"adapter-{quant}.gguf", quant, base_dir=base_dir, name=name)
+    base = base_gguf(base_dir)
+    if base is None:
+        base = convert_to_gguf(base_dir, out_dir / f"base-{quant}.gguf", quant, name=base_dir.name, threads=threads)
+    modelfile = write_modelfile(base, out_dir / "Modelfile", tokenizer, adapter=adapter)
+    return {"adapter": adapter, "base": base, "modelfile": modelfile}
