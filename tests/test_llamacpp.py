@@ -223,9 +223,7 @@ def _same(a: list[list[int]], b: list[list[int]]) -> float:
 def test_export_gguf_loads_in_llamacpp_with_the_merged_models_answers(capsys, adapter, tmp_path):
     """f32 is exactly the merged weights: identical greedy answers. f16 and q8_0 round them; on the tiny model's
     random weights the top two logits are often nearly tied, so a rounding flips an answer now and then (the
-    default model's figures are in the slow test below and in docs/export.md). q8_0 matched 8 or 9 of the 10 from
-    one run to the next (the float32 reference's own last bits move with torch's thread count), so the tiny model's
-    bar is 7 of 10; the default model's slow test holds q8_0 to 95%."""
+    default model's figures are in the slow test below and in docs/export.md)."""
     from tunewise.train import export_merged
 
     tokenizer = models.load_tokenizer(TINY)
@@ -240,7 +238,7 @@ def test_export_gguf_loads_in_llamacpp_with_the_merged_models_answers(capsys, ad
     assert _same(_greedy_llama(gguf, prompts, tokenizer, 24), reference) >= 0.9
 
     sizes = {}
-    for quant, at_least in (("f32", 1.0), ("q8_0", 0.7)):
+    for quant, at_least in (("f32", 1.0), ("q8_0", 0.9)):
         code, out, err = run_cli(capsys, "export", str(adapter), str(tmp_path / quant), "--format", "gguf",
                                  "--quant", quant)
         assert code == 0, err
