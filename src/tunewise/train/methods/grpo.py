@@ -94,6 +94,21 @@ def load_grader(grader: Any):
     return parsed
 
 
+def grader_from_file(path: str | Path) -> dict[str, Any]:
+    """The one grader of a JSON or YAML file (``tunewise.eval.graders.load_graders``), as its OpenAI object."""
+    from tunewise.errors import UsageError
+    from tunewise.eval.graders import load_graders
+
+    graders = load_graders(path)
+    if len(graders) != 1:
+        raise UsageError(f"{path} holds {len(graders)} graders; reinforcement fine-tuning takes one.",
+                         hint="Combine them in one multi grader (its calculate_output weighs them).",
+                         param="grader")
+    grader = graders[0].to_dict()
+    load_grader(grader)
+    return grader
+
+
 def score_names(grader) -> list[str]:
     """The graders whose scores are reported beside the reward: a multi grader's sub-graders (by key)."""
     return list(grader.children) if grader.type == "multi" else []
