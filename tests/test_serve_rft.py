@@ -18,7 +18,7 @@ GRADER = {"type": "string_check", "name": "exact", "operation": "eq", "input": "
 
 @pytest.fixture(scope="module")
 def server():
-    with running_server() as srv:
+    with running_server(env={"TUNEWISE_RFT_MAX_COMPLETION_TOKENS": "8"}) as srv:
         yield srv
 
 
@@ -66,6 +66,7 @@ def test_a_reinforcement_job_trains_with_its_reward_in_events_and_checkpoints(cl
     assert [e.data["step"] for e in metrics] == [1]
     assert {"train_reward_mean", "train_reward_std", "train_kl", "train_completion_length"} <= set(metrics[-1].data)
     assert any("GRPO (2 completions per prompt" in e.message for e in events)
+    assert 1 <= metrics[-1].data["train_completion_length"] <= 8  # the server's rft_max_completion_tokens
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [1]
     (result,) = done.result_files

@@ -7,9 +7,13 @@ that rewards exactly right, schema-valid answers; held-out exact match before an
 The supervised start is deliberately weak (a LoRA adapter on ``SFT_EXAMPLES`` receipts for a few steps): it knows
 the answer's format but gets many receipts wrong, which leaves GRPO something to raise. The RFT data is the next
 receipts of ``train.jsonl`` as prompts (system and user turn) with the right answer in ``reference_answer``; the
-grader is a ``multi`` of an exact string match against it and a ``python`` check of the answer's shape:
+grader is a ``multi`` of two ``python`` graders, the answer's JSON equal to the reference's (``exact``: what
+held-out exact match counts) and the answer's shape (``valid``: ``{"items": [{"name": str, "price": number}]}``):
 
     reward = 0.75 * exact + 0.25 * valid
+
+``--exact string`` makes ``exact`` a ``string_check`` of the answer's text against the reference's instead
+(stricter: the same JSON spaced differently fails it).
 
 Held-out exact match is scored on ``test.jsonl`` as ``tunewise eval`` scores it (the answer's JSON equal to the
 reference's), greedy, by the serving engine.
@@ -43,14 +47,26 @@ def grade(sample, item):
     return 1.0 if ok else 0.0
 '''
 
-GRADER = {
-    "type": "multi", "name": "receipt", "calculate_output": "0.75 * exact + 0.25 * valid",
-    "graders": {
-        "exact": {"type": "string_check", "name": "exact", "operation": "eq", "input": "{{ sample.output_text }}",
-                  "reference": "{{ item.reference_answer }}"},
-        "valid": {"type": "python", "name": "valid", "source": VALID_SOURCE},
-    },
+EXACT_SOURCE = '''
+import json
+
+def grade(sample, item):
+    try:
+        return 1.0 if json.loads(sample["output_text"]) == json.loads(item["reference_answer"]) else 0.0
+    except ValueError:
+        return 0.0
+'''
+
+EXACT = {
+    "json": {"type": "python", "name": "exact", "source": EXACT_SOURCE},
+    "string": {"type": "string_check", "name": "exact", "operation": "eq", "input": "{{ sample.output_text }}",
+               "reference": "{{ item.reference_answer }}"},
 }
+
+
+def grader(exact: str = "json") -> dict:
+    return {"type": "multi", "name": "receipt", "calculate_output": "0.75 * exact + 0.25 * valid",
+            "graders": {"exact": EXACT[exact], "valid": {"type": "python", "name": "valid", "source": VALID_SOURCE}}}
 
 
 def rft_rows(lines: list[str]) -> list[dict]:
@@ -86,7 +102,7 @@ def exact_match(model_dirs: list[Path], examples: list[dict]) -> list[list[int]]
 
 def proof(out: Path, n_rft: int = 48, n_valid: int = 8, n_test: int = 50, sft_steps: int = 8, batch_size: int = 4,
           compute_multiplier: float = 1.0, learning_rate_multiplier: float = 1.0, max_completion_tokens: int = 96,
-          seed: int = 0) -> dict:
+          seed: int = 0, exact: str = "json") -> dict:
     from tunewise import models
     from tunewise.train import TrainConfig, train
 
@@ -98,9 +114,10 @@ def proof(out: Path, n_rft: int = 48, n_valid: int = 8, n_test: int = 50, sft_st
     valid = rft_rows(lines[-n_valid:])  # the last receipts of train.jsonl: neither in SFT nor in RFT
     (out / "rft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rft))
     (out / "valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in valid))
-    (out / "grader.json").write_text(json.dumps(GRADER, indent=2))
+    rubric = grader(exact)
+    (out / "grader.json").write_text(json.dumps(rubric, indent=2))
     figures: dict = {"model": models.DEFAULT_MODEL, "n_sft": SFT_EXAMPLES, "n_rft": n_rft, "n_valid": n_valid,
-                     "n_test": len(test)}
+                     "n_test": len(test), "exact": exact}
     t0 = time.monotonic()
     sft = train(TrainConfig(training_file=out / "sft.jsonl", model=models.DEFAULT_MODEL, n_epochs=sft_steps * 4 //
                             SFT_EXAMPLES or 1, batch_size=4, seed=seed, output_dir=out / "sft", num_threads=1))
@@ -108,7 +125,7 @@ def proof(out: Path, n_rft: int = 48, n_valid: int = 8, n_test: int = 50, sft_st
     t0 = time.monotonic()
     result = train(TrainConfig(training_file=out / "rft.jsonl", validation_file=out / "valid.jsonl",
                                model=models.DEFAULT_MODEL, init_adapter=sft.model_dir, objective="grpo",
-                               grader=GRADER, n_epochs=1, batch_size=batch_size,
+                               grader=rubric, n_epochs=1, batch_size=batch_size,
                                compute_multiplier=compute_multiplier, eval_interval=max(1, n_rft // batch_size // 2),
                                learning_rate_multiplier=learning_rate_multiplier,
                                max_completion_tokens=max_completion_tokens, seed=seed, output_dir=out / "rft",
@@ -143,12 +160,13 @@ def main() -> None:
     parser.add_argument("--compute-multiplier", type=float, default=1.0)
     parser.add_argument("--learning-rate-multiplier", type=float, default=1.0)
     parser.add_argument("--max-completion-tokens", type=int, default=96)
+    parser.add_argument("--exact", choices=sorted(EXACT), default="json")
     args = parser.parse_args()
     t0 = time.monotonic()
     figures = proof(args.out, n_rft=args.n_rft, n_test=args.n_test, sft_steps=args.sft_steps,
                     batch_size=args.batch_size, compute_multiplier=args.compute_multiplier,
                     learning_rate_multiplier=args.learning_rate_multiplier,
-                    max_completion_tokens=args.max_completion_tokens)
+                    max_completion_tokens=args.max_completion_tokens, exact=args.exact)
     figures["wall_s"] = round(time.monotonic() - t0, 1)
     print(json.dumps(figures, indent=2))
 

@@ -339,7 +339,8 @@ class Worker:
             asked = section.get("hyperparameters") or {}
             rft = {"grader": section.get("grader"), **{k: asked.get(k, "auto") for k in
                                                         ("compute_multiplier", "eval_interval", "eval_samples")},
-                   "reasoning_effort": asked.get("reasoning_effort") or "default"}
+                   "reasoning_effort": asked.get("reasoning_effort") or "default",
+                   "max_completion_tokens": self.settings.rft_max_completion_tokens}
         return TrainConfig(
             objective={"dpo": "dpo", "reinforcement": "grpo"}.get(kind, "sft"), beta=beta, **rft,
             training_file=self._file_path(job["training_file"], started=True),
