@@ -9,7 +9,14 @@ from pathlib import Path
 import openai
 import pytest
 
-from tunewise.serve.testing import SYSTEM, all_events, running_server, validate_schema, wait_for, write_receipts
+from tunewise.serve.testing import (
+    SYSTEM,
+    all_events,
+    running_server,
+    validate_schema,
+    wait_for,
+    write_receipts,
+)
 
 SPEC = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "openai-openapi.yaml"
 GRADER = {"type": "string_check", "name": "exact", "operation": "eq", "input": "{{ sample.output_text }}",

@@ -18,7 +18,14 @@ import threading
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
-from tunewise.catalog import DATA_FORMATS, PREFERENCE, PROMPT_COMPLETION, REINFORCEMENT, ModelInfo, load_catalog
+from tunewise.catalog import (
+    DATA_FORMATS,
+    PREFERENCE,
+    PROMPT_COMPLETION,
+    REINFORCEMENT,
+    ModelInfo,
+    load_catalog,
+)
 from tunewise.data.reading import (
     MAX_INT_DIGITS,
     MAX_JSON_DEPTH,
