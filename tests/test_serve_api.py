@@ -276,7 +276,7 @@ def test_error_classes(server, client, guide_job):
     with pytest.raises(openai.BadRequestError) as err:
         client.fine_tuning.jobs.create(training_file=guide_job.training_file, model="gpt-4o-mini",
                                        method={"type": "reinforcement", "reinforcement": {}})
-    assert "not supported yet" in err.value.message and err.value.param == "method.type"
+    assert "grader is required" in err.value.message and err.value.param == "method.reinforcement.grader"
     with pytest.raises(openai.BadRequestError) as err:
         client.fine_tuning.jobs.create(training_file=guide_job.training_file, model="gpt-4o-mini",
                                        hyperparameters={"n_epochs": 26})

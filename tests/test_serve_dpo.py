@@ -91,7 +91,7 @@ def test_chat_data_for_a_dpo_job_fails_it_saying_why(client, files):
 
 
 @pytest.mark.parametrize("method, param, words", [
-    ({"type": "reinforcement"}, "method.type", "not supported yet"),
+    ({"type": "rlhf"}, "method.type", "Unknown fine-tuning method type"),
     ({"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}, "hyperparameters.beta", "(0, 2]"),
     ({"type": "dpo", "dpo": {"hyperparameters": {"beta": 2.5}}}, "hyperparameters.beta", "(0, 2]"),
     ({"type": "dpo", "dpo": {"hyperparameters": {"gamma": 1}}}, "hyperparameters.gamma", "beta"),

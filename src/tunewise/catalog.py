@@ -23,7 +23,9 @@ TRAINING_FORMATS = (CHAT, PROMPT_COMPLETION)
 # OpenAI's preference format for DPO (``{"input": {"messages": [...]}, "preferred_output": [...],
 # "non_preferred_output": [...]}``): a method's format, not a model's, so no catalog entry names it.
 PREFERENCE = "preference"
-DATA_FORMATS = (*TRAINING_FORMATS, PREFERENCE)
+# Reinforcement fine-tuning's: chat messages that end with the turn to answer, and whatever fields the grader reads.
+REINFORCEMENT = "reinforcement"
+DATA_FORMATS = (*TRAINING_FORMATS, PREFERENCE, REINFORCEMENT)
 
 PRICE_FIELDS = ("training", "input", "cached_input", "output", "ft_input", "ft_cached_input", "ft_output")
 

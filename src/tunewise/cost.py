@@ -94,6 +94,12 @@ class TrainingEstimate:
         return asdict(self)
 
 
+RFT_BILLING = ("OpenAI bills reinforcement fine-tuning by training time, not by tokens: per hour of core training "
+               "(o4-mini: $100 per hour on OpenAI's pricing page), plus the tokens of any model graders at their "
+               "usual rates. The hours depend on OpenAI's compute, so no price is estimated from the file.")
+"""What ``tunewise estimate --method reinforcement`` says instead of a token price."""
+
+
 def _report_for(data: Any, model: str, prices: Any, method: str = "supervised"):
     """A ``tunewise.data.Report`` for a path (validated now) or a report already made."""
     if isinstance(data, str | os.PathLike):
@@ -115,6 +121,11 @@ def estimate_training(data: Any, model: str, epochs: int | str = "auto",
     Raises ``DataError`` when the data has errors (run ``tunewise validate`` for the list).
     """
     info = get_model(model, prices)
+    if method == "reinforcement":
+        from tunewise.errors import Unsupported
+
+        raise Unsupported(RFT_BILLING, hint="Price a reinforcement job by its expected training hours.",
+                          param="method", code="billed_by_time")
     if method not in ("supervised", "dpo"):
         raise UsageError(f"method must be 'supervised' or 'dpo', not {method!r}.", param="method")
     report = _report_for(data, info.name, prices, method)

@@ -61,13 +61,18 @@ def _rows(rows: list[tuple[str, str]]) -> None:
 @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Model to price (name or alias).")
 @click.option("--epochs", "--n-epochs", "epochs", default="auto", show_default=True,
               help="Epochs (1-25), or 'auto' for OpenAI's default rule.")
-@click.option("--method", type=click.Choice(["supervised", "dpo"]), default="supervised", show_default=True,
-              help="dpo: FILE is preference data, billed by its tokens (input and both outputs) like supervised.")
+@click.option("--method", type=click.Choice(["supervised", "dpo", "reinforcement"]), default="supervised",
+              show_default=True,
+              help="dpo: FILE is preference data, billed by its tokens (input and both outputs) like supervised; "
+                   "reinforcement: billed by training time, which the file does not tell (says so).")
 @prices_option
 @json_option
 def estimate(file: str, model: str, epochs: str, method: str, prices: str | None, as_json: bool) -> None:
     """Billed training tokens and the cost of fine-tuning MODEL on FILE (chat JSONL, or preference JSONL with
-    --method dpo)."""
+    --method dpo); for --method reinforcement, how OpenAI bills it instead."""
+    if method == "reinforcement":
+        _reinforcement(file, model, prices, as_json)
+        return
     result = cost.estimate_training(file, model, epochs=_epochs(epochs), prices=prices, method=method)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
@@ -86,6 +91,26 @@ def estimate(file: str, model: str, epochs: str, method: str, prices: str | None
     ])
     for warning in result.warnings:
         click.echo(f"warning: {warning}")
+
+
+def _reinforcement(file: str, model: str, prices: str | None, as_json: bool) -> None:
+    """The file checked as reinforcement prompts, and the plain statement of how OpenAI bills RFT."""
+    from tunewise.data import validate
+
+    report = validate(file, model=model, prices=prices, data_format="reinforcement")
+    stats = report.stats
+    if as_json:
+        click.echo(json.dumps({"model": stats.model, "method": "reinforcement", "n_examples": stats.n_examples,
+                               "prompt_tokens_per_epoch": stats.billed_tokens_per_epoch, "cost_usd": None,
+                               "billing": cost.RFT_BILLING, "errors": len(report.errors)}, indent=2))
+        return
+    _rows([("model", stats.model), ("examples", f"{stats.n_examples:,}"),
+           ("prompt tokens per epoch", f"{stats.billed_tokens_per_epoch:,}"),
+           ("training cost", "not estimated: billed by training time")])
+    click.echo(cost.RFT_BILLING)
+    if report.errors:
+        click.echo(f"warning: the file has {len(report.errors)} error(s); run `tunewise validate {file} --method "
+                   "reinforcement` to see them.")
 
 
 @click.command()

@@ -36,21 +36,27 @@ def stats_table(stats) -> str:
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--model", "-m", default=None, help="Model whose rules and tokenizer apply (default gpt-4o-mini).")
-@click.option("--method", "method", type=click.Choice(["supervised", "dpo"]), default="supervised",
+@click.option("--method", "method", type=click.Choice(["supervised", "dpo", "reinforcement"]), default="supervised",
               show_default=True, help="The fine-tuning method the file is for: dpo checks OpenAI's preference format "
-                                      "(input, preferred_output, non_preferred_output).")
+                                      "(input, preferred_output, non_preferred_output); reinforcement checks "
+                                      "prompts (messages ending with the turn to answer).")
+@click.option("--grader", "grader_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --method reinforcement: the grader (JSON or YAML); every line must have the fields its "
+                   "templates read.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--fix", "fix_out", type=click.Path(dir_okay=False), default=None,
               help="Write a repaired copy to this file (nested JSON escaped, examples in the other data format "
                    "converted to the one the model takes); the input is never modified.")
 @click.option("--prices", type=click.Path(dir_okay=False), default=None,
               help="A TOML file overriding the model catalog (also $TUNEWISE_PRICES).")
-def validate(file: str, model: str | None, method: str, as_json: bool, fix_out: str | None,
-             prices: str | None) -> None:
+def validate(file: str, model: str | None, method: str, grader_file: str | None, as_json: bool,
+             fix_out: str | None, prices: str | None) -> None:
     """Check a fine-tuning JSONL FILE against OpenAI's rules and count its tokens.
 
     Chat models take {"messages": [...]}; babbage-002 and davinci-002 take {"prompt": ..., "completion": ...};
-    DPO (--method dpo) takes {"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}.
+    DPO (--method dpo) takes {"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]};
+    reinforcement fine-tuning (--method reinforcement) {"messages": [...ending with the user turn], ...fields the
+    grader reads}.
 
     Exit 0 when clean (warnings allowed), 1 when there are errors, 2 on a usage error, 3 if tunewise crashed.
     """
@@ -64,13 +70,22 @@ def validate(file: str, model: str | None, method: str, as_json: bool, fix_out: 
         info = model_info(model, prices)
     except NotFound as exc:  # a model name the user mistyped is a usage error (exit 2)
         raise UsageError(exc.message, hint=exc.hint, param="model") from None
+    grader = None
+    if grader_file is not None:
+        if method != "reinforcement":
+            raise UsageError("--grader is for --method reinforcement.", param="grader",
+                             hint="Add --method reinforcement, or leave --grader out.")
+        from tunewise.train.methods.grpo import grader_from_file
+
+        grader = grader_from_file(grader_file)
     fixed: list[int] | None = None
     converted: list[int] = []
     if fix_out:
         fixed = repair(file, fix_out)
-        converted = [] if method == "dpo" else convert(fix_out, fix_out, info.training_format)
+        converted = [] if method != "supervised" else convert(fix_out, fix_out, info.training_format)
     report = run_validate(fix_out if fix_out else file, model=model, prices=prices,
-                          data_format="preference" if method == "dpo" else None)
+                          data_format={"dpo": "preference", "reinforcement": "reinforcement"}.get(method),
+                          grader=grader)
     if as_json:
         out = report.to_dict()
         if fixed is not None:

@@ -25,11 +25,30 @@ def _auto_or(kind):
 @click.option("--validation-file", type=click.Path(dir_okay=False), help="Chat JSONL for validation loss/accuracy.")
 @click.option("--model", "-m", default="smollm2-135m-instruct", show_default=True,
               help="Registry name, local HF model directory or hub id.")
-@click.option("--method", type=click.Choice(["lora", "full", "dpo"]), default="lora", show_default=True,
+@click.option("--method", type=click.Choice(["lora", "full", "dpo", "reinforcement"]), default="lora",
+              show_default=True,
               help="lora: a small adapter over the frozen base (fast, small); full: every weight; dpo: preference "
-                   "data (DPO), training the weights --weights names.")
+                   "data (DPO); reinforcement: prompts and a --grader (GRPO); the last two train the weights "
+                   "--weights names.")
 @click.option("--weights", type=click.Choice(["lora", "full"]), default=None,
-              help="With --method dpo: train a LoRA adapter (default) or every weight.")
+              help="With --method dpo or reinforcement: train a LoRA adapter (default) or every weight.")
+@click.option("--grader", "grader_file", type=click.Path(dir_okay=False),
+              help="With --method reinforcement: a JSON or YAML file holding one OpenAI grader (the reward).")
+@click.option("--compute-multiplier", default="auto", callback=_auto_or(float), show_default=True,
+              help="With --method reinforcement: X in (0, 10] or auto (1); completions per prompt = "
+                   "max(2, round(4 * X)).")
+@click.option("--eval-interval", default="auto", callback=_auto_or(int), show_default=True,
+              help="With --method reinforcement: steps between validation runs, or auto (one epoch).")
+@click.option("--eval-samples", default="auto", callback=_auto_or(int), show_default=True,
+              help="With --method reinforcement: completions graded per validation prompt (1-64), or auto (1).")
+@click.option("--reasoning-effort", type=click.Choice(["default", "low", "medium", "high"]), default="default",
+              show_default=True, help="With --method reinforcement: OpenAI's; recorded, no effect on local models.")
+@click.option("--kl-beta", type=click.FloatRange(0, 10), default=0.04, show_default=True,
+              help="With --method reinforcement: the KL penalty's weight, holding the model to where it started.")
+@click.option("--max-completion-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="With --method reinforcement: the longest completion sampled in training.")
+@click.option("--temperature", type=click.FloatRange(0, 2, min_open=True), default=1.0, show_default=True,
+              help="With --method reinforcement: the sampling temperature of the training completions.")
 @click.option("--beta", default="auto", callback=_auto_or(float), show_default=True,
               help="With --method dpo: X in (0, 2] or auto (0.1); higher holds the model closer to the reference.")
 @click.option("--init-adapter", type=click.Path(file_okay=False, exists=True),
@@ -60,11 +79,13 @@ def _auto_or(kind):
 @click.option("--collective-timeout", "collective_timeout_s", type=click.FloatRange(min=0, min_open=True),
               default=300.0, show_default=True,
               help="Seconds a multi-process run waits for a silent process before failing with its rank.")
-def train(training_file, validation_file, model, method, weights, beta, init_adapter, n_epochs, batch_size,
+def train(training_file, validation_file, model, method, weights, grader_file, compute_multiplier, eval_interval,
+          eval_samples, reasoning_effort, kl_beta, max_completion_tokens, temperature, beta, init_adapter, n_epochs,
+          batch_size,
           learning_rate_multiplier, seed, suffix, output_dir, device, dtype, num_threads, packing,
           gradient_checkpointing, nproc_per_node, sharding, collective_timeout_s):
-    """Fine-tune MODEL on TRAINING_FILE (OpenAI chat JSONL, or preference JSONL with --method dpo); Ctrl-C saves
-    the state, run again to resume."""
+    """Fine-tune MODEL on TRAINING_FILE (OpenAI chat JSONL, preference JSONL with --method dpo, or prompts with
+    --method reinforcement --grader G.json); Ctrl-C saves the state, run again to resume."""
     import signal
     import sys
     import threading
@@ -75,16 +96,30 @@ def train(training_file, validation_file, model, method, weights, beta, init_ada
     from tunewise.train import TrainConfig, distributed
     from tunewise.train import train as run
 
-    objective = "dpo" if method == "dpo" else "sft"
+    objective = {"dpo": "dpo", "reinforcement": "grpo"}.get(method, "sft")
     if objective == "sft" and weights is not None and weights != method:
         raise UsageError(f"--weights {weights} contradicts --method {method}.",
-                         hint="--weights goes with --method dpo; for supervised training --method names the weights.",
-                         param="weights")
-    if objective == "dpo" and nproc_per_node > 1:
-        raise UsageError("--method dpo trains in one process; --nproc-per-node is for supervised training.",
+                         hint="--weights goes with --method dpo or reinforcement; for supervised training --method "
+                         "names the weights.", param="weights")
+    if objective != "sft" and nproc_per_node > 1:
+        raise UsageError(f"--method {method} trains in one process; --nproc-per-node is for supervised training.",
                          hint="Leave --nproc-per-node out.", param="nproc_per_node")
-    method = (weights or "lora") if objective == "dpo" else method
-    config = TrainConfig(training_file=training_file, validation_file=validation_file, model=model, method=method,
+    rft: dict = {}
+    if objective == "grpo":
+        from tunewise.train.methods.grpo import grader_from_file
+
+        if grader_file is None:
+            raise UsageError("--method reinforcement needs --grader: the grader that scores each sampled answer.",
+                             hint="Write one OpenAI grader to a JSON file (see docs/graders.md) and pass "
+                             "--grader FILE.", param="grader")
+        rft = dict(grader=grader_from_file(grader_file), compute_multiplier=compute_multiplier,
+                   eval_interval=eval_interval, eval_samples=eval_samples, reasoning_effort=reasoning_effort,
+                   kl_beta=kl_beta, max_completion_tokens=max_completion_tokens, temperature=temperature)
+    elif grader_file is not None:
+        raise UsageError("--grader is for --method reinforcement.", hint="Add --method reinforcement, or leave "
+                         "--grader out.", param="grader")
+    method = (weights or "lora") if objective != "sft" else method
+    config = TrainConfig(**rft, training_file=training_file, validation_file=validation_file, model=model, method=method,
                          objective=objective, beta=beta, init_adapter=init_adapter, n_epochs=n_epochs, batch_size=batch_size,
                          learning_rate_multiplier=learning_rate_multiplier,
                          seed=seed, suffix=suffix, output_dir=output_dir, device=device, dtype=dtype,
@@ -123,6 +158,8 @@ def train(training_file, validation_file, model, method, weights, beta, init_ada
             if bar is None:
                 bar = tqdm(total=d["total_steps"], initial=d["step"] - 1, unit="step", dynamic_ncols=True)
             postfix = {"epoch": d["epoch"], "loss": f"{d['train_loss']:.4f}"}
+            if d.get("train_reward_mean") is not None:
+                postfix["reward"] = f"{d['train_reward_mean']:.3f}"
             if d["valid_loss"] is not None:
                 postfix["valid"] = f"{d['valid_loss']:.4f}"
             bar.set_postfix(postfix)
@@ -160,6 +197,16 @@ def train(training_file, validation_file, model, method, weights, beta, init_ada
             bar.close()
     m = result.metrics
     click.echo(f"model: {result.model_dir}")
+    if objective == "grpo":
+        import csv
+
+        with open(result.metrics_csv, newline="") as f:
+            last = list(csv.DictReader(f))[-1]
+        valid = [r for r in [last] if r.get("valid_reward_mean")]
+        click.echo(f"final train_reward_mean {float(last['train_reward_mean']):.4f}"
+                   + (f", valid_reward_mean {float(valid[0]['valid_reward_mean']):.4f}" if valid else "")
+                   + f"; {result.trained_tokens:,} trained tokens; metrics: {result.metrics_csv}")
+        return
     click.echo(f"final train_loss {m['train_loss']:.4f}"
                + (f", valid_loss {m['valid_loss']:.4f}" if m.get("valid_loss") is not None else "")
                + f"; {result.trained_tokens:,} trained tokens; metrics: {result.metrics_csv}")

@@ -75,6 +75,13 @@ CODES: dict[str, tuple[str, str]] = {
                                           "preference format."),
     "preference_format_for_supervised": (ERROR, "Preference examples checked for supervised fine-tuning; "
                                                 "validate or train them with --method dpo."),
+    # the reinforcement format (RFT: `tunewise validate --method reinforcement --grader G.json`)
+    "rft_final_assistant_message": (ERROR, "A reinforcement example ends with an assistant message: the model "
+                                           "writes the answer, the grader scores it."),
+    "rft_missing_item_field": (ERROR, "A reinforcement example lacks a field the grader's templates read "
+                                      "(`{{ item.FIELD }}`)."),
+    "format_for_reinforcement": (ERROR, "Preference or prompt/completion examples checked for reinforcement "
+                                        "fine-tuning, which takes chat messages ending with the turn to answer."),
     # the data set as a whole
     "too_few_examples": (ERROR, "Fewer than 10 examples: OpenAI refuses the file."),
     "small_dataset": (WARNING, "Under 100 examples: the guide expects little (under 50) or modest gains."),

@@ -488,3 +488,35 @@ def check_preference(example: dict, emit: Emit) -> ExampleInfo:
         emit("identical_preference_outputs", "preferred_output and non_preferred_output are the same message, so "
              "the example teaches no preference.", "Give a worse answer as non_preferred_output, or remove it.")
     return info
+
+
+RFT_CHAT_KEYS = ("messages", "tools", "parallel_tool_calls")
+
+
+def check_reinforcement(example: dict, emit: Emit, fields: tuple[str, ...] | list[str] = ()) -> ExampleInfo:
+    """OpenAI's rules for one reinforcement fine-tuning example: chat ``messages`` (and optionally ``tools``,
+    ``parallel_tool_calls``) that end with the turn the model answers, no answer of its own, and any other
+    top-level fields as the grader's ``item`` (``fields``: those the grader's templates read, required on
+    every line). ``texts`` holds the messages' strings (the prompt's tokens)."""
+    def relay(code: str, text: str, fix: str) -> None:
+        if code in ("no_assistant_message", "no_trainable_assistant"):
+            return  # the model writes the answer; the grader scores it
+        emit(code, text, fix)
+
+    if "messages" not in example:
+        emit("missing_messages", "the example has no `messages`.",
+             'Write "messages": [{"role": "user", "content": "..."}] and the fields the grader reads.')
+        return ExampleInfo()
+    info = check_example({k: example[k] for k in RFT_CHAT_KEYS if k in example}, relay)
+    if info.messages and info.messages[-1].get("role") == "assistant":
+        emit("rft_final_assistant_message", f"messages ends with an assistant message "
+             f"(messages[{len(info.messages) - 1}]); in reinforcement fine-tuning the model writes the answer.",
+             "End with the user (or tool) message to answer; put the expected answer in a field the grader reads, "
+             "e.g. \"reference_answer\" and {{ item.reference_answer }}.")
+    for name in fields:
+        if name not in example:
+            emit("rft_missing_item_field", f"the example has no `{name}`, which the grader reads "
+                 f"({{{{ item.{name} }}}}).", f"Add \"{name}\" to every line, or change the grader.")
+    info.answers = []
+    info.assistant_texts = []
+    return info

@@ -18,7 +18,14 @@ import threading
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
-from tunewise.catalog import DATA_FORMATS, PREFERENCE, PROMPT_COMPLETION, ModelInfo, load_catalog
+from tunewise.catalog import (
+    DATA_FORMATS,
+    PREFERENCE,
+    PROMPT_COMPLETION,
+    REINFORCEMENT,
+    ModelInfo,
+    load_catalog,
+)
 from tunewise.data.reading import (
     MAX_INT_DIGITS,
     MAX_JSON_DEPTH,
@@ -42,6 +49,7 @@ from tunewise.data.rules import (
     check_example,
     check_preference,
     check_prompt_completion,
+    check_reinforcement,
     example_format,
 )
 from tunewise.errors import DataError, UsageError
@@ -95,12 +103,15 @@ class _Validator:
     """The state of one pass over (a part of) a file: findings so far, and what the data-set checks and the
     statistics need. ``read`` fills it, ``merge`` appends the next part's, ``finish`` makes the report."""
 
-    def __init__(self, path: str, info: ModelInfo, data_format: str | None = None) -> None:
+    def __init__(self, path: str, info: ModelInfo, data_format: str | None = None,
+                 item_fields: tuple[str, ...] = ()) -> None:
         self.path = path
         self.model = info
         self.format = data_format or info.training_format
         self.pc = self.format == PROMPT_COMPLETION
         self.preference = self.format == PREFERENCE
+        self.reinforcement = self.format == REINFORCEMENT
+        self.item_fields = tuple(item_fields)  # reinforcement: the fields the grader reads
         self.wrong_format: list[int] = []  # lines in the other format than the one this file is checked in
         self.wrong_preference: list[int] = []  # those of them in the preference format
         self.enc = get_encoding(info.encoding)
@@ -246,6 +257,8 @@ class _Validator:
             self.add(code, number, message, hint)
 
         fmt = example_format(example)
+        if self.reinforcement and fmt == "chat":
+            fmt = REINFORCEMENT  # the same messages, ending with the turn to answer
         if fmt not in (None, self.format):
             self.wrong_format.append(number)  # one finding for the file, at the end
             if fmt == PREFERENCE:
@@ -254,7 +267,10 @@ class _Validator:
         if self.pc:
             self.prompt_completion(number, raw, example, emit)
             return
-        info = check_preference(example, emit) if self.preference else check_example(example, emit)
+        if self.reinforcement:
+            info = check_reinforcement(example, emit, self.item_fields)
+        else:
+            info = check_preference(example, emit) if self.preference else check_example(example, emit)
         self.dataset_checks(number, raw, info)
         if info.tools:
             info.texts.append(tools_text(info.tools))
@@ -423,7 +439,13 @@ class _Validator:
         lines, model = self.wrong_format, self.model
         fix = (f"`tunewise validate {self.path} --model {model.name} --fix OUT` writes a converted copy "
                "(see docs/data.md, \"Converting between the formats\")")
-        if self.preference:
+        if self.reinforcement:
+            self.add("format_for_reinforcement", lines[0],
+                     f"{len(lines)} example(s) are not in the reinforcement format ({{\"messages\": [...]}} ending "
+                     f"with the turn to answer, plus the fields the grader reads): lines {_lines_text(lines)}.",
+                     "Write each example as the conversation to answer (see docs/methods.md, \"Reinforcement\"); "
+                     "preference data trains with --method dpo.", lines)
+        elif self.preference:
             self.add("chat_format_for_preference", lines[0],
                      f"{len(lines)} example(s) are not in the preference format DPO trains on ({{\"input\": "
                      f"{{\"messages\": [...]}}, \"preferred_output\": [...], \"non_preferred_output\": [...]}}): "
@@ -525,8 +547,8 @@ def _chunks(path: str, n: int) -> list[tuple[int, int, int]]:
 
 
 def _read_chunk(path: str, info: ModelInfo, data_format: str, start: int, end: int,
-                first_line: int) -> _Validator:
-    validator = _Validator(path, info, data_format)
+                first_line: int, item_fields: tuple[str, ...] = ()) -> _Validator:
+    validator = _Validator(path, info, data_format, item_fields)
     validator.read(start, end, first_line)
     validator.enc = None  # the encoding and the count cache stay in the worker process
     validator.cache = {}
@@ -593,7 +615,7 @@ def sniff_format(path: str | os.PathLike) -> str | None:
 
 
 def validate(path: str | os.PathLike, model: str | None = None, prices: str | os.PathLike | None = None, *,
-             workers: int | None = None, data_format: str | None = None) -> Report:
+             workers: int | None = None, data_format: str | None = None, grader: dict | None = None) -> Report:
     """Validate a fine-tuning JSONL file for ``model`` (default gpt-4o-mini): every finding, and the
     token statistics (exact counts in the model's encoding, billed tokens capped at its context limit).
 
@@ -601,7 +623,9 @@ def validate(path: str | os.PathLike, model: str | None = None, prices: str | os
     ``training_format``: ``chat``, or ``prompt_completion`` for babbage-002 and davinci-002); ``preference``
     for DPO (``{"input", "preferred_output", "non_preferred_output"}``: the tokens of the input and of both
     outputs are counted, which is what OpenAI bills for a DPO file). ``"auto"`` accepts any, by the file's first
-    example (the local trainer, which trains all three).
+    example (the local trainer, which trains all three). ``reinforcement`` for reinforcement fine-tuning (chat
+    messages ending with the turn to answer, no answer, extra fields for the grader; only the prompts' tokens are
+    counted); ``grader`` (an OpenAI grader object) adds the rule that every line has the fields its templates read.
 
     ``workers``: processes that read parts of the file in parallel (default: see ``default_workers``;
     1 for small files and local models). The report is the same whatever the number.
@@ -616,12 +640,18 @@ def validate(path: str | os.PathLike, model: str | None = None, prices: str | os
                          hint="Use " + ", ".join(DATA_FORMATS) + " or auto.", param="data_format")
     n = default_workers(path, info) if workers is None else max(1, workers)
     chunks = _chunks(path, n) if n > 1 else [(0, None, 1)]
-    result = _Validator(path, info, data_format)  # loads the encoding here, before any fork, so workers inherit it
+    fields: tuple[str, ...] = ()
+    if grader is not None:
+        from tunewise.eval.graders.spec import item_fields
+
+        fields = tuple(item_fields(grader))
+    # loads the encoding here, before any fork, so workers inherit it
+    result = _Validator(path, info, data_format, fields)
     if len(chunks) == 1:
         return result.read().finish()
     context = multiprocessing.get_context(_start_method())
     with ProcessPoolExecutor(max_workers=len(chunks), mp_context=context) as pool:
-        parts = [pool.submit(_read_chunk, path, info, result.format, *chunk) for chunk in chunks]
+        parts = [pool.submit(_read_chunk, path, info, result.format, *chunk, fields) for chunk in chunks]
         for part in parts:
             chunk = part.result()
             if result.fatal:

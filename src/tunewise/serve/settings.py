@@ -107,6 +107,9 @@ class Settings:
     python_grader_timeout_s: float = 120.0
     """Time limit of one ``python`` grader call (seconds; OpenAI's is 2 minutes); past it the grader scores 0
     with ``python_grader_server_error``."""
+    rft_max_completion_tokens: int = 256
+    """The longest completion a reinforcement fine-tuning job samples in training (tokens; a longer one is cut):
+    with the group size and the data it bounds a job's time."""
     grader_base_url: str = ""
     """OpenAI-compatible endpoint that ``score_model``/``label_model`` graders ask; empty: this server itself
     (127.0.0.1 on its port, with the caller's API key)."""

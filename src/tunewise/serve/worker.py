@@ -173,7 +173,7 @@ class Worker:
                 path = self._file_path(job[param], param)
                 if path is None:
                     continue
-                report = _validate_file(path, job["model"], _method_kind(job))
+                report = _validate_file(path, job["model"], _method_kind(job), _grader_of(job))
                 problems = [f for f in report.findings if f.severity == "error"]
                 if problems:
                     detail = "; ".join(f"line {f.line}: {f.message}" if f.line else f.message
@@ -190,7 +190,7 @@ class Worker:
             hyper = json.loads(job["hyperparameters"])
             n = _count_examples(self._file_path(job["training_file"]))
             hyper = _resolve_auto(hyper, n)
-            method = _method_echo(job, hyper)
+            method = _method_echo(dict(job, _training_path=str(self._file_path(job["training_file"]))), hyper)
         except _JobError as exc:
             self.fail(job_id, exc.code, exc.message, exc.param, only_if=("validating_files",))
             return
@@ -333,8 +333,16 @@ class Worker:
         kind = _method_kind(job)
         beta = (json.loads(job["method"]).get("dpo") or {}).get("hyperparameters", {}).get("beta", "auto") \
             if kind == "dpo" else "auto"
+        rft: dict[str, Any] = {}
+        if kind == "reinforcement":
+            section = json.loads(job["method"]).get("reinforcement") or {}
+            asked = section.get("hyperparameters") or {}
+            rft = {"grader": section.get("grader"), **{k: asked.get(k, "auto") for k in
+                                                        ("compute_multiplier", "eval_interval", "eval_samples")},
+                   "reasoning_effort": asked.get("reasoning_effort") or "default",
+                   "max_completion_tokens": self.settings.rft_max_completion_tokens}
         return TrainConfig(
-            objective="dpo" if kind == "dpo" else "sft", beta=beta,
+            objective={"dpo": "dpo", "reinforcement": "grpo"}.get(kind, "sft"), beta=beta, **rft,
             training_file=self._file_path(job["training_file"], started=True),
             validation_file=self._file_path(job["validation_file"], "validation_file", started=True),
             model=job["local_model"], method="lora",
@@ -510,7 +518,7 @@ def _count_examples(path: Path | None) -> int:
 
 
 def _method_kind(job: dict[str, Any]) -> str:
-    """``supervised`` or ``dpo``: the job's ``method.type``."""
+    """``supervised``, ``dpo`` or ``reinforcement``: the job's ``method.type``."""
     try:
         return json.loads(job.get("method") or "{}").get("type") or "supervised"
     except ValueError:
@@ -520,6 +528,8 @@ def _method_kind(job: dict[str, Any]) -> str:
 def _method_echo(job: dict[str, Any], hyper: dict[str, Any], beta: float | None = None) -> dict[str, Any]:
     """The job's ``method`` with ``hyper`` (numbers for ``auto``): DPO's keeps its beta, resolved when known."""
     kind = _method_kind(job)
+    if kind == "reinforcement":
+        return _rft_echo(job, hyper)
     if kind != "dpo":
         return {"type": "supervised", "supervised": {"hyperparameters": hyper}}
     from tunewise.train.methods.dpo import resolve_beta
@@ -527,6 +537,33 @@ def _method_echo(job: dict[str, Any], hyper: dict[str, Any], beta: float | None 
     asked = (json.loads(job["method"]).get("dpo") or {}).get("hyperparameters", {}).get("beta", "auto")
     return {"type": "dpo", "dpo": {"hyperparameters": {"beta": beta if beta is not None else resolve_beta(asked),
                                                        **hyper}}}
+
+
+def _grader_of(job: dict[str, Any]) -> dict[str, Any] | None:
+    """A reinforcement job's grader (None for the other methods)."""
+    if _method_kind(job) != "reinforcement":
+        return None
+    return (json.loads(job["method"]).get("reinforcement") or {}).get("grader")
+
+
+def _rft_echo(job: dict[str, Any], hyper: dict[str, Any]) -> dict[str, Any]:
+    """A reinforcement job's ``method``: its grader and every hyperparameter, ``auto`` resolved by the trainer's
+    rules (``tunewise.train.methods.grpo.resolve``) once the batch size is known."""
+    from tunewise.train.methods.grpo import AUTO_EVAL_SAMPLES
+
+    section = json.loads(job["method"]).get("reinforcement") or {}
+    asked = dict(section.get("hyperparameters") or {})
+    out = dict(asked, **hyper)
+    if out.get("compute_multiplier", "auto") == "auto":
+        out["compute_multiplier"] = 1.0
+    if out.get("eval_samples", "auto") == "auto":
+        out["eval_samples"] = AUTO_EVAL_SAMPLES
+    if out.get("eval_interval", "auto") == "auto" and isinstance(hyper.get("batch_size"), int):
+        n = _count_examples(Path(job["_training_path"])) if job.get("_training_path") else None
+        if n:
+            out["eval_interval"] = max(1, -(-n // hyper["batch_size"]))  # the steps of one epoch
+    out.setdefault("reasoning_effort", "default")
+    return {"type": "reinforcement", "reinforcement": {"grader": section.get("grader"), "hyperparameters": out}}
 
 
 def _resolve_auto(hyper: dict[str, Any], n_examples: int) -> dict[str, Any]:
@@ -544,17 +581,17 @@ def _resolve_auto(hyper: dict[str, Any], n_examples: int) -> dict[str, Any]:
     return hyper
 
 
-def _validate_file(path: Path, model: str, kind: str = "supervised"):
+def _validate_file(path: Path, model: str, kind: str = "supervised", grader: dict[str, Any] | None = None):
     """The validator's report, with OpenAI's limits for ``model`` when the catalog knows it (else its default);
-    a DPO job's files are checked as preference data."""
+    a DPO job's files are checked as preference data, a reinforcement job's as prompts for its grader."""
     from tunewise.data import validate
     from tunewise.errors import NotFound
 
-    data_format = "preference" if kind == "dpo" else None
+    data_format = {"dpo": "preference", "reinforcement": "reinforcement"}.get(kind)
     try:
-        return validate(path, model=model, data_format=data_format)
+        return validate(path, model=model, data_format=data_format, grader=grader)
     except NotFound:
-        return validate(path, data_format=data_format)
+        return validate(path, data_format=data_format, grader=grader)
 
 
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:

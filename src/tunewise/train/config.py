@@ -17,9 +17,11 @@ MAX_EPOCHS = 25
 # batch_size "auto": about 0.2% of the examples, clamped to this range (OpenAI's documented maximum is 256).
 AUTO_BATCH_FRACTION = 0.002
 MAX_BATCH_SIZE = 256
+MAX_EVAL_SAMPLES = 64  # GRPO: completions per validation prompt (each one a generation)
 
 Method = Literal["lora", "full"]
-Objective = Literal["sft", "dpo"]
+Objective = Literal["sft", "dpo", "grpo"]
+REASONING_EFFORTS = ("default", "low", "medium", "high")
 
 
 @dataclass
@@ -34,11 +36,34 @@ class TrainConfig:
     """``lora`` trains a PEFT LoRA adapter (small, fast); ``full`` trains every weight."""
     objective: Objective = "sft"
     """What the loss is (``tunewise.train.methods``): ``sft`` (supervised, chat or prompt/completion data) or
-    ``dpo`` (direct preference optimization, preference data, OpenAI's ``method.type`` "dpo"); ``method`` says
-    which weights train either way."""
+    ``dpo`` (direct preference optimization, preference data, OpenAI's ``method.type`` "dpo") or ``grpo``
+    (reinforcement fine-tuning: completions sampled and graded, OpenAI's ``method.type`` "reinforcement"; needs
+    ``grader``); ``method`` says which weights train either way."""
     beta: float | Literal["auto"] = "auto"
     """DPO's beta (OpenAI's range: above 0, at most 2): how strongly the policy is held to the reference.
     ``auto``: 0.1. Only for ``objective="dpo"``."""
+    grader: dict[str, Any] | None = None
+    """GRPO's grader, an OpenAI grader object (``tunewise.eval.graders``: string_check, text_similarity, python,
+    multi); its reward is what training raises. Only for ``objective="grpo"``, which needs it."""
+    compute_multiplier: float | Literal["auto"] = "auto"
+    """GRPO (OpenAI's range: above 0, at most 10): completions sampled per prompt, the group size
+    ``G = max(2, round(4 * compute_multiplier))``. ``auto``: 1.0 (G = 4)."""
+    eval_interval: int | Literal["auto"] = "auto"
+    """GRPO: training steps between validation runs. ``auto``: the steps of one epoch (validation at each epoch
+    end)."""
+    eval_samples: int | Literal["auto"] = "auto"
+    """GRPO: completions sampled (and graded) per validation prompt. ``auto``: 1."""
+    reasoning_effort: str = "default"
+    """OpenAI's reasoning_effort (default, low, medium, high) for reasoning models: accepted and recorded, no
+    effect on the local models, which do not reason before answering."""
+    kl_beta: float = 0.04
+    """GRPO: the KL penalty's coefficient (TRL's ``GRPOConfig.beta``; 0.04 is the GRPO paper's and TRL's
+    original default), holding the policy to the reference model. 0 drops the penalty (``kl`` is still
+    reported)."""
+    max_completion_tokens: int = 256
+    """GRPO: the longest completion sampled (TRL's ``max_completion_length``); a longer one is cut there."""
+    temperature: float = 1.0
+    """GRPO: the sampling temperature of the training completions (TRL's default, 1.0)."""
     n_epochs: int | Literal["auto"] = "auto"
     """Passes over the training data. ``auto``: 3, raised so at least 100 examples are seen, lowered so at most
     25,000 are, clamped to 1..25 (OpenAI's rule)."""
@@ -113,8 +138,10 @@ class TrainConfig:
         """Raise ``UsageError`` for a value that cannot work, before anything is loaded."""
         if self.method not in ("lora", "full"):
             raise UsageError(f"method must be 'lora' or 'full', not {self.method!r}.", param="method")
-        if self.objective not in ("sft", "dpo"):
-            raise UsageError(f"objective must be 'sft' or 'dpo', not {self.objective!r}.", param="objective")
+        if self.objective not in ("sft", "dpo", "grpo"):
+            raise UsageError(f"objective must be 'sft', 'dpo' or 'grpo', not {self.objective!r}.",
+                             param="objective")
+        self._validate_grpo()
         b = self.beta
         if b != "auto" and (isinstance(b, bool) or not isinstance(b, int | float) or not 0 < b <= 2):
             raise UsageError(f"beta must be 'auto' or a number in (0, 2], not {b!r}.", param="beta")
@@ -165,6 +192,44 @@ class TrainConfig:
             raise UsageError("warmup_ratio and lora_dropout must be in [0, 1).")
 
 
+    def _validate_grpo(self) -> None:
+        grpo = self.objective == "grpo"
+        if grpo and self.grader is None:
+            raise UsageError("Reinforcement fine-tuning needs a grader: what rewards a completion.",
+                             hint="Pass --grader GRADER.json (an OpenAI grader object; see docs/graders.md).",
+                             param="grader")
+        if not grpo:
+            for name, default in (("grader", None), ("compute_multiplier", "auto"), ("eval_interval", "auto"),
+                                  ("eval_samples", "auto"), ("reasoning_effort", "default")):
+                if getattr(self, name) != default:
+                    raise UsageError(f"{name} is a reinforcement fine-tuning option; this run is {self.objective}.",
+                                     hint="Use --method reinforcement, or leave it out.", param=name)
+            return
+        if self.packing:
+            raise UsageError("packing is for supervised training; reinforcement fine-tuning samples its own "
+                             "completions.", hint="Leave --packing out.", param="packing")
+        m = self.compute_multiplier
+        if m != "auto" and (isinstance(m, bool) or not isinstance(m, int | float) or not 0 < m <= 10):
+            raise UsageError(f"compute_multiplier must be 'auto' or a number in (0, 10], not {m!r}.",
+                             param="compute_multiplier")
+        _check_auto_int("eval_interval", self.eval_interval, 1, 10**9)
+        _check_auto_int("eval_samples", self.eval_samples, 1, MAX_EVAL_SAMPLES)
+        if self.reasoning_effort not in REASONING_EFFORTS:
+            raise UsageError(f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, not "
+                             f"{self.reasoning_effort!r}.", param="reasoning_effort")
+        b = self.kl_beta
+        if isinstance(b, bool) or not isinstance(b, int | float) or not 0 <= b <= 10:
+            raise UsageError(f"kl_beta must be a number in [0, 10], not {b!r}.", param="kl_beta")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t <= 2:
+            raise UsageError(f"temperature must be in (0, 2] (sampling; 0 would make every completion of a group "
+                             f"the same), not {t!r}.", param="temperature")
+        n = self.max_completion_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise UsageError(f"max_completion_tokens must be a positive integer, not {n!r}.",
+                             param="max_completion_tokens")
+
+
 def _check_auto_int(name: str, value: Any, low: int, high: int) -> None:
     if value == "auto":
         return
@@ -202,6 +267,10 @@ def resolve_hyperparameters(config: TrainConfig, n_examples: int, base_learning_
         from tunewise.train.methods.dpo import resolve_beta
 
         out["beta"] = resolve_beta(config.beta)
+    if config.objective == "grpo":
+        from tunewise.train.methods.grpo import resolve
+
+        out.update(resolve(config, n_examples, batch_size))
     return out
 
 

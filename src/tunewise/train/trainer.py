@@ -127,7 +127,7 @@ def _default_output_dir(config: TrainConfig) -> Path:
 
 
 # What must be the same for a run to continue in an existing output directory.
-_RESUME_KEYS = ("base_model", "method", "objective", "hyperparameters", "training_file_sha256", "validation_file_sha256",
+_RESUME_KEYS = ("base_model", "method", "objective", "grader", "hyperparameters", "training_file_sha256", "validation_file_sha256",
                 "dtype", "lora", "weight_decay", "warmup_ratio", "max_grad_norm", "max_tokens_per_microbatch",
                 "sharding", "packing")
 
@@ -392,6 +392,15 @@ def _load_state(out: Path):
 # ---------------------------------------------------------------------------------------------------- train
 
 
+def _objective_text(config: TrainConfig, hyper: dict[str, Any]) -> str:
+    """What the start message says of the loss beyond the weights trained (nothing for supervised)."""
+    if config.objective == "dpo":
+        return f" DPO (beta {hyper['beta']:g})"
+    if config.objective == "grpo":
+        return f" GRPO ({hyper['group_size']} completions per prompt, KL beta {hyper['kl_beta']:g})"
+    return ""
+
+
 def _count(n: int, noun: str) -> str:
     """``1 epoch``, ``3 epochs``, ``34,950 tokens``: thousands separated, the noun agreeing with the number."""
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
@@ -487,6 +496,8 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
         resolved["packing"] = True  # a resume key (recorded only when on, so older runs still resume)
     if config.objective != "sft":
         resolved["objective"] = config.objective  # a resume key (recorded only for DPO, so older runs resume)
+    if config.grader is not None:
+        resolved["grader"] = config.grader  # a resume key (GRPO's reward)
     if saved:
         changed = [k for k in _RESUME_KEYS if json.loads(json.dumps(saved.get(k), default=str))
                    != json.loads(json.dumps(resolved.get(k), default=str))]
@@ -520,7 +531,7 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
     pad_id = tokenizer.pad_token_id
     progress, state = _load_state(out)
     ctx = StepContext(device=device, pad_id=pad_id, max_tokens=config.max_tokens_per_microbatch,
-                      autocast_dtype=autocast_dtype, packing=config.packing, core=core, head=head)
+                      autocast_dtype=autocast_dtype, packing=config.packing, core=core, head=head, seed=seed)
     # What the method computes once from the starting model (DPO's reference), before any saved weights go in.
     method.prepare(model, train_set, valid_set, out, ctx, main, lambda text: emit(TrainEvent("message", text)))
     if progress:  # the saved weights go in before the model is wrapped or sharded
@@ -561,7 +572,7 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
         emit(TrainEvent("message", f"Training started: {_count(len(train_set), 'example')}, "
                         f"{_count(hyper['n_epochs'], 'epoch')}, batch size {hyper['batch_size']}, "
                         f"{_count(total, 'step')}, {config.method}"
-                        + (f" {config.objective.upper()} (beta {hyper['beta']:g})" if config.objective != "sft" else "")
+                        + _objective_text(config, hyper)
                         + f" on {device} ({dtype})"
                         + (f", {world} processes" if group is not None else "")))
     if main:
@@ -578,6 +589,7 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
         meta_base["lineage"] = [*_lineage(Path(config.init_adapter)), config.parent_model or str(config.init_adapter)]
     t0 = time.monotonic()
     last_saved = start
+    eval_every = hyper.get("eval_interval") or config.eval_every_steps
     try:
         for i in range(start, total):
             stopping = should_stop()
@@ -611,7 +623,7 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
             epoch_end = i + 1 == total or steps[i + 1][0] != epoch
             row = {"step": i + 1, "valid_loss": None, "valid_mean_token_accuracy": None,
                    **{c: None for c in method.columns}, **stats}
-            if valid_set and (epoch_end or (config.eval_every_steps and (i + 1) % config.eval_every_steps == 0)):
+            if valid_set and (epoch_end or (eval_every and (i + 1) % eval_every == 0)):
                 if group is None:
                     row.update(method.evaluate(model, valid_set, ctx))
                 else:  # each rank evaluates a share; the sums are added up
@@ -653,6 +665,9 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
         if group is not None and not isinstance(exc, Cancelled) and distributed.is_collective_failure(exc):
             raise distributed.collective_error(group, exc, progress["step"] + 1, last_saved, out) from exc
         raise
+    finally:
+        if hasattr(method, "close"):
+            method.close()
 
     final = out / "final"
     weights = distributed.full_state(model)[0] if sharded else None

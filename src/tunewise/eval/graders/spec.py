@@ -366,3 +366,29 @@ def load_graders(path: str | os.PathLike) -> list[Grader]:
         return parse_graders(obj)
     except GraderError as exc:
         raise GraderError(f"{p}: {exc.message}", hint=exc.hint, param=exc.param, code=exc.code) from None
+
+
+def item_fields(grader: dict[str, Any]) -> list[str]:
+    """The top-level data fields a grader's templates read (``{{ item.reference_answer }}`` -> reference_answer),
+    in order of first use: what every line of the data must have."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            for ref in templates.references(value):
+                try:
+                    ns, steps = templates.parse_reference(ref)
+                except templates.TemplateError:
+                    continue
+                if ns == "item" and steps and isinstance(steps[0], str) and steps[0] not in found:
+                    found.append(steps[0])
+        elif isinstance(value, dict):
+            for key, v in value.items():
+                if key != "source":  # a python grader's code is not a template
+                    walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(grader)
+    return found

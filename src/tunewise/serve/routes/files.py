@@ -250,6 +250,8 @@ def _validation_error(path: Path) -> ApiError | None:
     problems = [f for f in report.findings if f.severity == "error"]
     if not problems:
         return None
+    if report.stats.data_format == "chat" and validate(path, data_format="reinforcement").ok:
+        return None  # reinforcement prompts: chat messages without answers (the job checks its grader's fields)
     shown = "; ".join(f"line {f.line}: {f.message.rstrip('.')}" if f.line else f.message.rstrip(".")
                       for f in problems[:SHOWN_FINDINGS])
     more = f" (and {len(problems) - SHOWN_FINDINGS} more)" if len(problems) > SHOWN_FINDINGS else ""

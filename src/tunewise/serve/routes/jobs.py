@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunewise.errors import Conflict, ModelNotFound, NotFound, Unsupported, UsageError
+from tunewise.errors import Conflict, ModelNotFound, NotFound, UsageError
 from tunewise.serve import integrations, naming
 from tunewise.serve.deps import PrincipalDep, State, StateDep
 from tunewise.serve.errors import ApiError
@@ -44,6 +44,10 @@ PAST = {"cancel": "cancelled", "pause": "paused", "resume": "resumed"}
 HYPERPARAMETER_RANGES = {"n_epochs": (1, 25, int), "batch_size": (1, 256, int),
                          "learning_rate_multiplier": (0, 100, float)}
 BETA_RANGE = (0, 2, float)  # DPO's beta: OpenAI's range, above 0 and at most 2
+# Reinforcement fine-tuning's own (FineTuneReinforcementHyperparameters): compute_multiplier in (0, 10],
+# eval_interval and eval_samples positive integers (the local trainer caps eval_samples at 64), reasoning_effort.
+RFT_RANGES = {"compute_multiplier": (0, 10, float), "eval_interval": (1, 10**9, int), "eval_samples": (1, 64, int)}
+REASONING_EFFORTS = ("default", "low", "medium", "high")
 
 
 class CreateJob(BaseModel):
@@ -132,23 +136,21 @@ def get_job(state: State, project: str, job_id: str) -> dict[str, Any]:
     return row
 
 
-def _method(body: CreateJob) -> tuple[str, dict[str, Any]]:
+def _method(body: CreateJob, state: State | None = None) -> tuple[str, dict[str, Any]]:
     """The method's type and its hyperparameters from ``method`` (or the deprecated top-level field), checked:
-    ``supervised`` (n_epochs, batch_size, learning_rate_multiplier) or ``dpo`` (the same and beta)."""
+    ``supervised`` (n_epochs, batch_size, learning_rate_multiplier), ``dpo`` (the same and beta) or
+    ``reinforcement`` (the same, compute_multiplier, eval_interval, eval_samples, reasoning_effort; and its
+    grader, checked by ``_grader``)."""
     method = body.method or {"type": "supervised"}
     kind = method.get("type")
     if not isinstance(kind, str):
         raise UsageError(f"method.type must be a string, not {_type_name(kind)}.", param="method.type",
                          hint="Use method={'type': 'supervised', 'supervised': {'hyperparameters': {...}}}.")
-    if kind == "reinforcement":
-        raise Unsupported(f"Fine-tuning method '{kind}' is not supported yet: 'supervised' and 'dpo' are.",
-                          hint="Use method={'type': 'supervised', ...} with chat-format training data, or "
-                          "{'type': 'dpo', ...} with preference data.",
-                          param="method.type", code="unsupported_method")
-    if kind not in ("supervised", "dpo"):
-        raise UsageError(f"Unknown fine-tuning method type {kind!r}.", hint="Use 'supervised' or 'dpo'.",
-                         param="method.type")
-    ranges = dict(HYPERPARAMETER_RANGES, beta=BETA_RANGE) if kind == "dpo" else HYPERPARAMETER_RANGES
+    if kind not in ("supervised", "dpo", "reinforcement"):
+        raise UsageError(f"Unknown fine-tuning method type {kind!r}.",
+                         hint="Use 'supervised', 'dpo' or 'reinforcement'.", param="method.type")
+    ranges = (dict(HYPERPARAMETER_RANGES, beta=BETA_RANGE) if kind == "dpo"
+              else dict(HYPERPARAMETER_RANGES, **RFT_RANGES) if kind == "reinforcement" else HYPERPARAMETER_RANGES)
     section = method.get(kind)
     if section is not None and not isinstance(section, dict):
         raise UsageError(f"method.{kind} must be an object, not {_type_name(section)}.",
@@ -159,6 +161,14 @@ def _method(body: CreateJob) -> tuple[str, dict[str, Any]]:
                          param=f"method.{kind}.hyperparameters",
                          hint="Use {'n_epochs': 3, 'batch_size': 'auto', 'learning_rate_multiplier': 'auto'}.")
     hyper = dict(hyper or {})
+    effort = None
+    if kind == "reinforcement":
+        effort = hyper.pop("reasoning_effort", "default")
+        if effort is None:
+            effort = "default"
+        if effort not in REASONING_EFFORTS:
+            raise UsageError(f"Invalid reasoning_effort {_shown(effort)}: expected one of "
+                             f"{', '.join(REASONING_EFFORTS)}.", param="hyperparameters.reasoning_effort")
     if body.hyperparameters:
         if hyper:
             raise UsageError("Give hyperparameters either in `method` or in the deprecated `hyperparameters` "
@@ -168,8 +178,9 @@ def _method(body: CreateJob) -> tuple[str, dict[str, Any]]:
     for name, value in hyper.items():
         if name not in ranges:
             raise UsageError(f"Unknown hyperparameter {name!r}.", param=f"hyperparameters.{name}",
-                             hint=("DPO" if kind == "dpo" else "Supervised fine-tuning") + " takes "
-                             + ", ".join(ranges) + ".")
+                             hint={"dpo": "DPO", "reinforcement": "Reinforcement fine-tuning"}.get(
+                                 kind, "Supervised fine-tuning") + " takes " + ", ".join(ranges)
+                             + (", reasoning_effort" if kind == "reinforcement" else "") + ".")
         low, high, kind_ = ranges[name]
         if value == "auto" or value is None:
             out[name] = "auto"
@@ -191,12 +202,42 @@ def _method(body: CreateJob) -> tuple[str, dict[str, Any]]:
               "n_epochs": out["n_epochs"]}
     if kind == "dpo":
         result = {"beta": out["beta"], **result}
+    if kind == "reinforcement":
+        result.update({name: out[name] for name in RFT_RANGES}, reasoning_effort=effort)
     return kind, result
 
 
-def method_object(kind: str, hyper: dict[str, Any]) -> dict[str, Any]:
-    """The job's ``method`` as OpenAI echoes it: ``{"type": kind, kind: {"hyperparameters": {...}}}``."""
-    return {"type": kind, kind: {"hyperparameters": hyper}}
+def _grader(state: State, body: CreateJob) -> dict[str, Any]:
+    """A reinforcement job's grader, checked by the code of ``/v1/fine_tuning/alpha/graders/validate`` (a bad
+    one is a 400 naming its field, under ``method.reinforcement.grader``) and runnable in training here."""
+    from tunewise.errors import TunewiseError
+    from tunewise.serve.routes.graders import _check
+    from tunewise.train.methods.grpo import load_grader
+
+    section = (body.method or {}).get("reinforcement")
+    grader = section.get("grader") if isinstance(section, dict) else None
+    if not isinstance(grader, dict):
+        raise UsageError("method.reinforcement.grader is required: the grader that scores each sampled answer.",
+                         hint="Pass an OpenAI grader object, e.g. {'type': 'string_check', 'name': 'exact', "
+                         "'operation': 'eq', 'input': '{{sample.output_text}}', 'reference': "
+                         "'{{item.reference_answer}}'} (see docs/graders.md).", param="method.reinforcement.grader")
+    try:
+        _check(state, grader)
+        load_grader(grader)
+    except TunewiseError as exc:
+        param = exc.param or "grader"
+        exc.param = "method.reinforcement." + (param if param.startswith("grader") else f"grader.{param}")
+        raise
+    return grader
+
+
+def method_object(kind: str, hyper: dict[str, Any], grader: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The job's ``method`` as OpenAI echoes it: ``{"type": kind, kind: {"hyperparameters": {...}}}``, with the
+    grader beside the hyperparameters for reinforcement."""
+    section: dict[str, Any] = {"hyperparameters": hyper}
+    if grader is not None:
+        section = {"grader": grader, **section}
+    return {"type": kind, kind: section}
 
 
 def _check_file(state: State, project: str, file_id: str, param: str,
@@ -276,7 +317,8 @@ def create_job(body: CreateJob, state: StateDep, principal: PrincipalDep) -> dic
     store, settings, project = state.store, state.settings, principal.project
     check_model_name(body.model)
     kind, method_hyper = _method(body)
-    hyper = {k: v for k, v in method_hyper.items() if k != "beta"}
+    grader = _grader(state, body) if kind == "reinforcement" else None
+    hyper = {k: v for k, v in method_hyper.items() if k in HYPERPARAMETER_RANGES}
     if body.suffix is not None and not all(c.isalnum() or c in "-_." for c in body.suffix):
         raise UsageError(f"Invalid suffix {body.suffix!r}: use letters, digits, '-', '_' and '.' (it becomes part "
                          "of the model name, whose parts ':' separates).", param="suffix")
@@ -304,7 +346,7 @@ def create_job(body: CreateJob, state: StateDep, principal: PrincipalDep) -> dic
     chosen = integrations.check(body.integrations)
     job_id = new_id("ftjob-")
     seed = body.seed if body.seed is not None else random.randrange(2**31)
-    method = method_object(kind, method_hyper)
+    method = method_object(kind, method_hyper, grader)
     with store.transaction() as db:
         active = db.execute(f"SELECT COUNT(*) FROM jobs WHERE project = ? AND status IN ({','.join('?' * len(ACTIVE))})",
                             (project, *ACTIVE)).fetchone()[0]

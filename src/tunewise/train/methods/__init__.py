@@ -13,8 +13,10 @@ evaluation during training. A method supplies the rest through this interface:
 - ``columns``: the method's own metrics, beyond ``train_loss``/``train_accuracy``/``valid_loss``/
   ``valid_mean_token_accuracy``: extra columns of ``metrics.csv`` and extra keys of each ``metrics`` event.
 
-Methods: ``sft`` (supervised: mean token cross-entropy on the assistant tokens; ``tunewise.train.methods.sft``)
-and ``dpo`` (direct preference optimization against the starting model; ``tunewise.train.methods.dpo``).
+Methods: ``sft`` (supervised: mean token cross-entropy on the assistant tokens; ``tunewise.train.methods.sft``),
+``dpo`` (direct preference optimization against the starting model; ``tunewise.train.methods.dpo``) and ``grpo``
+(reinforcement fine-tuning: completions sampled by the serving engine and graded; ``tunewise.train.methods.grpo``).
+A method may also have ``close()``, called when the run ends (GRPO stops its sampling engine's thread).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-OBJECTIVES = ("sft", "dpo")
+OBJECTIVES = ("sft", "dpo", "grpo")
 
 
 @dataclass
@@ -41,6 +43,8 @@ class StepContext:
     head: Any = None
     """The model's body and LM head where the loss can be computed from hidden states at labelled positions
     (see ``trainer.PLAIN_HEAD_MODEL_TYPES``), else None (the full-logits path)."""
+    seed: int = 0
+    """The run's resolved seed (GRPO seeds each step's sampling from it)."""
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -77,6 +81,10 @@ def get(config: Any) -> Method:
         from tunewise.train.methods.dpo import DPO
 
         return DPO(config)
+    if config.objective == "grpo":
+        from tunewise.train.methods.grpo import GRPO
+
+        return GRPO(config)
     from tunewise.train.methods.sft import SFT
 
     return SFT(config)
