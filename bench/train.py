@@ -1,22 +1,28 @@
 """tunewise's trainer against TRL's SFTTrainer: same model, data, LoRA config, batch size, epochs, learning rate.
 
-    .venv/bin/python bench/train.py                    # 3 runs of each, medians; then the receipts timing
+    .venv/bin/python bench/train.py                    # 3 runs of each row, medians; then the receipts timing
     .venv/bin/python bench/train.py --runs 1 --examples 10 --batch-size 5 --receipts-steps 2   # a quick look
     # Loss equivalence without data-order effects: every step sees the whole set.
-    .venv/bin/python bench/train.py --runs 1 --examples 24 --batch-size 24 --micro-batch 4 --epochs 3 --skip-receipts
+    .venv/bin/python bench/train.py --runs 1 --examples 10 --batch-size 10 --epochs 4 --skip-receipts \
+        --kinds "tunewise float32,trl float32"
 
-Each run trains in a fresh subprocess (so peak RSS is that trainer's own), alternating tunewise and TRL so that
-load from other processes on the machine hits both alike. Both use the default model (SmolLM2-135M-Instruct) in
-float32 on CPU, LoRA r=16, alpha=32, dropout 0 on every linear layer, AdamW, linear schedule with 3% warm-up,
-gradient clipping at 1.0, and the same number of threads. TRL is given the data in its conversational
-prompt-completion form with ``completion_only_loss=True`` (its loss on the assistant answer only) and gradient
-checkpointing off (TRL's default is on; off is the faster setting and matches tunewise, which does not
-checkpoint). Throughput is the examples' tokens (prompt and answer, no padding) divided by the training loop's
-wall time, the same count for both. Eval loss is the mean token loss on the held-out answers of
-``examples/receipts/test.jsonl``, computed for both final models by the same function.
+Each run trains in a fresh subprocess (so peak RSS is that trainer's own), alternating the rows so that load from
+other processes on the machine hits them alike. Rows: tunewise float32 (its CPU default), tunewise bf16
+(``dtype="bfloat16"``: bf16 autocast over float32 weights), TRL float32 (its default) and TRL ``bf16=True`` (its
+precision option, autocast too). All use the default model (SmolLM2-135M-Instruct) on CPU, LoRA r=16, alpha=32,
+dropout 0 on every linear layer, initialised from the same seed right before the same ``get_peft_model``, AdamW,
+linear schedule with 3% warm-up, gradient clipping at 1.0, and the same number of threads. TRL is given tunewise's
+own tokens and labels (``--trl-data tokens``: the same labelled tokens, the assistant content and ``<|im_end|>``;
+``conversational`` lets TRL render the chat, which also labels the newline after ``<|im_end|>``) with
+``completion_only_loss=True`` and gradient checkpointing off (TRL's default is on; off is the faster setting and
+matches tunewise). Throughput is the examples' tokens (prompt and answer, no padding) divided by the training
+loop's wall time, the same count for both. Eval loss is the mean token loss on the held-out answers of
+``examples/receipts/test.jsonl``, computed in float32 for every final model by the same function. The ratios are
+printed same-dtype (float32/float32, bf16/bf16), bf16 tunewise against float32 TRL (said so), and default
+against default, with the 1% rule's check (tunewise bf16 against float32 on the same run).
 
-Then it times fine-tuning the default model on the receipts example (200 examples, 3 epochs, auto batch size):
-it trains a few steps and extrapolates by tokens, and says so.
+Then it times fine-tuning the default model on the receipts example (200 examples, 3 epochs, auto batch size) in
+each of ``--receipts-dtypes``: it trains a few steps and extrapolates by tokens, and says so.
 """
 
 from __future__ import annotations
