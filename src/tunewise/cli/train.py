@@ -65,7 +65,8 @@ def _auto_or(kind):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CUDA when a GPU is present, else CPU.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
-              help="auto: bfloat16 on CUDA, float32 on CPU.")
+              help="auto: bfloat16 on CUDA, float32 on CPU; bfloat16 on CPU: bf16 autocast (fast on CPUs with "
+                   "bf16 instructions), float32 adapters.")
 @click.option("--num-threads", type=click.IntRange(min=1),
               help="CPU threads for PyTorch (default: PyTorch's choice; 1 is faster on a busy shared machine).")
 @click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,

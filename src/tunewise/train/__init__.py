@@ -5,9 +5,18 @@ labels, the training/inference agreement check), ``batching`` (length-grouped ba
 ``trainer`` (the loop, checkpoints, resume, export).
 """
 
-from tunewise.train.config import TrainConfig, TrainEvent, TrainResult, auto_batch_size, auto_n_epochs
+from tunewise.train.config import (
+    TrainConfig,
+    TrainEvent,
+    TrainResult,
+    auto_batch_size,
+    auto_n_epochs,
+    cpu_has_bf16,
+    resolve_dtype,
+)
 from tunewise.train.render import Rendered, Renderer, normalize_messages
 from tunewise.train.trainer import METRICS_HEADER, evaluate, export_merged, render_file, train
 
 __all__ = ["METRICS_HEADER", "Rendered", "Renderer", "TrainConfig", "TrainEvent", "TrainResult", "auto_batch_size",
-           "auto_n_epochs", "evaluate", "export_merged", "normalize_messages", "render_file", "train"]
+           "auto_n_epochs", "cpu_has_bf16", "evaluate", "export_merged", "normalize_messages", "render_file",
+           "resolve_dtype", "train"]

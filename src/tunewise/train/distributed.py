@@ -196,8 +196,10 @@ def labelled_module(model, core, head):
 
         def forward(self, ids, keep, **extra):
             if core is not None:
+                from tunewise.train.methods.sft import head_float32
+
                 hidden = core(input_ids=ids, use_cache=False, **extra).last_hidden_state
-                return head(hidden[:, :-1][keep])
+                return head_float32(head, hidden[:, :-1][keep])
             return self.model(input_ids=ids, use_cache=False, **extra).logits[:, :-1][keep]
 
     return Labelled()

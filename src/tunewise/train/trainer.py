@@ -38,7 +38,13 @@ from tunewise.errors import (
 )
 from tunewise.train import distributed, methods
 from tunewise.train.batching import micro_batches, packed_micro_batches, plan
-from tunewise.train.config import TrainConfig, TrainEvent, TrainResult, resolve_hyperparameters
+from tunewise.train.config import (
+    TrainConfig,
+    TrainEvent,
+    TrainResult,
+    resolve_dtype,
+    resolve_hyperparameters,
+)
 from tunewise.train.methods import StepContext
 from tunewise.train.render import Rendered, Renderer, read_examples
 
@@ -72,11 +78,7 @@ def _device_and_dtype(config: TrainConfig):
         raise Unsupported("device 'cuda' was asked for, but PyTorch sees no CUDA GPU here.",
                           hint="Use --device auto (CUDA when present, else CPU) or --device cpu.", param="device")
     device = "cuda" if has_cuda and config.device in ("auto", "cuda") else "cpu"
-    if config.dtype == "auto":
-        dtype = "bfloat16" if device == "cuda" else "float32"
-    else:
-        dtype = config.dtype
-    return device, dtype
+    return device, resolve_dtype(config, device)
 
 
 def _sha256(path: Path) -> str:
@@ -139,9 +141,11 @@ def _load(config: TrainConfig, seed: int, device: str, dtype: str):
     import torch
 
     torch.manual_seed(seed)  # LoRA's initialisation draws from it
-    # Full fine-tuning in bf16 keeps fp32 master weights and autocasts the forward; LoRA keeps the frozen base in
-    # the training dtype (PEFT keeps the adapters in fp32).
-    load_dtype = torch.float32 if (dtype == "float32" or config.method == "full") else torch.bfloat16
+    # bf16 training autocasts the matmuls to bf16. Full fine-tuning keeps fp32 master weights, and so does LoRA on
+    # CPU: its residual stream and norms stay fp32 (the held-out loss within 1% of float32's, where bf16 weights
+    # lost 12%). LoRA on CUDA keeps the frozen base in bf16 (half the memory). PEFT keeps the adapters in fp32.
+    fp32_weights = dtype == "float32" or config.method == "full" or not device.startswith("cuda")
+    load_dtype = torch.float32 if fp32_weights else torch.bfloat16
     model = models.load_model(config.model, dtype=load_dtype, device=device,
                               attn_implementation=attention_implementation(device, config.packing))
     model.config.use_cache = False
@@ -456,6 +460,8 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
     if group is not None:
         out = Path(group.broadcast(str(out)))  # a default directory's time stamp is rank 0's
     saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else None
+    if saved:  # "auto" resumes in the dtype the run started with (older runs: float32 on every CPU)
+        dtype = resolve_dtype(config, device, saved.get("dtype"))
     tokenizer = models.load_tokenizer(config.model)
     renderer = Renderer(tokenizer, model_name=spec.name)
     method = methods.get(config)
@@ -523,10 +529,10 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
     total = len(steps)
     model = _load(config, seed, device, dtype)
     model.train()
-    # bf16 autocast: full fine-tuning in bf16 (fp32 master weights), and on CUDA LoRA too (its fp32 adapters' matmuls
-    # run in bf16 beside the bf16 base). LoRA on CPU keeps its exact dtypes.
-    autocast_dtype = (torch.bfloat16 if dtype == "bfloat16" and (config.method == "full" or device.startswith("cuda"))
-                      else None)
+    # bf16 autocast for every bf16 run: the matmuls (base and LoRA alike) run in bf16 over fp32 weights (or the bf16
+    # base on CUDA). On CPU that is what makes bf16 pay: bf16 weights without autocast ran slower than float32, as
+    # PEFT computes the fp32 adapters beside them in fp32 and casts at every layer (bench/train.py, docs/train.md).
+    autocast_dtype = torch.bfloat16 if dtype == "bfloat16" else None
     core, head = _core_and_head(model)
     pad_id = tokenizer.pad_token_id
     progress, state = _load_state(out)

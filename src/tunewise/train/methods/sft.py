@@ -25,13 +25,30 @@ def token_sums(model, core, head, mb, device, forward=None):
     elif core is not None:
         # No attention mask: rows are right-padded, so causal attention already hides padding from real tokens.
         hidden = core(input_ids=ids, use_cache=False, **extra).last_hidden_state
-        logits = head(hidden[:, :-1][keep]).float()
+        logits = head_float32(head, hidden[:, :-1][keep])
     else:
         logits = model(input_ids=ids, use_cache=False, **extra).logits[:, :-1][keep].float()
     wanted = targets[keep]
     loss = F.cross_entropy(logits, wanted, reduction="sum")
     correct = (logits.detach().argmax(-1) == wanted).sum().item()
     return loss, correct, int(wanted.numel())
+
+
+def head_float32(head, hidden):
+    """The LM head's logits in float32 even under bf16 autocast: bf16 logits (about 3 significant digits) round by
+    several hundredths around the values a trained model reaches, which is noise the size of the gradient of a
+    well-predicted token; the head runs over the labelled positions only, so float32 costs little."""
+    import torch
+    import torch.nn.functional as F
+
+    device_type = hidden.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return head(hidden).float()
+    with torch.autocast(device_type=device_type, enabled=False):
+        if head.weight.dtype == torch.float32:
+            return head(hidden.float())  # through the module, so wrappers' hooks (FSDP) still see it
+        # a bf16 head (LoRA on CUDA keeps the base in bf16) is upcast for the product
+        return F.linear(hidden.float(), head.weight.float(), None if head.bias is None else head.bias.float())
 
 
 class SFT:
