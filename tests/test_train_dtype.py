@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from test_train import cfg, write_jsonl
 from tunewise import models
 from tunewise.errors import Cancelled
-from tunewise.train import TrainConfig, config as train_config, cpu_has_bf16, resolve_dtype, train
+from tunewise.train import TrainConfig, cpu_has_bf16, resolve_dtype, train
+from tunewise.train import config as train_config
 
 TINY = models.TINY_MODEL
 
