@@ -162,8 +162,6 @@ def _read_schema(schema: dict | str | os.PathLike) -> dict:
 
 METHODS = ("supervised", "dpo", "reinforcement")
 """OpenAI's fine-tuning methods (``method.type`` of a job)."""
-RFT_HYPERPARAMETERS = ("compute_multiplier", "eval_interval", "eval_samples", "reasoning_effort")
-"""Reinforcement fine-tuning's own hyperparameters (beside n_epochs, batch_size, learning_rate_multiplier)."""
 
 
 def check_job_settings(hyperparameters: dict[str, Any], suffix: str | None = None,
