@@ -112,3 +112,149 @@ def test_bad_reinforcement_requests_are_400s_in_openais_shape(client, files, rei
     assert err.value.status_code == 400
     body = err.value.body
     assert body["param"] == param and words in body["message"], body
+
+
+# --- `tunewise jobs create --method reinforcement` and the library client -----------------------------------
+
+
+def _rft_file(path: Path, field: str = "reference_answer") -> Path:
+    items = [("Coffee", 4.5), ("Bagel", 3.0), ("Tea", 2.75), ("Muffin", 2.25), ("Latte", 5.1), ("Scone", 2.9),
+             ("Water", 1.0), ("Cookie", 1.75), ("Soup", 6.5), ("Salad", 8.25)]
+    path.write_text("".join(json.dumps({
+        "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"{name} ${price:.2f}"}],
+        field: json.dumps({"items": [{"name": name, "price": price}]})}) + "\n" for name, price in items))
+    return path
+
+
+@pytest.fixture
+def cli_env(server, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", server.api_key)
+
+
+def _file_ids(client) -> set[str]:
+    return {f.id for f in client.files.list()}
+
+
+def test_jobs_create_method_reinforcement_validates_says_the_billing_and_creates(server, client, cli_env, tmp_path,
+                                                                                capsys):
+    from helpers import run_cli
+    from tunewise import cost
+
+    grader = tmp_path / "grader.json"
+    grader.write_text(json.dumps(GRADER))
+    code, out, err = run_cli(capsys, "jobs", "create", str(_rft_file(tmp_path / "rft.jsonl")), "--model",
+                             "gpt-4o-mini-2024-07-18", "--method", "reinforcement", "--grader", str(grader),
+                             "--n-epochs", "1", "--batch-size", "10", "--compute-multiplier", "0.5",
+                             "--eval-interval", "3", "--eval-samples", "2", "--reasoning-effort", "low", "--json")
+    assert code == 0, err
+    assert "10 examples, no errors" in err  # validated locally as reinforcement prompts against the grader
+    assert "estimate: not estimated: billed by training time" in err and cost.RFT_BILLING in err
+    assert f"{server.base_url} is a local service: training costs nothing" in err
+    job = json.loads(out)  # --json: stdout holds the job alone
+    assert job["method"]["type"] == "reinforcement"  # (the SDK's dump adds "dpo": None, "supervised": None)
+    assert job["method"]["reinforcement"] == {"grader": GRADER, "hyperparameters": {"n_epochs": 1, "batch_size": 10, "learning_rate_multiplier": "auto", "compute_multiplier": 0.5,
+        "eval_interval": 3, "eval_samples": 2, "reasoning_effort": "low"}}
+    assert job["training_file"] in _file_ids(client)
+    done = wait_for(client, job["id"])  # one step of 10 prompts x 2 completions of up to 8 tokens
+    assert done.status == "succeeded", done.error
+    hyper = done.method.reinforcement.hyperparameters
+    assert (hyper.learning_rate_multiplier, hyper.eval_interval, hyper.eval_samples) == (1.0, 3, 2)
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["--grader", "GRADER"], 2, "--grader is for --method reinforcement"),
+    (["--eval-samples", "2"], 2, "--eval-samples is for --method reinforcement"),
+    (["--method", "dpo", "--compute-multiplier", "1"], 2, "--compute-multiplier is for --method reinforcement"),
+    (["--method", "reinforcement"], 2, "--method reinforcement needs --grader"),
+    (["--method", "reinforcement", "--grader", "GRADER", "--beta", "0.1"], 2, "Reinforcement fine-tuning has no beta"),
+    (["--method", "reinforcement", "--grader", "GRADER", "--compute-multiplier", "11"], 2,
+     "--compute-multiplier: Invalid compute_multiplier 11.0: expected 'auto' or a number in (0, 10]"),
+    (["--method", "reinforcement", "--grader", "GRADER", "--eval-samples", "65"], 2, "--eval-samples: Invalid"),
+    (["--method", "reinforcement", "--grader", "GRADER", "--eval-interval", "x"], 2, "Expected a number or 'auto'"),
+    (["--method", "reinforcement", "--grader", "BAD"], 2, "--grader: "),
+    (["--method", "reinforcement", "--grader", "JUDGE"], 1, "--grader: grader: score_model"),
+    (["--method", "reinforcement", "--grader", "OTHER_FIELD"], 1, "rft_missing_item_field"),
+    (["--method", "reinforcement", "--grader", "GRADER", "CHAT"], 1, "rft_final_assistant_message"),
+])
+def test_jobs_create_refuses_bad_reinforcement_settings_before_any_upload(client, cli_env, tmp_path, capsys, args,
+                                                                          code, words):
+    from helpers import run_cli
+
+    files = {"GRADER": GRADER, "BAD": dict(GRADER, operation="equals"),
+             "JUDGE": {"type": "score_model", "name": "judge", "model": "gpt-4o-mini",
+                       "input": [{"role": "user", "content": "Score {{ sample.output_text }}"}]},
+             "OTHER_FIELD": dict(GRADER, reference="{{ item.expected }}")}
+    for name, grader in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(grader))
+    data = _rft_file(tmp_path / "rft.jsonl")
+    if "CHAT" in args:
+        args, data = [a for a in args if a != "CHAT"], write_receipts(tmp_path / "chat.jsonl")
+    args = [str(tmp_path / f"{a}.json") if a in files else a for a in args]
+    before = _file_ids(client)
+    got, _, err = run_cli(capsys, "jobs", "create", str(data), "--model", "gpt-4o-mini-2024-07-18", *args)
+    assert (got, err.count("\n")) == (code, 1), err  # one line, no traceback
+    assert words in err and "grader.operation" in err if "BAD" in str(args) else words in err, err
+    assert _file_ids(client) == before  # refused before anything was uploaded
+
+
+def test_the_library_client_plans_and_creates_a_reinforcement_job(server, client, tmp_path):
+    from tunewise import cost
+    from tunewise.client import Client
+    from tunewise.errors import UsageError
+
+    lib = Client(server.base_url, server.api_key)
+    data = _rft_file(tmp_path / "rft.jsonl")
+    plan = lib.plan_job(str(data), "gpt-4o-mini-2024-07-18", method="reinforcement", grader=GRADER)
+    assert plan.report.stats.n_examples == 10 and plan.estimate is None and plan.billing == cost.RFT_BILLING
+    assert plan.to_dict()["grader"] == GRADER and plan.to_dict()["method"] == "reinforcement"
+    with pytest.raises(UsageError, match="compute_multiplier is a reinforcement"):
+        lib.create_job(str(data), "gpt-4o-mini-2024-07-18", compute_multiplier=1)
+    with pytest.raises(UsageError, match="a reinforcement job has none"):
+        lib.create_job(str(data), "gpt-4o-mini-2024-07-18", method="reinforcement", grader=GRADER, beta=0.1)
+    with pytest.raises(UsageError, match="needs a grader"):
+        lib.create_job(str(data), "gpt-4o-mini-2024-07-18", method="reinforcement")
+    # A grader the server refuses (python graders are off here): its 400, and the upload deleted again.
+    from tunewise.client import DataError
+
+    before = _file_ids(client)
+    with pytest.raises(DataError, match="python graders are disabled") as err:
+        lib.create_job(str(data), "gpt-4o-mini-2024-07-18", method="reinforcement", grader=PYTHON)
+    assert err.value.param == "method.reinforcement.grader.type"
+    assert _file_ids(client) == before
+    job = lib.create_job(str(data), "gpt-4o-mini-2024-07-18", method="reinforcement", grader=GRADER,
+                         n_epochs=1, compute_multiplier=0.5, eval_samples="auto", reasoning_effort="high")
+    hyper = job["method"]["reinforcement"]["hyperparameters"]
+    assert job["method"]["reinforcement"]["grader"] == GRADER
+    assert (hyper["compute_multiplier"], hyper["eval_samples"], hyper["reasoning_effort"]) == (0.5, "auto", "high")
+    client.fine_tuning.jobs.cancel(job["id"])  # only the request is under test here
+
+
+def test_the_clients_ranges_are_the_servers():
+    from tunewise.hyperparameters import REASONING_EFFORTS, REINFORCEMENT_RANGES
+    from tunewise.serve.routes import jobs
+
+    assert REINFORCEMENT_RANGES == {**jobs.HYPERPARAMETER_RANGES, **jobs.RFT_RANGES}
+    assert REASONING_EFFORTS == jobs.REASONING_EFFORTS
+
+
+def test_read_grader_takes_a_yaml_file_and_model_graders_only_for_openai(tmp_path):
+    from tunewise.client import read_grader
+    from tunewise.errors import Unsupported, UsageError
+
+    judge = {"type": "score_model", "name": "judge", "model": "gpt-4o-mini",
+             "input": [{"role": "user", "content": "Score {{ sample.output_text }}"}]}
+    path = tmp_path / "grader.yaml"
+    path.write_text("type: string_check\nname: exact\noperation: eq\ninput: '{{ sample.output_text }}'\n"
+                    "reference: '{{ item.reference_answer }}'\n")
+    assert read_grader(path) == GRADER
+    assert read_grader(judge, local=False) == judge  # OpenAI runs model graders
+    with pytest.raises(Unsupported, match="score_model"):
+        read_grader(judge)
+    with pytest.raises(UsageError, match="label_model"):
+        read_grader({"type": "label_model", "name": "l", "model": "gpt-4o-mini", "input": judge["input"],
+                     "labels": ["a", "b"], "passing_labels": ["a"]}, local=False)
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps([GRADER, dict(GRADER, name="other")]))
+    with pytest.raises(UsageError, match="holds 2 graders"):
+        read_grader(two)

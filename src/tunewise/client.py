@@ -160,17 +160,70 @@ def _read_schema(schema: dict | str | os.PathLike) -> dict:
     return value
 
 
+METHODS = ("supervised", "dpo", "reinforcement")
+"""OpenAI's fine-tuning methods (``method.type`` of a job)."""
+
+
 def check_job_settings(hyperparameters: dict[str, Any], suffix: str | None = None,
                        method: str = "supervised") -> None:
     """What the service would refuse in a job's settings, refused here first (before any upload)."""
-    from tunewise.hyperparameters import DPO_RANGES, HYPERPARAMETER_RANGES, check_hyperparameter
+    from tunewise.hyperparameters import (
+        DPO_RANGES,
+        HYPERPARAMETER_RANGES,
+        REASONING_EFFORTS,
+        REINFORCEMENT_RANGES,
+        check_hyperparameter,
+    )
 
-    if method not in ("supervised", "dpo"):
-        raise UsageError(f"method must be 'supervised' or 'dpo', not {method!r}.", param="method")
+    if method not in METHODS:
+        raise UsageError(f"method must be one of {', '.join(METHODS)}, not {method!r}.", param="method")
+    ranges = {"dpo": DPO_RANGES, "reinforcement": REINFORCEMENT_RANGES}.get(method, HYPERPARAMETER_RANGES)
     for name, value in hyperparameters.items():
-        check_hyperparameter(name, value, DPO_RANGES if method == "dpo" else HYPERPARAMETER_RANGES)
+        if name == "reasoning_effort" and method == "reinforcement":
+            if value is not None and value not in REASONING_EFFORTS:
+                raise UsageError(f"Invalid reasoning_effort {value!r}: expected one of "
+                                 f"{', '.join(REASONING_EFFORTS)}.", param="hyperparameters.reasoning_effort")
+            continue
+        check_hyperparameter(name, value, ranges)
     if suffix is not None and len(suffix) > 64:
         raise UsageError(f"The suffix is {len(suffix)} characters; at most 64.", param="suffix")
+
+
+def read_grader(grader: dict | str | os.PathLike, *, local: bool = True) -> dict:
+    """A reinforcement job's grader, given as an OpenAI grader object or a path to a JSON or YAML file holding
+    one, checked as the service would check it (``tunewise.eval.graders``: the field at fault is named).
+
+    ``local``: the service is a ``tunewise serve``, which trains with no judge model, so model graders
+    (``score_model``, ``label_model``) are refused here too; OpenAI runs them.
+    """
+    from tunewise.eval.graders import load_graders, parse_grader
+
+    if isinstance(grader, dict):
+        parsed = parse_grader(grader, "grader")
+    else:
+        graders = load_graders(grader)
+        if len(graders) != 1:
+            raise UsageError(f"{grader} holds {len(graders)} graders; reinforcement fine-tuning takes one.",
+                             hint="Combine them in one multi grader (its calculate_output weighs them).",
+                             param="grader")
+        parsed = graders[0]
+    if parsed.type == "label_model":
+        raise UsageError("grader.type: a label_model grader cannot be a fine-tuning grader on its own.",
+                         hint="Use score_model, or put the label_model inside a multi grader.",
+                         param="grader.type", code="invalid_grader")
+    if local and parsed.uses_model:
+        from tunewise.errors import Unsupported
+
+        raise Unsupported("grader: score_model and label_model graders are not run by tunewise serve's "
+                          "reinforcement fine-tuning (each completion would need a judge model's answer).",
+                          hint="Use string_check, text_similarity or python graders (or a multi of them); "
+                          "OpenAI itself runs model graders.", param="grader.type", code="unsupported_grader")
+    return parsed.to_dict()
+
+
+def _grader_without_rft() -> UsageError:
+    return UsageError("A grader is for reinforcement fine-tuning.", param="grader",
+                      hint="Use method 'reinforcement' (--method reinforcement), or leave the grader out.")
 
 
 @dataclass
@@ -186,10 +239,17 @@ class JobPlan:
     estimate: Any = None
     """``tunewise.cost.TrainingEstimate`` (cost 0 for a local service); None when it could not be priced."""
     notes: list[str] = field(default_factory=list)
+    method: str = "supervised"
+    billing: str | None = None
+    """How OpenAI bills the job when it is not by tokens (reinforcement: by training time); then no estimate."""
+    grader: dict | None = None
+    """A reinforcement job's grader, checked."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"training_file": self.training_file, "model": self.model, "base_url": self.target.base_url,
+                "method": self.method,
                 "estimate": self.estimate.to_dict() if self.estimate is not None else None,
+                "billing": self.billing, "grader": self.grader,
                 "report": self.report.to_dict() if self.report is not None else None,
                 "notes": self.notes}
 
@@ -273,15 +333,24 @@ class Client:
 
     def plan_job(self, training_file: str, model: str, n_epochs: int | str | None = None,
                  prices: str | os.PathLike | None = None, validation_file: str | None = None,
-                 method: str = "supervised") -> JobPlan:
+                 method: str = "supervised", grader: dict | str | os.PathLike | None = None) -> JobPlan:
         """Validate a local training file and price it; raise ``DataError`` if it has errors.
 
         OpenAI prices apply when the service is OpenAI; a local service trains for free (cost 0).
         A file id (not a local path) is neither validated nor priced here: the service checks it. A local
-        ``validation_file`` is validated too (it is not billed).
+        ``validation_file`` is validated too (it is not billed). ``method="reinforcement"`` takes a ``grader``
+        (an OpenAI grader object or a JSON/YAML file): the files are checked as reinforcement prompts with the
+        fields it reads, and nothing is priced (``billing`` says how OpenAI bills it: by training time).
         """
-        plan = JobPlan(training_file=training_file, model=model, target=self.target)
-        check_job_settings({"n_epochs": n_epochs} if n_epochs is not None else {})
+        plan = JobPlan(training_file=training_file, model=model, target=self.target, method=method)
+        check_job_settings({"n_epochs": n_epochs} if n_epochs is not None else {}, method=method)
+        if method == "reinforcement":
+            from tunewise.cost import RFT_BILLING
+
+            plan.grader = self._grader(grader)
+            plan.billing = RFT_BILLING
+        elif grader is not None:
+            raise _grader_without_rft()
         if not Path(training_file).is_file():
             if not str(training_file).startswith("file-"):
                 raise UsageError(f"{training_file} is neither a local file nor a file id (file-...).")
@@ -292,13 +361,20 @@ class Client:
         from tunewise.data import validate
 
         info = load_catalog(prices).find(model)
-        data_format = "preference" if method == "dpo" else None  # DPO's data: OpenAI's preference format
+        # DPO's data: OpenAI's preference format; reinforcement's: prompts with the fields the grader reads.
+        data_format = {"dpo": "preference", "reinforcement": "reinforcement"}.get(method)
         plan.report = validate(training_file, model=info.name if info else None, prices=prices,
-                               data_format=data_format)
+                               data_format=data_format, grader=plan.grader)
         plan.report.raise_for_errors()
         if validation_file and Path(validation_file).is_file():
             validate(validation_file, model=info.name if info else None, prices=prices,
-                     data_format=data_format).raise_for_errors()
+                     data_format=data_format, grader=plan.grader).raise_for_errors()
+        if method == "reinforcement":
+            if not self.target.is_openai:
+                plan.notes.append(f"{self.target.base_url} is a local service: training costs nothing.")
+            if info is None:
+                plan.notes.append(f"{model} is not in the catalog: validated with default limits.")
+            return plan
         if info is None:
             plan.notes.append(f"{model} is not in the catalog: validated with default limits, not priced.")
             return plan
@@ -311,6 +387,14 @@ class Client:
             estimate = replace(estimate, cost_usd=0.0, price_per_1m=0.0)
         plan.estimate = estimate
         return plan
+
+    def _grader(self, grader: dict | str | os.PathLike | None) -> dict:
+        """A reinforcement job's grader, required and checked (model graders only where OpenAI runs them)."""
+        if grader is None:
+            raise UsageError("A reinforcement job needs a grader: the grader that scores each sampled answer.",
+                             hint="Write one OpenAI grader to a JSON file (see docs/graders.md) and pass "
+                             "--grader FILE (grader=... in the library).", param="grader")
+        return read_grader(grader, local=not self.target.is_openai)
 
     def _file_id(self, file_or_id: str, purpose: str = "fine-tune") -> str:
         if Path(file_or_id).is_file():
@@ -325,9 +409,15 @@ class Client:
                    seed: int | None = None, metadata: dict[str, str] | None = None,
                    eval_file: str | None = None, eval_schema: dict | str | os.PathLike | None = None,
                    eval_limit: int | None = None, eval_max_tokens: int | None = None,
-                   method: str = "supervised", beta: float | str | None = None) -> dict:
-        """Upload local files (ids are used as they are) and create a fine-tuning job: supervised, or with
-        ``method="dpo"`` a DPO job on preference data (``beta``: DPO's, a number in (0, 2] or 'auto').
+                   method: str = "supervised", beta: float | str | None = None,
+                   grader: dict | str | os.PathLike | None = None,
+                   compute_multiplier: float | str | None = None, eval_interval: int | str | None = None,
+                   eval_samples: int | str | None = None, reasoning_effort: str | None = None) -> dict:
+        """Upload local files (ids are used as they are) and create a fine-tuning job: supervised, with
+        ``method="dpo"`` a DPO job on preference data (``beta``: DPO's, a number in (0, 2] or 'auto'), or with
+        ``method="reinforcement"`` a reinforcement job: its ``grader`` (an OpenAI grader object or a JSON/YAML
+        file holding one) and its own hyperparameters (``compute_multiplier`` in (0, 10], ``eval_interval``,
+        ``eval_samples`` 1-64, each a number or 'auto'; ``reasoning_effort`` default/low/medium/high).
 
         ``eval_file`` (a local chat JSONL file or a file id), ``eval_schema`` (a JSON Schema dict or a path to
         one), ``eval_limit`` and ``eval_max_tokens`` ask ``tunewise serve`` to score each checkpoint on that
@@ -337,11 +427,26 @@ class Client:
                                    ("learning_rate_multiplier", learning_rate_multiplier)) if v is not None}
         if beta is not None:
             if method != "dpo":
-                raise UsageError("beta is DPO's hyperparameter; a supervised job has none.",
+                raise UsageError(f"beta is DPO's hyperparameter; a {method} job has none.",
                                  hint="Use method 'dpo', or leave beta out.", param="beta")
             hyper["beta"] = beta
+        rft = {k: v for k, v in (("compute_multiplier", compute_multiplier), ("eval_interval", eval_interval),
+                                 ("eval_samples", eval_samples), ("reasoning_effort", reasoning_effort))
+               if v is not None}
+        if rft and method != "reinforcement":
+            name = next(iter(rft))
+            raise UsageError(f"{name} is a reinforcement fine-tuning hyperparameter; a {method} job has none.",
+                             hint=f"Use method 'reinforcement' (with a grader), or leave {name} out.", param=name)
+        if grader is not None and method != "reinforcement":
+            raise _grader_without_rft()
+        hyper.update(rft)
         check_job_settings(hyper, suffix, method)  # before anything is uploaded
-        method_body = {"type": "dpo", "dpo": {"hyperparameters": hyper}} if method == "dpo" else None
+        method_body = None
+        if method == "dpo":
+            method_body = {"type": "dpo", "dpo": {"hyperparameters": hyper}}
+        elif method == "reinforcement":
+            method_body = {"type": "reinforcement",
+                           "reinforcement": {"grader": self._grader(grader), "hyperparameters": hyper}}
         if eval_file is None and (eval_schema is not None or eval_limit is not None or eval_max_tokens is not None):
             raise UsageError("An eval schema, limit or max tokens needs an eval file.",
                              hint="Add --eval-file with held-out chat examples.")
@@ -369,7 +474,7 @@ class Client:
         kwargs: dict[str, Any] = {"model": model, "training_file": file_id(training_file)}
         if validation_file:
             kwargs["validation_file"] = file_id(validation_file)
-        if method_body is not None:  # OpenAI takes DPO's hyperparameters in `method` only
+        if method_body is not None:  # OpenAI takes DPO's and RFT's hyperparameters in `method` only
             kwargs["method"] = method_body
         elif hyper:
             kwargs["hyperparameters"] = hyper

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -187,9 +188,21 @@ def _job_rows(job: dict) -> list[tuple[str, str]]:
               help="Examples scored per checkpoint (default 20).")
 @click.option("--eval-max-tokens", type=click.IntRange(1, 4096), default=None,
               help="Longest answer generated per example (default 256).")
-@click.option("--method", "method", type=click.Choice(["supervised", "dpo"]), default="supervised",
-              show_default=True, help="dpo: FILE is preference data, trained with DPO.")
+@click.option("--method", "method", type=click.Choice(["supervised", "dpo", "reinforcement"]), default="supervised",
+              show_default=True, help="dpo: FILE is preference data, trained with DPO; reinforcement: FILE is "
+                                      "prompts, scored by --grader (reinforcement fine-tuning).")
 @click.option("--beta", default=None, help="With --method dpo: DPO's beta, in (0, 2], or 'auto'.")
+@click.option("--grader", "grader_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --method reinforcement: a JSON or YAML file holding one OpenAI grader (the reward).")
+@click.option("--compute-multiplier", default=None,
+              help="With --method reinforcement: X in (0, 10] or 'auto' (the compute spent per step).")
+@click.option("--eval-interval", default=None,
+              help="With --method reinforcement: steps between validation runs, or 'auto'.")
+@click.option("--eval-samples", default=None,
+              help="With --method reinforcement: completions graded per validation prompt (1-64), or 'auto'.")
+@click.option("--reasoning-effort", type=click.Choice(["default", "low", "medium", "high"]), default=None,
+              help="With --method reinforcement: the reasoning effort of the trained model (OpenAI's; recorded "
+                   "by tunewise serve).")
 @click.option("--watch", is_flag=True, help="Follow the job until it ends.")
 @json_option
 @click.pass_context
@@ -197,8 +210,11 @@ def jobs_create(ctx: click.Context, file_or_id: str, model: str, validation_file
                 n_epochs: str | None, batch_size: str | None, learning_rate_multiplier: str | None,
                 suffix: str | None, seed: int | None, prices: str | None, eval_file: str | None,
                 eval_schema: str | None, eval_limit: int | None, eval_max_tokens: int | None, method: str,
-                beta: str | None, watch: bool, as_json: bool) -> None:
-    """Validate FILE_OR_ID, show the cost estimate, upload it and create a fine-tuning job."""
+                beta: str | None, grader_file: str | None, compute_multiplier: str | None,
+                eval_interval: str | None, eval_samples: str | None, reasoning_effort: str | None, watch: bool,
+                as_json: bool) -> None:
+    """Validate FILE_OR_ID, show the cost estimate, upload it and create a fine-tuning job (supervised, DPO
+    with --method dpo, reinforcement fine-tuning with --method reinforcement --grader G.json)."""
     from tunewise.client import check_job_settings
 
     hyper = {"n_epochs": _hyper(n_epochs), "batch_size": _hyper(batch_size),
@@ -207,14 +223,31 @@ def jobs_create(ctx: click.Context, file_or_id: str, model: str, validation_file
 
     beta_value = _hyper(beta, float)
     if beta_value is not None and method != "dpo":
-        raise UsageError("--beta is DPO's hyperparameter.", hint="Add --method dpo, or leave --beta out.",
-                         param="beta")
-    check_job_settings({k: v for k, v in {**hyper, "beta": beta_value}.items() if v is not None}, suffix,
-                       method)  # before any upload
+        hint = ("Reinforcement fine-tuning has no beta (its hyperparameters: --compute-multiplier, "
+                "--eval-interval, --eval-samples, --reasoning-effort); leave --beta out."
+                if method == "reinforcement" else "Add --method dpo, or leave --beta out.")
+        raise UsageError("--beta is DPO's hyperparameter.", hint=hint, param="beta")
+    rft = {"compute_multiplier": _hyper(compute_multiplier, float), "eval_interval": _hyper(eval_interval),
+           "eval_samples": _hyper(eval_samples), "reasoning_effort": reasoning_effort}
+    given = [name for name, value in rft.items() if value is not None] + (["grader"] if grader_file else [])
+    if method != "reinforcement" and given:
+        option = "--" + given[-1].replace("_", "-")
+        raise UsageError(f"{option} is for --method reinforcement.",
+                         hint=f"Add --method reinforcement{'' if grader_file else ' --grader G.json'}, or leave "
+                         f"{option} out.",
+                         param=given[-1])
+    if method == "reinforcement" and grader_file is None:
+        raise UsageError("--method reinforcement needs --grader: the grader that scores each sampled answer.",
+                         hint="Write one OpenAI grader to a JSON file (see docs/graders.md) and pass "
+                         "--grader FILE.", param="grader")
+    with _named_options():
+        check_job_settings({k: v for k, v in {**hyper, "beta": beta_value, **rft}.items() if v is not None},
+                           suffix, method)  # before any upload
     client = _client(ctx)
     epochs = _epochs(n_epochs) if n_epochs is not None else None
-    plan = client.plan_job(file_or_id, model, n_epochs=epochs, prices=prices, validation_file=validation_file,
-                           method=method)
+    with _named_options():
+        plan = client.plan_job(file_or_id, model, n_epochs=epochs, prices=prices, validation_file=validation_file,
+                               method=method, grader=grader_file)
     out = sys.stderr if as_json else sys.stdout  # --json keeps stdout for the job object alone
     if plan.report is not None:
         click.echo(f"{file_or_id}: {plan.report.stats.n_examples:,} examples, no errors, "
@@ -222,6 +255,9 @@ def jobs_create(ctx: click.Context, file_or_id: str, model: str, validation_file
         for w in plan.report.warnings:
             click.echo(f"warning: {w.message}", file=out)
     e = plan.estimate
+    if plan.billing is not None:  # reinforcement: no token price, said plainly
+        click.echo("estimate: not estimated: billed by training time", file=out)
+        click.echo(plan.billing, file=out)
     if e is not None:
         click.echo(f"estimate: {e.billed_tokens:,} billed tokens ({e.billed_tokens_per_epoch:,} x {e.n_epochs} "
                    f"epochs{', auto' if e.epochs_auto else ''}), {usd(e.cost_usd)} on {e.model}", file=out)
@@ -236,7 +272,7 @@ def jobs_create(ctx: click.Context, file_or_id: str, model: str, validation_file
                             learning_rate_multiplier=hyper["learning_rate_multiplier"],
                             suffix=suffix, seed=seed, eval_file=eval_file, eval_schema=eval_schema,
                             eval_limit=eval_limit, eval_max_tokens=eval_max_tokens, method=method,
-                            beta=beta_value)
+                            beta=beta_value, grader=plan.grader, **rft)
     if as_json:
         _dump(job)
     else:
@@ -245,6 +281,25 @@ def jobs_create(ctx: click.Context, file_or_id: str, model: str, validation_file
             click.echo(f"follow it: tunewise jobs watch {job['id']}")
     if watch:
         _watch(client, job["id"], interval=2.0)
+
+
+_OPTION_OF = {"n_epochs": "--epochs", "grader": "--grader"}
+"""A setting's option where it is not the setting's name with dashes."""
+
+
+@contextmanager
+def _named_options():
+    """A setting the library refuses (``param`` hyperparameters.NAME or grader...), said with the option typed."""
+    from tunewise.errors import TunewiseError
+
+    try:
+        yield
+    except TunewiseError as exc:
+        name = (exc.param or "").removeprefix("hyperparameters.")
+        if exc.param and (exc.param.startswith("hyperparameters.") or name.startswith("grader")):
+            name = "grader" if name.startswith("grader") else name
+            exc.message = f"{_OPTION_OF.get(name, '--' + name.replace('_', '-'))}: {exc.message}"
+        raise
 
 
 def _hyper(value: str | None, kind: type = int) -> Any:
