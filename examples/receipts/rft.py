@@ -102,7 +102,7 @@ def exact_match(model_dirs: list[Path], examples: list[dict]) -> list[list[int]]
 
 def proof(out: Path, n_rft: int = 48, n_valid: int = 8, n_test: int = 50, sft_steps: int = 8, batch_size: int = 4,
           compute_multiplier: float = 1.0, learning_rate_multiplier: float = 1.0, max_completion_tokens: int = 96,
-          seed: int = 0, exact: str = "json") -> dict:
+          seed: int = 0, exact: str = "json", epochs: int = 1) -> dict:
     from tunewise import models
     from tunewise.train import TrainConfig, train
 
@@ -125,8 +125,9 @@ def proof(out: Path, n_rft: int = 48, n_valid: int = 8, n_test: int = 50, sft_st
     t0 = time.monotonic()
     result = train(TrainConfig(training_file=out / "rft.jsonl", validation_file=out / "valid.jsonl",
                                model=models.DEFAULT_MODEL, init_adapter=sft.model_dir, objective="grpo",
-                               grader=rubric, n_epochs=1, batch_size=batch_size,
-                               compute_multiplier=compute_multiplier, eval_interval=max(1, n_rft // batch_size // 2),
+                               grader=rubric, n_epochs=epochs, batch_size=batch_size,
+                               compute_multiplier=compute_multiplier,
+                               eval_interval=max(1, n_rft * epochs // batch_size // 2),
                                learning_rate_multiplier=learning_rate_multiplier,
                                max_completion_tokens=max_completion_tokens, seed=seed, output_dir=out / "rft",
                                num_threads=1))
@@ -161,12 +162,14 @@ def main() -> None:
     parser.add_argument("--learning-rate-multiplier", type=float, default=1.0)
     parser.add_argument("--max-completion-tokens", type=int, default=96)
     parser.add_argument("--exact", choices=sorted(EXACT), default="json")
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="GRPO epochs over the prompts (2 or more: each epoch's mean reward is over the same prompts)")
     args = parser.parse_args()
     t0 = time.monotonic()
     figures = proof(args.out, n_rft=args.n_rft, n_test=args.n_test, sft_steps=args.sft_steps,
                     batch_size=args.batch_size, compute_multiplier=args.compute_multiplier,
                     learning_rate_multiplier=args.learning_rate_multiplier,
-                    max_completion_tokens=args.max_completion_tokens, exact=args.exact)
+                    max_completion_tokens=args.max_completion_tokens, exact=args.exact, epochs=args.epochs)
     figures["wall_s"] = round(time.monotonic() - t0, 1)
     print(json.dumps(figures, indent=2))
 
