@@ -40,6 +40,7 @@ def _check_style(proc, out) -> None:
     assert "house_style" in (out / "candidates.yaml").read_text() or (out / "style" / "graders.yaml").is_file()
 
 
+@pytest.mark.slow  # 30-35 s here: the whole style demo on the tiny model (its stages are tested one by one)
 def test_demo_style_on_the_tiny_model(tmp_path):
     proc, out = _run_demo(tmp_path, "--task", "style", "--model", TINY, "--limit", "3", timeout=600)
     _check_style(proc, out)

@@ -106,6 +106,7 @@ def _rank_pid(launcher: psutil.Process, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow  # about 33 s: a 2-process launch killed mid-run, then the rerun
 def test_killed_rank_fails_clearly_and_the_rerun_resumes(data, two_processes, tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(args(data, out, "--nproc-per-node", "2"), stdout=subprocess.PIPE,
