@@ -67,6 +67,14 @@ def read_examples(path: str | Path, model: str | None = None,
                         "with DPO, not supervised fine-tuning.",
                         hint="Train it with --method dpo (the API: method type \"dpo\").",
                         code="preference_format_for_supervised", param=param)
+    yield from checked_examples(report, path, param)
+
+
+def checked_examples(report: Any, path: str | Path, param: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line, example)`` of a file whose validation ``report`` has no errors; else its ``DataError``, naming
+    ``param``. A validation file may hold fewer than the 10 examples OpenAI asks of a training file."""
+    from tunewise import data
+
     if param != "training_file":
         report.findings = [f for f in report.findings if f.code != "too_few_examples"]
     try:

@@ -34,7 +34,7 @@ from typing import Any
 from tunewise.errors import DataError
 from tunewise.train.batching import _collate
 from tunewise.train.methods import StepContext
-from tunewise.train.render import IGNORE, Rendered
+from tunewise.train.render import IGNORE, Rendered, checked_examples
 
 AUTO_BETA = 0.1  # TRL's default and the DPO paper's usual value; OpenAI does not publish what its "auto" picks
 # DPO moves the model from a reference by small steps: its base learning rate is this share of the supervised one
@@ -64,14 +64,7 @@ def read_pairs(path: str | Path, model: str | None, param: str):
     from tunewise import data
 
     report = data.validate(path, model=model, data_format="preference")
-    if param != "training_file":
-        report.findings = [f for f in report.findings if f.code != "too_few_examples"]
-    try:
-        report.raise_for_errors()
-    except DataError as exc:
-        exc.param = param
-        raise
-    yield from data.iter_examples(path)
+    yield from checked_examples(report, path, param)
 
 
 def render_pair(renderer: Any, line: int, example: dict[str, Any], index: int, param: str) -> Pair:

@@ -43,7 +43,7 @@ from typing import Any
 from tunewise.errors import DataError, Unsupported
 from tunewise.eval.graders.spec import item_fields
 from tunewise.train.methods import StepContext
-from tunewise.train.render import IGNORE, Rendered
+from tunewise.train.render import IGNORE, Rendered, checked_examples
 
 GROUP_PER_COMPUTE = 4  # G = round(4 * compute_multiplier): OpenAI's "auto" (1.0) samples 4 per prompt
 MIN_GROUP = 2  # a group of one has no relative advantage
@@ -140,14 +140,7 @@ def read_prompts(path: str | Path, model: str | None, param: str, grader: dict[s
     from tunewise import data
 
     report = data.validate(path, model=model, data_format="reinforcement", grader=grader)
-    if param != "training_file":
-        report.findings = [f for f in report.findings if f.code != "too_few_examples"]
-    try:
-        report.raise_for_errors()
-    except DataError as exc:
-        exc.param = param
-        raise
-    yield from data.iter_examples(path)
+    yield from checked_examples(report, path, param)
 
 
 # ---------------------------------------------------------------------------------------------------- the loss
