@@ -47,6 +47,7 @@ def test_tiny_model_has_real_tokenizer_and_template():
     assert spec.source.startswith("dir:")
 
 
+@pytest.mark.slow  # about 33 s: several processes racing to build the tiny model in a fresh cache
 def test_a_fresh_cache_builds_the_tiny_model_once_across_processes(tmp_path):
     # On a new machine the tiny model (which needs the default model's tokenizer, so converts it first) may be
     # asked for by several processes at once: a server, its worker, a test. Each must get the same complete

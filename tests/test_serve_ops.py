@@ -155,6 +155,7 @@ def test_first_start_limits_and_separate_worker(tmp_path):
         assert client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model == done.fine_tuned_model
 
 
+@pytest.mark.slow  # about 38 s: a worker killed mid-job, the server restarted, the job resumed to the end
 def test_crash_mid_job_resumes_after_restart(tmp_path):
     data = write_receipts(tmp_path / "train.jsonl")
     with running_server(tmp_path / "server") as server:
