@@ -268,6 +268,14 @@ def test_serve_prints_the_dashboard_address(server):
     assert f"dashboard: {base}/" in server.output()
 
 
+def _terminal_sigint() -> None:
+    """Ctrl-C as a terminal delivers it: the child's SIGINT at its default, not blocked. Earlier tests in the same
+    pytest process can leave SIGINT ignored, which a child inherits (and a Python child then never raises
+    KeyboardInterrupt), so the child starts as a shell in a terminal would start it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_on_jobs_watch_says_the_job_goes_on(server):
     client = Client(server.base_url, server.api_key)
     job = client.create_job(str(TRAIN), TINY)  # no worker: it waits
@@ -275,7 +283,8 @@ def test_ctrl_c_on_jobs_watch_says_the_job_goes_on(server):
     log = server.data_dir.parent / f"watch-{job['id']}.log"
     with open(log, "w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "tunewise", "jobs", "watch", job["id"], "--interval", "0.2"],
-                                stdout=subprocess.DEVNULL, stderr=stderr, text=True, env=env)
+                                stdout=subprocess.DEVNULL, stderr=stderr, text=True, env=env,
+                                preexec_fn=_terminal_sigint)
     # Ctrl-C once the watching has begun (the bar shows the job's status after its first poll): on a loaded
     # machine a fixed wait can land in the interpreter's imports instead.
     deadline = time.monotonic() + 60
