@@ -75,6 +75,23 @@ class Method(Protocol):
     def evaluate(self, model: Any, items: list[Any], ctx: StepContext) -> dict[str, float]: ...
 
 
+def labelled_logits(model: Any, core: Any, head: Any, mb: Any, device: str):
+    """A micro-batch's next-token logits at its labelled positions only (float32, row-major order), their target
+    ids, and the ``[rows, positions]`` mask of those positions: from hidden states through the LM head where the
+    model has a plain one (``core``/``head``), else from the full logits."""
+    from tunewise.train.render import IGNORE
+
+    ids = mb.input_ids.to(device)
+    targets = mb.labels[:, 1:].to(device)
+    keep = targets != IGNORE
+    if core is not None:
+        hidden = core(input_ids=ids, use_cache=False).last_hidden_state
+        logits = head(hidden[:, :-1][keep]).float()
+    else:
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1][keep].float()
+    return logits, targets[keep], keep
+
+
 def get(config: Any) -> Method:
     """The method a ``TrainConfig`` asks for (``objective``)."""
     if config.objective == "dpo":

@@ -33,8 +33,8 @@ from typing import Any
 
 from tunewise.errors import DataError
 from tunewise.train.batching import _collate
-from tunewise.train.methods import StepContext
-from tunewise.train.render import IGNORE, Rendered, checked_examples
+from tunewise.train.methods import StepContext, labelled_logits
+from tunewise.train.render import Rendered, checked_examples
 
 AUTO_BETA = 0.1  # TRL's default and the DPO paper's usual value; OpenAI does not publish what its "auto" picks
 # DPO moves the model from a reference by small steps: its base learning rate is this share of the supervised one
@@ -90,18 +90,10 @@ def sequence_logps(model, core, head, mb, device):
     import torch
     import torch.nn.functional as F
 
-    ids = mb.input_ids.to(device)
-    targets = mb.labels[:, 1:].to(device)
-    keep = targets != IGNORE
-    if core is not None:
-        hidden = core(input_ids=ids, use_cache=False).last_hidden_state
-        logits = head(hidden[:, :-1][keep]).float()
-    else:
-        logits = model(input_ids=ids, use_cache=False).logits[:, :-1][keep].float()
-    wanted = targets[keep]
+    logits, wanted, keep = labelled_logits(model, core, head, mb, device)
     token_logps = -F.cross_entropy(logits, wanted, reduction="none")
     rows = keep.nonzero()[:, 0]
-    n = ids.shape[0]
+    n = keep.shape[0]
     logps = torch.zeros(n, device=logits.device, dtype=logits.dtype).index_add(0, rows, token_logps)
     hits = (logits.detach().argmax(-1) == wanted).to(logits.dtype)
     correct = torch.zeros(n, device=logits.device, dtype=logits.dtype).index_add(0, rows, hits)

@@ -42,7 +42,7 @@ from typing import Any
 
 from tunewise.errors import DataError, Unsupported
 from tunewise.eval.graders.spec import item_fields
-from tunewise.train.methods import StepContext
+from tunewise.train.methods import StepContext, labelled_logits
 from tunewise.train.render import IGNORE, Rendered, checked_examples
 
 GROUP_PER_COMPUTE = 4  # G = round(4 * compute_multiplier): OpenAI's "auto" (1.0) samples 4 per prompt
@@ -167,15 +167,8 @@ def token_logps(model, core, head, mb, device):
     """The log-probability of every labelled token of a micro-batch (row-major order) and each one's row."""
     import torch.nn.functional as F
 
-    ids = mb.input_ids.to(device)
-    targets = mb.labels[:, 1:].to(device)
-    keep = targets != IGNORE
-    if core is not None:
-        hidden = core(input_ids=ids, use_cache=False).last_hidden_state
-        logits = head(hidden[:, :-1][keep]).float()
-    else:
-        logits = model(input_ids=ids, use_cache=False).logits[:, :-1][keep].float()
-    return -F.cross_entropy(logits, targets[keep], reduction="none"), keep.nonzero()[:, 0]
+    logits, wanted, keep = labelled_logits(model, core, head, mb, device)
+    return -F.cross_entropy(logits, wanted, reduction="none"), keep.nonzero()[:, 0]
 
 
 @dataclass
