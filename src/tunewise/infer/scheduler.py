@@ -314,14 +314,12 @@ class Runner:
         wake-up of torch's thread pool beside llama.cpp's threads) on the common path."""
         import numpy as np
 
-        if isinstance(logits, np.ndarray):
-            if all(s.matcher is None and s.temperature == 0 for s in seqs):
-                return [int(t) for t in logits.argmax(axis=-1)]  # first maximum on ties, as torch's argmax
-            import torch
-
-            logits = torch.from_numpy(logits)
+        if isinstance(logits, np.ndarray) and all(s.matcher is None and s.temperature == 0 for s in seqs):
+            return [int(t) for t in logits.argmax(axis=-1)]  # first maximum on ties, as torch's argmax
         import torch
 
+        if isinstance(logits, np.ndarray):
+            logits = torch.from_numpy(logits)
         logits = logits.float().cpu()
         constrained = [i for i, s in enumerate(seqs) if s.matcher is not None]
         if constrained:
