@@ -11,10 +11,11 @@ tokens) and the *short* one (the short system prompt and the receipt, ~80 tokens
 
 1. **llama.cpp**: llama-cpp-python's own ``Llama`` on the same GGUF file tunewise's llama.cpp backend serves
    (``TUNEWISE_ENGINE_GGUF_QUANT``, default f16), one call at a time, as a user would run it (its ``generate``
-   reuses the previous call's prompt prefix from its KV cache);
+   reuses the previous call's prompt prefix from its KV cache), in a thread that ends before tunewise runs (see
+   ``bench_chat``);
 2. **HF generate**: ``model.generate`` on the float32 HF model, one call at a time;
 3. **tunewise**: ``tunewise.infer.Engine`` with the automatic backend, at concurrency 1 (one call at a time) and 8
-   (all requests sent at once from 8 threads).
+   (all requests sent at once from 8 threads), a fresh engine for each prompt kind.
 
 A one-at-a-time server at concurrency 8 answers the requests in turn: request k's latency is the time until the
 k-th answer. For each: output tokens/s (tokens generated, end-of-turn included, over wall time) and p50/p95
