@@ -2,7 +2,8 @@
 
 Signs in with the key, uploads a file with a broken line and sees the finding on that line, uploads a good one,
 starts a job on the tiny model from the form (the estimate shown first), watches the loss chart grow, cancels
-it; the calculator, reports and models pages. Every page is saved as a screenshot in
+it; DPO and reinforcement jobs from the form (bad values and broken grader JSON refused in the page first); the
+calculator, reports and models pages. Every page is saved as a screenshot in
 ``tests/artifacts/dashboard/``. Skipped, with the reason, where no Chromium is installed
 (``scripts/install-browser.sh`` installs Debian's ``chromium`` and ``chromium-driver``).
 """
@@ -49,7 +50,8 @@ BROKEN = "\n".join(GOOD.splitlines()[:2] + [BROKEN_LINE] + GOOD.splitlines()[3:]
 
 @pytest.fixture(scope="module")
 def server():
-    with running_server(env={"TUNEWISE_WORKER_POLL_S": "0.05"}) as s:
+    # Reinforcement jobs sample short completions (8 tokens), as tests/test_serve_rft.py's server does.
+    with running_server(env={"TUNEWISE_WORKER_POLL_S": "0.05", "TUNEWISE_RFT_MAX_COMPLETION_TOKENS": "8"}) as s:
         yield s
 
 
@@ -356,6 +358,155 @@ def test_new_job_shows_the_estimate_then_the_chart_updates_pause_resume_and_canc
         row = wait(page, lambda d: d.find_element(By.CSS_SELECTOR, f'#jobs-table tr[data-job-id="{job_id}"]'))
         assert "cancelled" in row.text
         shot(page, "jobs")
+
+
+def flashed_error(driver, words: str):
+    """The page's error message, once it says ``words``."""
+    return wait(driver, lambda d: words in d.find_element(By.ID, "flash").text
+                and d.find_elements(By.CSS_SELECTOR, "#flash .flash.error"), message=f"the message {words!r}")
+
+
+def fact(driver, key: str) -> str:
+    return driver.find_element(By.CSS_SELECTOR, f'#job-facts dd[data-fact="{key}"]').text
+
+
+def retype(driver, field_id: str, text: str) -> None:
+    box = driver.find_element(By.ID, field_id)
+    box.clear()
+    box.send_keys(text)
+
+
+def cancel_from_the_page(driver) -> str:
+    """Cancel the job the page shows (if it still runs); its final status."""
+    if driver.find_element(By.ID, "job-cancel").is_enabled():
+        driver.find_element(By.ID, "job-cancel").click()
+    wait(driver, lambda d: d.find_element(By.ID, "job-status").get_attribute("data-status")
+         in ("cancelled", "succeeded", "failed"), timeout=60, message="the job to stop")
+    return driver.find_element(By.ID, "job-status").get_attribute("data-status")
+
+
+def test_a_dpo_job_from_the_form_shows_its_method_beta_and_reward(page, server, files):
+    from test_serve_dpo import preference_file
+
+    with evidence(page, server, "job-dpo"):
+        client = server.client()
+        prefs = preference_file(files / "prefs.jsonl")
+        file_id = client.files.create(file=prefs.open("rb"), purpose="fine-tune").id
+        go(page, f"#/new?file={file_id}", "new-method")
+        assert not page.find_element(By.ID, "new-dpo").is_displayed()
+        Select(page.find_element(By.ID, "new-method")).select_by_value("dpo")
+        assert page.find_element(By.ID, "new-beta").is_displayed()
+        assert not page.find_element(By.ID, "new-grader").is_displayed()
+        # Priced as `tunewise estimate FILE --method dpo` prices it: the input's and both outputs' tokens.
+        want = cost.estimate_training(str(prefs), "gpt-4o-mini-2024-07-18", method="dpo")
+        billed = "//div[@id='new-estimate']//dt[text()='Billed tokens']/following-sibling::dd[1]"
+        wait(page, lambda d: d.find_element(By.XPATH, billed).text == f"{want.billed_tokens:,}", timeout=90,
+             message="the DPO estimate")
+        shown = page.find_element(By.ID, "new-estimate-cost").text
+        assert float(shown.split()[0].lstrip("$")) == pytest.approx(want.cost_usd, abs=5e-5)
+
+        before = len(client.fine_tuning.jobs.list().data)
+        retype(page, "new-beta", "strong")  # not a number: refused in the page, nothing sent
+        page.find_element(By.ID, "new-submit").click()
+        flashed_error(page, 'beta must be "auto" or a number, not "strong"')
+        retype(page, "new-beta", "3")  # a number the server refuses: its 400 shown as it says it
+        page.find_element(By.ID, "new-submit").click()
+        flashed_error(page, "Invalid beta 3")
+        assert "(0, 2]" in page.find_element(By.ID, "flash").text
+        assert len(client.fine_tuning.jobs.list().data) == before
+
+        retype(page, "new-beta", "0.2")
+        retype(page, "new-epochs", "25")  # long enough to watch it run, then cancel
+        retype(page, "new-batch-size", "1")
+        shot(page, "new-job-dpo")
+        page.find_element(By.ID, "new-submit").click()
+        wait(page, lambda d: "#/jobs/ftjob-" in d.current_url, message="the job page")
+        job_id = page.current_url.split("#/jobs/")[1]
+        wait(page, lambda d: fact(d, "method") == "dpo", message="the method on the job page")
+        assert fact(page, "beta") == "0.2" and fact(page, "n_epochs") == "25" and fact(page, "batch_size") == "1"
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.2
+        # DPO's reward accuracy (and margin) are charted beside the loss, from the metrics events.
+        wait(page, lambda d: chart_points(d, "chart-reward") >= 2, timeout=120, message="the reward chart")
+        assert page.find_element(By.ID, "chart-accuracy").is_displayed()  # token accuracy on the preferred answers
+        labels = [t.text for t in page.find_elements(By.CSS_SELECTOR, "#chart-reward .chart-legend text")]
+        assert [t.split(" (")[0] for t in labels[:2]] == ["train reward accuracy", "train reward margin"], labels
+        assert_legend_clear(page, "chart-reward", len(labels))
+        shot(page, "job-dpo")
+        assert cancel_from_the_page(page) in ("cancelled", "succeeded")
+
+
+def test_a_reinforcement_job_from_the_form_checks_its_grader_first(page, server, files):
+    from test_serve_rft import GRADER, _rft_file
+
+    with evidence(page, server, "job-rft"):
+        client = server.client()
+        data = _rft_file(files / "rft.jsonl")
+        file_id = client.files.create(file=data.open("rb"), purpose="fine-tune").id
+        go(page, f"#/new?file={file_id}&method=reinforcement", "new-grader")
+        assert page.find_element(By.ID, "new-grader").is_displayed()
+        assert not page.find_element(By.ID, "new-beta").is_displayed()
+        # No token price: billed per training hour, as `tunewise estimate --method reinforcement` says.
+        wait(page, lambda d: d.find_element(By.ID, "new-estimate-billing").text == cost.RFT_BILLING, timeout=90,
+             message="the reinforcement billing note")
+        assert page.find_element(By.ID, "new-estimate-cost").text.startswith("Billed per training hour")
+        # The form opens on the string_check preset.
+        assert json.loads(page.find_element(By.ID, "new-grader").get_attribute("value")) == GRADER
+
+        before = len(client.fine_tuning.jobs.list().data)
+        retype(page, "new-grader", '{"type": "string_check", "name": "exact",')
+        page.find_element(By.ID, "new-grader-check").click()
+        wait(page, lambda d: "not valid JSON" in d.find_element(By.ID, "new-grader-result").text,
+             message="the broken JSON said in the page")
+        page.find_element(By.ID, "new-submit").click()
+        flashed_error(page, "The grader is not valid JSON")
+        retype(page, "new-grader", json.dumps({**GRADER, "operation": "equals"}))  # JSON, but not a grader
+        page.find_element(By.ID, "new-grader-check").click()
+        result = wait(page, lambda d: d.find_element(By.ID, "new-grader-result") if "refuses" in d.find_element(
+            By.ID, "new-grader-result").text else None, message="the server's word on the grader")
+        assert "operation" in result.text, result.text
+        shot(page, "new-job-rft-grader")
+        assert len(client.fine_tuning.jobs.list().data) == before
+
+        # Each preset is a grader the server accepts; picking one replaces the text.
+        for preset in ("text_similarity", "string_check"):
+            Select(page.find_element(By.ID, "new-grader-preset")).select_by_value(preset)
+            assert json.loads(page.find_element(By.ID, "new-grader").get_attribute("value"))["type"] == preset
+            page.find_element(By.ID, "new-grader-check").click()
+            wait(page, lambda d, p=preset: f"accepts this {p} grader" in d.find_element(By.ID, "new-grader-result").text,
+                 message=f"the {preset} preset accepted")
+        retype(page, "new-compute-multiplier", "lots")
+        page.find_element(By.ID, "new-submit").click()
+        flashed_error(page, 'compute_multiplier must be "auto" or a number, not "lots"')
+        retype(page, "new-compute-multiplier", "11")
+        page.find_element(By.ID, "new-submit").click()
+        flashed_error(page, "(0, 10]")
+        assert len(client.fine_tuning.jobs.list().data) == before
+
+        retype(page, "new-compute-multiplier", "0.5")
+        retype(page, "new-eval-samples", "2")
+        retype(page, "new-epochs", "25")
+        retype(page, "new-batch-size", "5")
+        shot(page, "new-job-rft")
+        page.find_element(By.ID, "new-submit").click()
+        wait(page, lambda d: "#/jobs/ftjob-" in d.current_url, message="the job page")
+        job_id = page.current_url.split("#/jobs/")[1]
+        wait(page, lambda d: fact(d, "method") == "reinforcement", message="the method on the job page")
+        assert fact(page, "compute_multiplier") == "0.5" and fact(page, "eval_samples") == "2"
+        assert fact(page, "grader").startswith("string_check exact eq")
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        assert job.method.type == "reinforcement"
+        assert job.method.reinforcement.grader.model_dump(exclude_none=True) == GRADER
+        hyper = job.method.reinforcement.hyperparameters
+        assert (hyper.compute_multiplier, hyper.eval_samples, hyper.n_epochs) == (0.5, 2, 25)
+        # The mean reward is charted from the metrics events.
+        wait(page, lambda d: chart_points(d, "chart-reward") >= 1, timeout=120, message="the mean-reward chart")
+        # No target tokens: no validation-loss nor token-accuracy chart, the reward beside the loss instead.
+        assert not page.find_element(By.ID, "chart-valid-loss").is_displayed()
+        assert not page.find_element(By.ID, "chart-accuracy").is_displayed()
+        assert page.find_element(By.ID, "chart-reward").is_displayed()
+        shot(page, "job-rft")
+        assert cancel_from_the_page(page) in ("cancelled", "succeeded")
 
 
 def test_calculator_opens_on_the_guide_s_model(page):

@@ -152,6 +152,50 @@ def test_a_local_model_s_estimate_says_what_openai_would_charge(http, good_file,
     assert got["openai"]["cost_usd"] == pytest.approx(there.cost_usd) and there.cost_usd > 0
 
 
+def test_the_estimate_prices_each_method_as_tunewise_estimate_does(http, tmp_path):
+    # DPO: billed like supervised, by the preference file's tokens (input and both outputs) times the epochs;
+    # reinforcement: billed by training time, so no price, only what `tunewise estimate --method
+    # reinforcement` says.
+    from test_serve_dpo import preference_file
+    from test_serve_rft import _rft_file
+
+    def upload(path: Path) -> str:
+        r = http.post("/files", files={"file": (path.name, path.read_bytes())}, data={"purpose": "fine-tune"})
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
+
+    prefs = preference_file(tmp_path / "prefs.jsonl")
+    prefs_id = upload(prefs)
+    want = cost.estimate_training(str(prefs), "gpt-4o-mini-2024-07-18", epochs=2, method="dpo")
+    got = http.get(f"/dashboard/files/{prefs_id}/estimate",
+                   params={"model": "gpt-4o-mini-2024-07-18", "n_epochs": "2", "method": "dpo"}).json()
+    assert got["method"] == "dpo" and got["n_examples"] == 10
+    assert got["billed_tokens"] == want.billed_tokens and got["cost_usd"] == pytest.approx(want.cost_usd)
+    assert got["billed_tokens"] == 2 * got["billed_tokens_per_epoch"]
+    # A local model's DPO estimate prices its OpenAI counterpart as DPO too.
+    local = http.get(f"/dashboard/files/{prefs_id}/estimate",
+                     params={"model": "tunewise-tiny", "method": "dpo"}).json()
+    there = cost.estimate_training(str(prefs), "gpt-4o-mini-2024-07-18", method="dpo")
+    assert local["openai"]["billed_tokens"] == there.billed_tokens
+    # The same file priced as supervised is not chat data: the library's refusal, as a 400.
+    wrong = http.get(f"/dashboard/files/{prefs_id}/estimate", params={"model": "gpt-4o-mini-2024-07-18"})
+    assert wrong.status_code == 400, wrong.text
+    error = wrong.json()["error"]
+    assert "preference format (DPO)" in error["message"] and error["code"] == "invalid_training_file"
+    assert "prefs.jsonl" in error["message"] and "/files/" not in error["message"]  # the server's path stays its own
+
+    rft_id = upload(_rft_file(tmp_path / "rft.jsonl"))
+    got = http.get(f"/dashboard/files/{rft_id}/estimate",
+                   params={"model": "gpt-4o-mini-2024-07-18", "method": "reinforcement"}).json()
+    assert got["method"] == "reinforcement" and got["cost_usd"] is None and got["billing"] == cost.RFT_BILLING
+    assert "per hour" in got["billing"]
+    assert got["n_examples"] == 10 and got["prompt_tokens_per_epoch"] > 0 and got["n_errors"] == 0
+    assert got["local_model"] == "tunewise-tiny"
+
+    bad = http.get(f"/dashboard/files/{rft_id}/estimate", params={"model": "gpt-4o-mini", "method": "ppo"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "method", bad.text
+
+
 def test_another_project_cannot_see_the_file(server, http, good_file):
     other = {"Authorization": f"Bearer {server.create_key('other-project')}"}
     for path in (f"/dashboard/files/{good_file}/validation",

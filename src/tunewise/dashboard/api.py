@@ -12,8 +12,9 @@ reports are the one thing shared by every project of a server: they are files it
 ``POST /v1/dashboard/validate?model=``          the validator's report on a JSONL body (nothing stored), with the
                                                 text of every line a finding names
 ``GET  /v1/dashboard/files/{id}/validation``    the same report for an uploaded file
-``GET  /v1/dashboard/files/{id}/estimate``      training cost estimate (``model``, ``n_epochs``: ``auto`` or 1-25);
-                                                for a local model also what OpenAI would charge (``openai``)
+``GET  /v1/dashboard/files/{id}/estimate``      training cost estimate (``model``, ``n_epochs``: ``auto`` or 1-25,
+                                                ``method``: supervised, dpo or reinforcement); for a local model
+                                                also what OpenAI would charge (``openai``)
 ``GET  /v1/dashboard/breakeven``                monthly costs and break-even (``tunewise.cost.breakeven``'s arguments)
 ``GET  /v1/dashboard/reports``                  evaluation reports under the server's ``DATA_DIR/reports/``
 ``GET  /v1/dashboard/reports/{name}``           one report: its HTML, Markdown and metrics
@@ -26,6 +27,7 @@ import json
 import re
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -198,35 +200,80 @@ def file_validation(file_id: str, state: StateDep, principal: PrincipalDep,
     return body
 
 
+METHODS = ("supervised", "dpo", "reinforcement")
+
+
 @router.get("/files/{file_id}/estimate")
 def file_estimate(file_id: str, state: StateDep, principal: PrincipalDep, model: str,
-                  n_epochs: str = "auto") -> dict[str, Any]:
+                  n_epochs: str = "auto", method: str = "supervised") -> dict[str, Any]:
     from tunewise.cost import estimate_training
 
     _catalog_model(model)
+    if method not in METHODS:
+        raise UsageError(f"Unknown method {method[:40]!r}.", param="method", hint="Use " + ", ".join(METHODS) + ".")
     row = _stored_file(state, principal.project, file_id)
+    if method == "reinforcement":
+        body = _reinforcement_estimate(Path(row["path"]), model)
+        body["local_model"] = _local_model(state, model)
+        return body
     epochs: int | str = n_epochs if n_epochs == "auto" else _int(n_epochs, "n_epochs")
-    with _HEAVY:
-        body = estimate_training(row["path"], model, epochs=epochs).to_dict()
+    with _HEAVY, _own_path_hidden(row):
+        body = estimate_training(row["path"], model, epochs=epochs, method=method).to_dict()
+    body["method"] = method
     # What this server really trains for that name: an OpenAI name is priced at OpenAI's rate but trained
     # here on its local stand-in.
-    try:
-        from tunewise.serve.naming import base_local_model
-
-        body["local_model"] = base_local_model(state.settings, model) if not model.startswith("ft:") else None
-    except TunewiseError:  # a strict server refuses unknown names; the estimate is still worth showing
-        body["local_model"] = None
+    body["local_model"] = _local_model(state, model)
     # A local model costs nothing here; say what fine-tuning the OpenAI model it stands in for would cost there.
     body["openai"] = None
     if body["provider"] == "local":
         openai_name = _openai_counterpart(state, body["model"])
         if openai_name:
-            with _HEAVY:
-                there = estimate_training(row["path"], openai_name, epochs=epochs)
+            with _HEAVY, _own_path_hidden(row):
+                there = estimate_training(row["path"], openai_name, epochs=epochs, method=method)
             body["openai"] = {"model": there.model, "billed_tokens": there.billed_tokens,
                               "n_epochs": there.n_epochs, "price_per_1m": there.price_per_1m,
                               "cost_usd": there.cost_usd}
     return body
+
+
+@contextmanager
+def _own_path_hidden(row: dict[str, Any]):
+    """A library error about a stored file names it by its filename, not by where the server keeps it (the
+    validator's hint quotes the path it read)."""
+    try:
+        yield
+    except TunewiseError as exc:
+        where = str(row["path"])
+        exc.message = exc.message.replace(where, row["filename"])
+        exc.hint = exc.hint.replace(where, row["filename"]) if exc.hint else exc.hint
+        exc.args = (exc.message,)
+        raise
+
+
+def _local_model(state, model: str) -> str | None:
+    """What this server really trains for ``model``: an OpenAI name is priced at OpenAI's rate but trained here
+    on its local stand-in."""
+    from tunewise.serve.naming import base_local_model
+
+    try:
+        return base_local_model(state.settings, model) if not model.startswith("ft:") else None
+    except TunewiseError:  # a strict server refuses unknown names; the estimate is still worth showing
+        return None
+
+
+def _reinforcement_estimate(path: Path, model: str) -> dict[str, Any]:
+    """What ``tunewise estimate FILE --method reinforcement`` says: the file checked as reinforcement prompts,
+    and no price (OpenAI bills it by training time, ``tunewise.cost.RFT_BILLING``)."""
+    from tunewise.cost import RFT_BILLING, get_model
+    from tunewise.data import validate
+
+    with _HEAVY:
+        report = validate(path, model=model, data_format="reinforcement")
+    stats = report.stats
+    return {"method": "reinforcement", "model": stats.model, "provider": get_model(model).provider,
+            "n_examples": stats.n_examples,
+            "prompt_tokens_per_epoch": stats.billed_tokens_per_epoch, "cost_usd": None, "billing": RFT_BILLING,
+            "n_errors": len(report.errors), "openai": None}
 
 
 def _openai_counterpart(state, local_model: str) -> str | None:
