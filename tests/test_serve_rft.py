@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sqlite3
 from pathlib import Path
@@ -135,6 +136,26 @@ def test_a_score_model_grader_trains_with_this_server_as_its_judge(server, clien
     made = [k for k in _keys(server) if k["id"] not in {b["id"] for b in before}]
     assert len(made) == 1 and made[0]["project"] == "default" and made[0]["revoked_at"] is not None
     assert not (server.data_dir / "jobs" / job.id / "judge-key.json").exists()
+
+
+def test_tunewise_train_asks_the_judge_at_grader_base_url(server, tmp_path, capsys, monkeypatch):
+    from helpers import run_cli
+
+    grader = tmp_path / "judge.json"
+    grader.write_text(json.dumps(JUDGE))
+    monkeypatch.setenv("TW_TEST_JUDGE_KEY", server.api_key)
+    code, out, err = run_cli(capsys, "train", str(_rft_file(tmp_path / "rft.jsonl")), "--model", "tunewise-tiny",
+                             "--method", "reinforcement", "--grader", str(grader), "--grader-base-url",
+                             server.base_url, "--grader-api-key-env", "TW_TEST_JUDGE_KEY", "--grader-concurrency", "4",
+                             "--epochs", "1", "--batch-size", "10", "--compute-multiplier", "0.5",
+                             "--max-completion-tokens", "4", "--seed", "1", "--output", str(tmp_path / "out"),
+                             "--num-threads", "1")
+    assert code == 0, err
+    assert "final train_reward_mean" in out
+    with open(tmp_path / "out" / "metrics.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["train_grader_errors"]) < 20 and 0.0 <= float(row["train_reward_mean"]) <= 1.0
+    assert server.api_key not in (tmp_path / "out" / "config.json").read_text()  # the key is not written down
 
 
 def test_a_judge_that_refuses_fails_the_job_saying_why(server, files, tmp_path):
