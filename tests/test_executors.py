@@ -53,6 +53,12 @@ def test_what_a_job_asks_for():
     with pytest.raises(UsageError) as err:
         resources.check_override({"num_workers": 2.5})
     assert err.value.param == "ray.num_workers"
+    # DPO and reinforcement fine-tuning train in one process: one worker, whatever the settings or the job ask.
+    rft = {"method": '{"type": "reinforcement", "reinforcement": {}}'}
+    assert resources.request(settings, None, rft) == {"num_workers": 1, "asked_workers": 2, "use_gpu": False,
+                                                      "resources_per_worker": {"CPU": 2.0}}
+    assert resources.request(settings, {"num_workers": 3}, {"method": '{"type": "dpo"}'})["num_workers"] == 1
+    assert resources.request(settings, None, {"method": '{"type": "supervised"}'})["num_workers"] == 2
 
 
 def test_the_ray_field_needs_the_ray_executor():

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from helpers import run_cli
 from tunewise import cost
 from tunewise.data import validate
-from tunewise.errors import Cancelled, DataError, Unsupported, UsageError
+from tunewise.errors import Cancelled, DataError, TunewiseError, Unsupported, UsageError
 from tunewise.eval.graders.spec import item_fields
 from tunewise.train import TrainConfig, train
 from tunewise.train.methods.grpo import ADVANTAGE_EPS, advantages, group_size, grpo_token_loss
@@ -29,6 +29,8 @@ EXACT = {"type": "string_check", "name": "exact", "operation": "eq", "input": "{
 MULTI = {"type": "multi", "name": "yes", "calculate_output": "exact",
          "graders": {"exact": EXACT, "has_e": {"type": "string_check", "name": "has_e", "operation": "like",
                                                 "input": "{{ sample.output_text }}", "reference": "e"}}}
+JUDGE = {"type": "score_model", "name": "j", "model": "gpt-4o-mini", "input": [
+    {"role": "user", "content": "Rate {{sample.output_text}}"}]}
 
 
 def write(path: Path, rows: list) -> Path:
@@ -54,6 +56,12 @@ def test_advantages_are_each_reward_against_its_group():
     mean, std3 = 0.225, math.sqrt((3 * 0.225**2 + 0.675**2) / 3)
     assert adv[2].tolist() == pytest.approx([(r - mean) / (std3 + ADVANTAGE_EPS) for r in (0, 0, 0, 0.9)])
     assert [group_size(m) for m in ("auto", 0.1, 0.5, 1, 2.4, 10)] == [4, 2, 2, 4, 10, 40]
+    # Only graded rewards count: each against its group's graded ones; the others, and a lone graded one, get 0.
+    graded = torch.tensor([[True, True, False, True], [True, True, True, True], [False, False, False, True]])
+    masked = advantages(rewards, graded)
+    want = advantages(rewards[0, [0, 1, 3]].unsqueeze(0))[0].tolist()
+    assert masked[0].tolist() == pytest.approx([want[0], want[1], 0.0, want[2]])
+    assert masked[1].tolist() == [0.0] * 4 and masked[2].tolist() == [0.0] * 4
 
 
 def test_the_loss_is_trls_policy_gradient_plus_k3_kl():
@@ -147,10 +155,82 @@ def test_options_are_checked_before_anything_loads(tmp_path):
         train(TrainConfig(**base, objective="grpo", grader=EXACT, reasoning_effort="max"))
     with pytest.raises(UsageError, match="reinforcement fine-tuning option"):
         train(TrainConfig(**base, grader=EXACT))
-    judge = {"type": "score_model", "name": "j", "model": "gpt-4o-mini", "input": [
-        {"role": "user", "content": "Rate {{sample.output_text}}"}]}
-    with pytest.raises(Unsupported, match="not run during local reinforcement"):
-        train(TrainConfig(**base, objective="grpo", grader=judge))
+    with pytest.raises(UsageError, match="no judge endpoint") as err:
+        train(TrainConfig(**base, objective="grpo", grader=JUDGE))
+    assert err.value.param == "grader_base_url" and "--grader-base-url" in err.value.hint
+    inside = {"type": "multi", "name": "m", "calculate_output": "j", "graders": {"j": dict(JUDGE, type="label_model",
+              labels=["good", "bad"], passing_labels=["good"])}}
+    with pytest.raises(UsageError, match="no judge endpoint"):
+        train(TrainConfig(**base, objective="grpo", grader=inside))
+    with pytest.raises(UsageError, match="grader_concurrency"):
+        train(TrainConfig(**base, objective="grpo", grader=JUDGE, grader_base_url="http://127.0.0.1:9/v1",
+                          grader_concurrency=0))
+
+
+def test_the_cli_refuses_a_model_grader_without_an_endpoint_before_training(tmp_path, capsys):
+    data = write(tmp_path / "rft.jsonl", [{"messages": [SYSTEM, {"role": "user", "content": "Q?"}]}] * 10)
+    grader = tmp_path / "judge.json"
+    grader.write_text(json.dumps(JUDGE))
+    code, out, err = run_cli(capsys, "train", str(data), "--model", TINY, "--method", "reinforcement", "--grader",
+                             str(grader), "--output", str(tmp_path / "out"))
+    assert code == 2 and err.count("\n") == 1, err  # one line, no traceback
+    assert "asks a judge model" in err and "--grader-base-url URL" in err, err
+    assert not (tmp_path / "out").exists()  # refused before anything was loaded or written
+    code, _, err = run_cli(capsys, "train", str(data), "--model", TINY, "--grader-base-url", "http://127.0.0.1:9/v1")
+    assert code == 2 and "--grader-base-url is for --method reinforcement" in err
+
+
+# A python grader whose process dies for the rows marked "fail": the grader gives no judgement of them
+# (python_grader_server_error), which is no score of 0.
+DIES = {"type": "python", "name": "dies", "source": (
+    "import os\n\ndef grade(sample, item):\n    if item.get('fail'):\n        os._exit(3)\n"
+    "    return 1.0 if 'e' in sample['output_text'] else 0.0\n")}
+
+
+def _rft_rows(n: int, fail=()) -> list[dict]:
+    return [{"messages": [SYSTEM, {"role": "user", "content": f"Question {i}?"}], "answer": "yes",
+             **({"fail": True} if i in fail else {})} for i in range(n)]
+
+
+def test_completions_the_grader_gave_no_judgement_of_are_left_out_and_counted(tmp_path):
+    data = write(tmp_path / "rft.jsonl", _rft_rows(10, fail={1}))
+    events = []
+    result = train(TrainConfig(training_file=data, model=TINY, objective="grpo", grader=DIES, n_epochs=1,
+                               batch_size=10, seed=2, compute_multiplier=0.5, max_completion_tokens=3,
+                               output_dir=tmp_path / "out", num_threads=1), on_event=events.append)
+    (row,) = table(result.metrics_csv)
+    assert float(row["train_grader_errors"]) == 2  # the 2 completions of the marked prompt
+    assert 0.0 <= float(row["train_reward_mean"]) <= 1.0
+    (metrics,) = [e for e in events if e.type == "metrics"]
+    assert metrics.data["train_grader_errors"] == 2
+    warnings = [e for e in events if e.level == "warn" and "no judgement" in e.message]
+    assert len(warnings) == 1 and "2 of 20 completions" in warnings[0].message
+    assert "python_grader_server_error" in warnings[0].message and "exit status 3" in warnings[0].message
+    # The reward is the mean over the 18 graded completions (each one's 0 or 1), the failures not among them.
+    assert float(row["train_reward_mean"]) * 18 == pytest.approx(round(float(row["train_reward_mean"]) * 18))
+
+
+def test_a_step_with_no_graded_completion_fails_saying_why(tmp_path):
+    data = write(tmp_path / "rft.jsonl", _rft_rows(10, fail=set(range(10))))
+    with pytest.raises(TunewiseError, match="Step 1: the grader gave no judgement of any of the 20") as err:
+        train(TrainConfig(training_file=data, model=TINY, objective="grpo", grader=DIES, n_epochs=1, batch_size=10,
+                          seed=2, compute_multiplier=0.5, max_completion_tokens=3, output_dir=tmp_path / "out",
+                          num_threads=1))
+    assert err.value.code == "grader_failed" and "python_grader_server_error" in err.value.message
+    assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_an_unreachable_judge_fails_the_run_saying_why(tmp_path):
+    from tunewise.serve.testing import free_port
+
+    data = write(tmp_path / "rft.jsonl", _rft_rows(10))
+    with pytest.raises(TunewiseError, match="no judgement of any of the 20") as err:
+        train(TrainConfig(training_file=data, model=TINY, objective="grpo", grader=JUDGE, n_epochs=1, batch_size=10,
+                          seed=2, compute_multiplier=0.5, max_completion_tokens=3, output_dir=tmp_path / "out",
+                          num_threads=1, grader_base_url=f"http://127.0.0.1:{free_port()}/v1", grader_api_key="k",
+                          grader_concurrency=20))  # one wave of retried connections, not three
+    assert err.value.code == "grader_failed"
+    assert "model_grader_server_error" in err.value.message and "APIConnectionError" in err.value.message
 
 
 # ---------------------------------------------------------------------------------------------------- training

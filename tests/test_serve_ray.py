@@ -1,9 +1,10 @@
 """``tunewise serve --executor ray``: jobs train on a real Ray cluster (started here on 127.0.0.1, stopped at the end)
 through Ray Train, driven by the official ``openai`` SDK, with the tiny model and 2 Ray Train workers.
 
-One cluster and one server for the module (the default run keeps the two tests that train nothing; the three that
+One cluster and one server for the module (the default run keeps the two tests that train nothing; the four that
 train are in ``make test-all``): the guide's snippet succeeds with the checkpoints, result file and
-events of the local executor (and the losses of a 1-process run); a job asking for a GPU on this CPU-only cluster
+events of the local executor (and the losses of a 1-process run); a reinforcement fine-tuning job trains (in one
+Ray worker, GRPO being one process) to success with its reward in the events; a job asking for a GPU on this CPU-only cluster
 waits ``queued`` with an event that says so and can be cancelled; a training worker killed with ``kill -9`` and the
 job still succeeds from its last saved state; ``tunewise serve`` killed with ``kill -9`` mid-job and restarted, and
 the job it left running on the cluster is followed to success.
@@ -94,7 +95,7 @@ def _stop_cluster(proc: subprocess.Popen, temp: str) -> None:
 def server(cluster):
     env = {"TUNEWISE_EXECUTOR": "ray", "TUNEWISE_RAY_ADDRESS": cluster, "TUNEWISE_RAY_NUM_WORKERS": "2",
            "TUNEWISE_WORKER_POLL_S": "0.1", "TUNEWISE_MAX_CONCURRENT_JOBS": "2", "OMP_NUM_THREADS": "1",
-           "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0", "TUNEWISE_RFT_MAX_COMPLETION_TOKENS": "8"}
     with running_server(env=env, startup_timeout=120) as srv:
         yield srv
 
@@ -214,6 +215,63 @@ def test_guide_snippet_on_two_ray_workers(guide_job, client, server):
     # The run's files are in the job's output directory, the events file that the server followed among them.
     out = _job_dir(server, job.id)
     assert (out / "result.json").is_file() and (out / "ray-events.jsonl").is_file()
+
+
+STRING_CHECK = {"type": "string_check", "name": "exact", "operation": "eq", "input": "{{ sample.output_text }}",
+                "reference": "{{ item.reference_answer }}"}
+
+
+@pytest.mark.slow  # two jobs, each a Ray Train worker importing PyTorch, then GRPO: about a minute on 2 cores
+def test_a_reinforcement_job_trains_on_the_ray_cluster(client, server, tmp_path):
+    import json
+
+    from tunewise.serve.testing import ITEMS, SYSTEM
+
+    path = tmp_path / "rft.jsonl"
+    path.write_text("".join(json.dumps({
+        "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"{name} ${price:.2f}"}],
+        "reference_answer": json.dumps({"items": [{"name": name, "price": price}]})}) + "\n"
+        for name, price in ITEMS[:10]))
+    file = client.files.create(file=path.open("rb"), purpose="fine-tune")
+    started = time.monotonic()
+    job = client.fine_tuning.jobs.create(
+        training_file=file.id, model="gpt-4o-mini-2024-07-18", seed=5,
+        method={"type": "reinforcement", "reinforcement": {"grader": STRING_CHECK, "hyperparameters": {
+            "n_epochs": 1, "batch_size": 10, "compute_multiplier": 0.5}}})
+    job = wait_for(client, job.id, timeout=400)
+    print(f"reinforcement job on the Ray cluster: {time.monotonic() - started:.1f} s")
+    assert job.status == "succeeded", job.error
+    events = all_events(client, job.id)
+    messages = [e.message for e in events]
+    # The server asks for 2 workers per job; GRPO trains in one process, so the job ran on one.
+    assert any(m.startswith("Training the local model 'tunewise-tiny' (LoRA) on the Ray cluster (1 worker of 1 CPU; "
+                            "reinforcement trains in one process, not on the 2 workers asked for)") for m in messages), \
+        messages
+    assert any("GRPO: 2 completions per prompt" in m for m in messages), messages
+    (metrics,) = [e for e in events if e.type == "metrics"]
+    assert metrics.data["step"] == 1
+    assert 0.0 <= metrics.data["train_reward_mean"] <= 1.0 and metrics.data["train_reward_std"] >= 0.0
+    assert metrics.data["train_kl"] == pytest.approx(0, abs=1e-6)  # step 1 samples the reference's weights
+    assert 1 <= metrics.data["train_completion_length"] <= 8
+    assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data] == [1]
+    header = client.files.content(job.result_files[0]).text.splitlines()[0].split(",")
+    assert "train_reward_mean" in header and "valid_reward_mean" in header
+    assert (_job_dir(server, job.id) / "ray-events.jsonl").is_file()
+    assert job.method.reinforcement.hyperparameters.eval_interval == 1
+    # A score_model grader: the Ray worker asks this server (grader_base_url empty) with the key made for the job.
+    judge = {"type": "score_model", "name": "judge", "model": "gpt-4o-mini",
+             "input": [{"role": "user", "content": "Score this receipt reading: {{ sample.output_text }}"}]}
+    started = time.monotonic()
+    job = client.fine_tuning.jobs.create(
+        training_file=file.id, model="gpt-4o-mini-2024-07-18", seed=5,
+        method={"type": "reinforcement", "reinforcement": {"grader": judge, "hyperparameters": {
+            "n_epochs": 1, "batch_size": 10, "compute_multiplier": 0.5}}})
+    job = wait_for(client, job.id, timeout=400)
+    print(f"score_model job on the Ray cluster: {time.monotonic() - started:.1f} s")
+    assert job.status == "succeeded", job.error
+    (metrics,) = [e for e in all_events(client, job.id) if e.type == "metrics"]
+    assert 0 <= metrics.data["train_grader_errors"] < 20 and 0.0 <= metrics.data["train_reward_mean"] <= 1.0
+    assert not (_job_dir(server, job.id) / "judge-key.json").exists()  # revoked once the job ended
 
 
 def test_gpu_job_waits_queued_then_cancels(client, data):

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import sqlite3
 from pathlib import Path
 
 import openai
@@ -90,6 +92,89 @@ def test_chat_answers_for_a_reinforcement_job_fail_it_saying_why(client, files):
 
 
 PYTHON = {"type": "python", "name": "p", "source": "def grade(sample, item):\n    return 1.0\n"}
+JUDGE = {"type": "score_model", "name": "judge", "model": "gpt-4o-mini",
+         "input": [{"role": "user", "content": "Score how well this reads a receipt: {{ sample.output_text }}"}]}
+
+
+def _keys(server) -> list[dict]:
+    db = sqlite3.connect(server.data_dir / "tunewise.db")
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT id, project, revoked_at FROM keys")]
+    finally:
+        db.close()
+
+
+def test_a_score_model_grader_trains_with_this_server_as_its_judge(server, client, files):
+    before = _keys(server)
+    job = client.fine_tuning.jobs.create(
+        training_file=files[0], model="gpt-4o-mini-2024-07-18", seed=3,
+        method={"type": "reinforcement", "reinforcement": {"grader": JUDGE, "hyperparameters": {
+            "n_epochs": 1, "batch_size": 10, "compute_multiplier": 0.5}}})
+    assert job.method.reinforcement.grader.type == "score_model"
+    done = wait_for(client, job.id)
+    assert done.status == "succeeded", done.error
+    events = all_events(client, job.id)
+    (metrics,) = [e for e in events if e.type == "metrics"]
+    # The reward is the judge's (the tiny model's scores are noise; only the plumbing is asserted): of the step's
+    # 20 completions, those the judge's answer could not be read for are counted, not scored 0.
+    errors = metrics.data["train_grader_errors"]
+    assert 0 <= errors < 20 and 0.0 <= metrics.data["train_reward_mean"] <= 1.0
+    assert (errors > 0) == any("no judgement" in e.message for e in events)
+    # The judge is this server, asked through its /v1/chat/completions: its answers are in the eval cache.
+    from tunewise.eval.graders.run import read_score
+
+    cache = sqlite3.connect(server.home / "eval-cache.sqlite")
+    try:
+        answers = [json.loads(r[0])["answer"] for r in cache.execute(
+            "SELECT response FROM completions WHERE base_url = ?", (server.base_url,))]
+    finally:
+        cache.close()
+    scores = [x for x in (read_score(a, 0.0, 1.0)[0] for a in answers) if x is not None]
+    assert scores and min(scores) <= metrics.data["train_reward_mean"] <= max(scores), (scores, metrics.data)
+    # A key of the job's project was made for those calls and is revoked now that the job has ended.
+    made = [k for k in _keys(server) if k["id"] not in {b["id"] for b in before}]
+    assert len(made) == 1 and made[0]["project"] == "default" and made[0]["revoked_at"] is not None
+    assert not (server.data_dir / "jobs" / job.id / "judge-key.json").exists()
+
+
+def test_tunewise_train_asks_the_judge_at_grader_base_url(server, tmp_path, capsys, monkeypatch):
+    from helpers import run_cli
+
+    grader = tmp_path / "judge.json"
+    grader.write_text(json.dumps(JUDGE))
+    monkeypatch.setenv("TW_TEST_JUDGE_KEY", server.api_key)
+    code, out, err = run_cli(capsys, "train", str(_rft_file(tmp_path / "rft.jsonl")), "--model", "tunewise-tiny",
+                             "--method", "reinforcement", "--grader", str(grader), "--grader-base-url",
+                             server.base_url, "--grader-api-key-env", "TW_TEST_JUDGE_KEY", "--grader-concurrency", "4",
+                             "--epochs", "1", "--batch-size", "10", "--compute-multiplier", "0.5",
+                             "--max-completion-tokens", "4", "--seed", "1", "--output", str(tmp_path / "out"),
+                             "--num-threads", "1")
+    assert code == 0, err
+    assert "final train_reward_mean" in out
+    with open(tmp_path / "out" / "metrics.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["train_grader_errors"]) < 20 and 0.0 <= float(row["train_reward_mean"]) <= 1.0
+    assert server.api_key not in (tmp_path / "out" / "config.json").read_text()  # the key is not written down
+
+
+def test_a_judge_that_refuses_fails_the_job_saying_why(server, files, tmp_path):
+    # A server whose judge is the module's server, asked with a key that server does not accept.
+    env = {"TUNEWISE_RFT_MAX_COMPLETION_TOKENS": "4", "TUNEWISE_GRADER_BASE_URL": server.base_url,
+           "TUNEWISE_GRADER_API_KEY_ENV": "TW_JUDGE_KEY", "TW_JUDGE_KEY": "sk-not-a-key"}
+    with running_server(env=env) as other:
+        client = other.client()
+        with open(_rft_file(tmp_path / "rft.jsonl"), "rb") as f:
+            file = client.files.create(file=f, purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(
+            training_file=file.id, model="gpt-4o-mini-2024-07-18", seed=3,
+            method={"type": "reinforcement", "reinforcement": {"grader": JUDGE, "hyperparameters": {
+                "n_epochs": 1, "batch_size": 10, "compute_multiplier": 0.5}}})
+        done = wait_for(client, job.id)
+        assert done.status == "failed"
+        assert done.error.code == "grader_failed", done.error
+        assert "model_grader_server_error" in done.error.message and "AuthenticationError" in done.error.message
+        assert not [e for e in all_events(client, job.id) if e.type == "metrics"]  # no step trained on a made-up 0
 
 
 @pytest.mark.parametrize("reinforcement, param, words", [
@@ -173,7 +258,6 @@ def test_jobs_create_method_reinforcement_validates_says_the_billing_and_creates
     (["--method", "reinforcement", "--grader", "GRADER", "--eval-samples", "65"], 2, "--eval-samples: Invalid"),
     (["--method", "reinforcement", "--grader", "GRADER", "--eval-interval", "x"], 2, "Expected a number or 'auto'"),
     (["--method", "reinforcement", "--grader", "BAD"], 2, "--grader: "),
-    (["--method", "reinforcement", "--grader", "JUDGE"], 1, "--grader: grader: score_model"),
     (["--method", "reinforcement", "--grader", "OTHER_FIELD"], 1, "rft_missing_item_field"),
     (["--method", "reinforcement", "--grader", "GRADER", "CHAT"], 1, "rft_final_assistant_message"),
 ])
@@ -238,22 +322,18 @@ def test_the_clients_ranges_are_the_servers():
     assert REASONING_EFFORTS == jobs.REASONING_EFFORTS
 
 
-def test_read_grader_takes_a_yaml_file_and_model_graders_only_for_openai(tmp_path):
+def test_read_grader_takes_a_yaml_file_and_a_score_model_grader(tmp_path):
     from tunewise.client import read_grader
-    from tunewise.errors import Unsupported, UsageError
+    from tunewise.errors import UsageError
 
-    judge = {"type": "score_model", "name": "judge", "model": "gpt-4o-mini",
-             "input": [{"role": "user", "content": "Score {{ sample.output_text }}"}]}
     path = tmp_path / "grader.yaml"
     path.write_text("type: string_check\nname: exact\noperation: eq\ninput: '{{ sample.output_text }}'\n"
                     "reference: '{{ item.reference_answer }}'\n")
     assert read_grader(path) == GRADER
-    assert read_grader(judge, local=False) == judge  # OpenAI runs model graders
-    with pytest.raises(Unsupported, match="score_model"):
-        read_grader(judge)
+    assert read_grader(JUDGE) == JUDGE  # OpenAI and tunewise serve both run model graders
     with pytest.raises(UsageError, match="label_model"):
-        read_grader({"type": "label_model", "name": "l", "model": "gpt-4o-mini", "input": judge["input"],
-                     "labels": ["a", "b"], "passing_labels": ["a"]}, local=False)
+        read_grader({"type": "label_model", "name": "l", "model": "gpt-4o-mini", "input": JUDGE["input"],
+                     "labels": ["a", "b"], "passing_labels": ["a"]})
     two = tmp_path / "two.json"
     two.write_text(json.dumps([GRADER, dict(GRADER, name="other")]))
     with pytest.raises(UsageError, match="holds 2 graders"):

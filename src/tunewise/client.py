@@ -189,12 +189,12 @@ def check_job_settings(hyperparameters: dict[str, Any], suffix: str | None = Non
         raise UsageError(f"The suffix is {len(suffix)} characters; at most 64.", param="suffix")
 
 
-def read_grader(grader: dict | str | os.PathLike, *, local: bool = True) -> dict:
+def read_grader(grader: dict | str | os.PathLike) -> dict:
     """A reinforcement job's grader, given as an OpenAI grader object or a path to a JSON or YAML file holding
     one, checked as the service would check it (``tunewise.eval.graders``: the field at fault is named).
 
-    ``local``: the service is a ``tunewise serve``, which trains with no judge model, so model graders
-    (``score_model``, ``label_model``) are refused here too; OpenAI runs them.
+    Model graders (``score_model``, or a ``label_model`` inside a ``multi``) are taken: OpenAI runs them, and a
+    ``tunewise serve`` asks its ``grader_base_url`` (empty: itself) as the judge while the job trains.
     """
     from tunewise.eval.graders import load_graders, parse_grader
 
@@ -211,13 +211,6 @@ def read_grader(grader: dict | str | os.PathLike, *, local: bool = True) -> dict
         raise UsageError("grader.type: a label_model grader cannot be a fine-tuning grader on its own.",
                          hint="Use score_model, or put the label_model inside a multi grader.",
                          param="grader.type", code="invalid_grader")
-    if local and parsed.uses_model:
-        from tunewise.errors import Unsupported
-
-        raise Unsupported("grader: score_model and label_model graders are not run by tunewise serve's "
-                          "reinforcement fine-tuning (each completion would need a judge model's answer).",
-                          hint="Use string_check, text_similarity or python graders (or a multi of them); "
-                          "OpenAI itself runs model graders.", param="grader.type", code="unsupported_grader")
     return parsed.to_dict()
 
 
@@ -389,12 +382,12 @@ class Client:
         return plan
 
     def _grader(self, grader: dict | str | os.PathLike | None) -> dict:
-        """A reinforcement job's grader, required and checked (model graders only where OpenAI runs them)."""
+        """A reinforcement job's grader, required and checked."""
         if grader is None:
             raise UsageError("A reinforcement job needs a grader: the grader that scores each sampled answer.",
                              hint="Write one OpenAI grader to a JSON file (see docs/graders.md) and pass "
                              "--grader FILE (grader=... in the library).", param="grader")
-        return read_grader(grader, local=not self.target.is_openai)
+        return read_grader(grader)
 
     def _file_id(self, file_or_id: str, purpose: str = "fine-tune") -> str:
         if Path(file_or_id).is_file():

@@ -82,7 +82,9 @@ def serve(host, port, data_dir, worker_only, no_worker, executor, parent_pid) ->
         click.echo(f"export OPENAI_API_KEY={secret}")
     store.close()
 
-    worker = _WorkerProcess(settings.data_dir) if settings.worker else None
+    # The worker knows where this server listens: a job whose grader asks a model asks this server (grader_base_url
+    # empty).
+    worker = _WorkerProcess(settings.data_dir, settings.host, settings.port) if settings.worker else None
     if worker is not None:
         worker.start()
     click.echo(f"tunewise serve: {base_url} (data in {settings.data_dir}"
@@ -106,8 +108,9 @@ class _WorkerProcess:
     the forking thread must live as long as the server.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
         self.data_dir = data_dir
+        self.host, self.port = host, port
         self.proc: subprocess.Popen | None = None
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -125,7 +128,7 @@ class _WorkerProcess:
                     return
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "tunewise", "serve", "--worker-only", "--data-dir", str(self.data_dir),
-                     "--parent-pid", str(os.getpid())],
+                     "--host", self.host, "--port", str(self.port), "--parent-pid", str(os.getpid())],
                     preexec_fn=set_parent_death_signal)  # SIGTERM to the worker if this server dies
             code = self.proc.wait()
             if self.stopping.wait(1.0):  # also: no tight loop if it cannot start at all

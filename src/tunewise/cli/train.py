@@ -34,6 +34,13 @@ def _auto_or(kind):
               help="With --method dpo or reinforcement: train a LoRA adapter (default) or every weight.")
 @click.option("--grader", "grader_file", type=click.Path(dir_okay=False),
               help="With --method reinforcement: a JSON or YAML file holding one OpenAI grader (the reward).")
+@click.option("--grader-base-url", default=None, metavar="URL",
+              help="With --method reinforcement and a model grader (score_model): the OpenAI-compatible endpoint "
+                   "its judge model is asked at, e.g. a `tunewise serve` (http://127.0.0.1:8000/v1).")
+@click.option("--grader-api-key-env", default="OPENAI_API_KEY", show_default=True, metavar="NAME",
+              help="With --grader-base-url: the environment variable holding that endpoint's API key.")
+@click.option("--grader-concurrency", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="With --grader-base-url: judge requests in flight at once while a step is graded.")
 @click.option("--compute-multiplier", default="auto", callback=_auto_or(float), show_default=True,
               help="With --method reinforcement: X in (0, 10] or auto (1); completions per prompt = "
                    "max(2, round(4 * X)).")
@@ -80,7 +87,8 @@ def _auto_or(kind):
 @click.option("--collective-timeout", "collective_timeout_s", type=click.FloatRange(min=0, min_open=True),
               default=300.0, show_default=True,
               help="Seconds a multi-process run waits for a silent process before failing with its rank.")
-def train(training_file, validation_file, model, method, weights, grader_file, compute_multiplier, eval_interval,
+def train(training_file, validation_file, model, method, weights, grader_file, grader_base_url, grader_api_key_env,
+          grader_concurrency, compute_multiplier, eval_interval,
           eval_samples, reasoning_effort, kl_beta, max_completion_tokens, temperature, beta, init_adapter, n_epochs,
           batch_size,
           learning_rate_multiplier, seed, suffix, output_dir, device, dtype, num_threads, packing,
@@ -107,18 +115,30 @@ def train(training_file, validation_file, model, method, weights, grader_file, c
                          hint="Leave --nproc-per-node out.", param="nproc_per_node")
     rft: dict = {}
     if objective == "grpo":
-        from tunewise.train.methods.grpo import grader_from_file
+        from tunewise.train.methods.grpo import grader_from_file, uses_model
 
         if grader_file is None:
             raise UsageError("--method reinforcement needs --grader: the grader that scores each sampled answer.",
                              hint="Write one OpenAI grader to a JSON file (see docs/graders.md) and pass "
                              "--grader FILE.", param="grader")
-        rft = dict(grader=grader_from_file(grader_file), compute_multiplier=compute_multiplier,
+        grader = grader_from_file(grader_file)
+        if uses_model(grader) and not grader_base_url:
+            raise UsageError(f"The grader in {grader_file} asks a judge model (score_model or label_model); "
+                             "training needs the endpoint to ask.",
+                             hint="Pass --grader-base-url URL: an OpenAI-compatible endpoint such as a running "
+                             "`tunewise serve` (http://127.0.0.1:8000/v1), its key in $OPENAI_API_KEY (or the "
+                             "variable --grader-api-key-env names).", param="grader_base_url")
+        rft = dict(grader=grader, compute_multiplier=compute_multiplier,
                    eval_interval=eval_interval, eval_samples=eval_samples, reasoning_effort=reasoning_effort,
-                   kl_beta=kl_beta, max_completion_tokens=max_completion_tokens, temperature=temperature)
+                   kl_beta=kl_beta, max_completion_tokens=max_completion_tokens, temperature=temperature,
+                   grader_base_url=grader_base_url, grader_api_key=os.environ.get(grader_api_key_env) or None,
+                   grader_concurrency=grader_concurrency)
     elif grader_file is not None:
         raise UsageError("--grader is for --method reinforcement.", hint="Add --method reinforcement, or leave "
                          "--grader out.", param="grader")
+    elif grader_base_url is not None:
+        raise UsageError("--grader-base-url is for --method reinforcement with a model grader.",
+                         hint="Leave --grader-base-url out.", param="grader_base_url")
     method = (weights or "lora") if objective != "sft" else method
     config = TrainConfig(**rft, training_file=training_file, validation_file=validation_file, model=model, method=method,
                          objective=objective, beta=beta, init_adapter=init_adapter, n_epochs=n_epochs, batch_size=batch_size,

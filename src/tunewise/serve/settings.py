@@ -111,8 +111,9 @@ class Settings:
     """The longest completion a reinforcement fine-tuning job samples in training (tokens; a longer one is cut):
     with the group size and the data it bounds a job's time."""
     grader_base_url: str = ""
-    """OpenAI-compatible endpoint that ``score_model``/``label_model`` graders ask; empty: this server itself
-    (127.0.0.1 on its port, with the caller's API key)."""
+    """OpenAI-compatible endpoint that ``score_model``/``label_model`` graders ask, on the grader routes and while a
+    reinforcement job trains; empty: this server itself (127.0.0.1 on its port; the routes with the caller's API
+    key, a job with a key of its project made for it and revoked when it ends)."""
     grader_api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the API key for ``grader_base_url`` (unused when that is empty)."""
     wandb_mode: str = "offline"

@@ -12,6 +12,10 @@ worker that died, and is resumed from that saved state (the trainer resumes when
 A job with an eval set (the ``eval`` extension of job creation) has each checkpoint scored as it is saved, in
 the job's thread (training waits: both would share the same few cores anyway, and the checkpoint cannot be
 pruned while it is read). One generation engine serves every job of the process; it is created on first use.
+
+A reinforcement job whose grader asks a model (``score_model``) asks ``grader_base_url``, or, when that is empty,
+this server (the parent process, which answers chat completions while this one trains) with an API key of the
+job's project made for the job and revoked once the job has ended (``JUDGE_KEY_FILE``).
 """
 
 from __future__ import annotations
@@ -112,6 +116,7 @@ class Worker:
                     return
         # Record who holds the lock, for operators (and tests) that need the worker's pid.
         (self.store.data_dir / "worker.pid").write_text(str(os.getpid()))
+        release_judge_keys(self.store)  # of jobs that ended while no worker ran them (a paused job cancelled)
         log.info("worker %s started on %s", os.getpid(), self.store.data_dir)
         try:
             while not self._stop_requested and not self.shutdown.is_set():
@@ -136,6 +141,7 @@ class Worker:
             if not thread.is_alive():
                 del self.active[job_id]
                 purge_deleted_files(self.store)
+                release_judge_keys(self.store)
         for job in self.store.all("SELECT * FROM jobs WHERE status = 'validating_files' ORDER BY seq"):
             self.validate(job)
         # Jobs marked running but not ours were interrupted by a crash or a restart: they go first.
@@ -314,17 +320,21 @@ class Worker:
         finally:
             self._last_metrics.pop(job_id, None)
             self._reported_step.pop(job_id, None)
+            release_judge_key(store, job)  # once the job has ended (a paused or stopping one keeps its key)
         self.finish(job, ft_name, result)
+        release_judge_key(store, job)
 
     def _where(self, job: dict[str, Any]) -> str:
         if self.executor.name != "ray":
             return "on this machine"
         from tunewise.serve.executors import resources
 
-        req = resources.request(self.settings, json.loads(job["ray"]) if job.get("ray") else None)
+        req = resources.request(self.settings, json.loads(job["ray"]) if job.get("ray") else None, job)
         n = req["num_workers"]
         return (f"on the Ray cluster ({n} worker{'s' if n != 1 else ''} of "
-                f"{resources.fmt(resources.bundle(req))})")
+                f"{resources.fmt(resources.bundle(req))}"
+                + (f"; {_method_kind(job)} trains in one process, not on the {req['asked_workers']} workers asked for"
+                   if req.get("asked_workers") else "") + ")")
 
     def _train_config(self, job: dict[str, Any]):
         from tunewise.train import TrainConfig
@@ -341,6 +351,10 @@ class Worker:
                                                         ("compute_multiplier", "eval_interval", "eval_samples")},
                    "reasoning_effort": asked.get("reasoning_effort") or "default",
                    "max_completion_tokens": self.settings.rft_max_completion_tokens}
+            from tunewise.train.methods.grpo import uses_model
+
+            if rft["grader"] is not None and uses_model(rft["grader"]):
+                rft.update(zip(("grader_base_url", "grader_api_key"), self._judge(job), strict=True))
         return TrainConfig(
             objective={"dpo": "dpo", "reinforcement": "grpo"}.get(kind, "sft"), beta=beta, **rft,
             training_file=self._file_path(job["training_file"], started=True),
@@ -350,6 +364,38 @@ class Worker:
             learning_rate_multiplier=hyper.get("learning_rate_multiplier", "auto"),
             seed=job["seed"], suffix=job["suffix"], output_dir=job["output_dir"],
             init_adapter=job.get("init_path"), parent_model=job.get("parent_model"))
+
+    def _judge(self, job: dict[str, Any]) -> tuple[str, str | None]:
+        """The judge endpoint and key for a job whose grader asks a model: ``grader_base_url`` with the key in
+        ``grader_api_key_env``, or (setting empty) this server itself, as the grader routes ask it, with a key of
+        the job's project made for the job (``JUDGE_KEY_FILE`` in its output directory, revoked when it ends)."""
+        settings = self.settings
+        if settings.grader_base_url:
+            return settings.grader_base_url, os.environ.get(settings.grader_api_key_env) or None
+        host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        return f"http://{host}:{settings.port}/v1", self._judge_key(job)
+
+    def _judge_key(self, job: dict[str, Any]) -> str:
+        """The job's own API key for asking this server: the one made for it before while it is still active (a
+        resumed job, or one followed again on the Ray cluster, keeps it), else a new one."""
+        from tunewise.serve import auth
+
+        path = Path(job["output_dir"]) / JUDGE_KEY_FILE
+        try:
+            saved = json.loads(path.read_text())
+            if self.store.one("SELECT 1 AS x FROM keys WHERE id = ? AND hash = ? AND revoked_at IS NULL",
+                              saved["id"], auth.hash_key(saved["secret"])):
+                return saved["secret"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        key_id, secret = auth.create_key(self.store, job["project"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"id": key_id, "secret": secret}, f)
+        os.replace(tmp, path)
+        return secret
 
     def _record(self, job_id: str, ft_name: str, event: Any) -> None:
         store, data = self.store, dict(event.data or {})
@@ -469,6 +515,38 @@ class Worker:
                         json.dumps(_method_echo(job, hyper, result.hyperparameters.get("beta"))), now(), job_id))
         store.add_event(job_id, f"New fine-tuned model created: {ft_name}")
         store.add_event(job_id, "The job has successfully completed")
+
+
+JUDGE_KEY_FILE = "judge-key.json"
+"""In a job's output directory (0600): the API key made for the job's judge calls to this server, while it runs."""
+
+
+def release_judge_key(store: Store, job: dict[str, Any]) -> bool:
+    """Revoke the key made for the job's judge calls once the job has ended (succeeded, failed, cancelled);
+    returns whether one was."""
+    from tunewise.serve.store import TERMINAL
+
+    path = Path(job["output_dir"]) / JUDGE_KEY_FILE if job.get("output_dir") else None
+    if path is None or not path.is_file() or store.job_status(job["id"]) not in TERMINAL:
+        return False
+    try:
+        key_id = json.loads(path.read_text())["id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        key_id = None
+    if key_id:
+        store.db.execute("UPDATE keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now(), key_id))
+    path.unlink(missing_ok=True)
+    return True
+
+
+def release_judge_keys(store: Store) -> int:
+    """``release_judge_key`` for every ended job that still holds a key file; returns how many were released."""
+    from tunewise.serve.store import TERMINAL
+
+    marks = ",".join("?" * len(TERMINAL))
+    rows = store.all(f"SELECT id, output_dir FROM jobs WHERE status IN ({marks}) AND output_dir IS NOT NULL",
+                     *TERMINAL)
+    return sum(release_judge_key(store, row) for row in rows if (Path(row["output_dir"]) / JUDGE_KEY_FILE).is_file())
 
 
 def purge_deleted_files(store: Store) -> int:

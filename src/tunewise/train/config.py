@@ -44,7 +44,15 @@ class TrainConfig:
     ``auto``: 0.1. Only for ``objective="dpo"``."""
     grader: dict[str, Any] | None = None
     """GRPO's grader, an OpenAI grader object (``tunewise.eval.graders``: string_check, text_similarity, python,
-    multi); its reward is what training raises. Only for ``objective="grpo"``, which needs it."""
+    score_model, multi); its reward is what training raises. Only for ``objective="grpo"``, which needs it."""
+    grader_base_url: str | None = None
+    """GRPO with a model grader (``score_model``, or a ``multi`` holding a ``score_model``/``label_model``): the
+    OpenAI-compatible endpoint its judge model is asked at (``http://127.0.0.1:8000/v1`` for a ``tunewise serve``),
+    which such a grader needs. Not part of the run's identity: a resumed run may ask another endpoint."""
+    grader_api_key: str | None = field(default=None, repr=False)
+    """The API key for ``grader_base_url`` (None: ``OPENAI_API_KEY``). Never written to the run's files."""
+    grader_concurrency: int = 8
+    """GRPO with a model grader: judge requests in flight at once while a step's completions are graded."""
     compute_multiplier: float | Literal["auto"] = "auto"
     """GRPO (OpenAI's range: above 0, at most 10): completions sampled per prompt, the group size
     ``G = max(2, round(4 * compute_multiplier))``. ``auto``: 1.0 (G = 4)."""
@@ -208,6 +216,18 @@ class TrainConfig:
                     raise UsageError(f"{name} is a reinforcement fine-tuning option; this run is {self.objective}.",
                                      hint="Use --method reinforcement, or leave it out.", param=name)
             return
+        from tunewise.train.methods.grpo import uses_model
+
+        if uses_model(self.grader) and not self.grader_base_url:
+            raise UsageError("The grader asks a judge model (score_model or label_model), and no judge endpoint "
+                             "was given.", hint="Pass --grader-base-url URL (TrainConfig.grader_base_url): an "
+                             "OpenAI-compatible endpoint such as a running `tunewise serve` "
+                             "(http://127.0.0.1:8000/v1), with its key in --grader-api-key-env's variable.",
+                             param="grader_base_url")
+        c = self.grader_concurrency
+        if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= 256:
+            raise UsageError(f"grader_concurrency must be an integer in 1..256, not {c!r}.",
+                             param="grader_concurrency")
         if self.packing:
             raise UsageError("packing is for supervised training; reinforcement fine-tuning samples its own "
                              "completions.", hint="Leave --packing out.", param="packing")

@@ -539,7 +539,8 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
     ctx = StepContext(device=device, pad_id=pad_id, max_tokens=config.max_tokens_per_microbatch,
                       autocast_dtype=autocast_dtype, packing=config.packing, core=core, head=head, seed=seed)
     # What the method computes once from the starting model (DPO's reference), before any saved weights go in.
-    method.prepare(model, train_set, valid_set, out, ctx, main, lambda text: emit(TrainEvent("message", text)))
+    method.prepare(model, train_set, valid_set, out, ctx, main,
+                   lambda text, level="info": emit(TrainEvent("message", text, level=level)))
     if progress:  # the saved weights go in before the model is wrapped or sharded
         named = dict(model.named_parameters())
         with torch.no_grad():

@@ -192,7 +192,7 @@ class RayExecutor:
             self._connected = False
 
     def _request(self, job: dict[str, Any]) -> dict[str, Any]:
-        return resources.request(self.settings, json.loads(job["ray"]) if job.get("ray") else None)
+        return resources.request(self.settings, json.loads(job["ray"]) if job.get("ray") else None, job)
 
     def _storage(self) -> str:
         return self.settings.ray_storage or str(Path(self.settings.data_dir).resolve() / "ray")

@@ -6,6 +6,7 @@ executor never imports Ray.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -95,11 +96,24 @@ def check_settings(settings: Settings) -> None:
                               "every node, and name that path (TUNEWISE_RAY_STORAGE=/mnt/shared/tunewise).")
 
 
-def request(settings: Settings, override: dict[str, Any] | None) -> dict[str, Any]:
-    """What the job asks for: the settings, then the job's ``ray`` field."""
+def one_process(job: dict[str, Any]) -> bool:
+    """Whether the job trains in one process whatever it asks for: DPO and reinforcement fine-tuning are not data
+    parallel (``tunewise.train`` runs them in one process only)."""
+    try:
+        kind = json.loads(job.get("method") or "{}").get("type") or "supervised"
+    except (TypeError, ValueError):
+        kind = "supervised"
+    return kind != "supervised"
+
+
+def request(settings: Settings, override: dict[str, Any] | None, job: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the job asks for: the settings, then the job's ``ray`` field; one worker for a ``job`` that trains in
+    one process (``one_process``), with ``asked_workers`` the number asked for."""
     out = {"num_workers": settings.ray_num_workers, "use_gpu": settings.ray_use_gpu,
            "resources_per_worker": _resources(settings.ray_resources_per_worker, "ray_resources_per_worker")}
     out.update(override or {})
+    if job is not None and one_process(job) and out["num_workers"] != 1:
+        out["asked_workers"], out["num_workers"] = out["num_workers"], 1
     return out
 
 

@@ -68,7 +68,9 @@ class Method(Protocol):
     def tokens(self, item: Any) -> int: ...
 
     def prepare(self, model: Any, train_set: list[Any], valid_set: list[Any], out: Path, ctx: StepContext,
-                main: bool, emit: Callable[[str], None]) -> None: ...
+                main: bool, emit: Callable[..., None]) -> None:
+        """What the method computes from the starting model; ``emit(text, level="info")`` records a message
+        event (``level="warn"`` for a warning), here or at any step after."""
 
     def step(self, model: Any, batch: list[Any], ctx: StepContext, progress: dict[str, Any]) -> dict[str, float]: ...
 

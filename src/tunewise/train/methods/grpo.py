@@ -28,6 +28,14 @@ OpenAI's hyperparameters and their local meaning: ``compute_multiplier`` sets th
 ``G = max(2, round(4 * compute_multiplier))`` (``auto``: 1, so G = 4); ``eval_interval`` is the steps between
 validation runs (``auto``: one epoch); ``eval_samples`` the completions sampled per validation prompt (``auto``:
 1); ``reasoning_effort`` is recorded and has no effect (the local models do not reason before answering).
+
+Model graders (``score_model``, ``label_model``, or a ``multi`` holding one) ask the judge endpoint
+``TrainConfig.grader_base_url`` (``tunewise.eval.graders.ModelJudge``, answers cached), the completions of a step
+graded concurrently (at most ``grader_concurrency`` at once). A completion whose grader gave no judgement (its judge
+or its process did not answer, or the judge's answer could not be read: the flags of ``NOT_GRADED``) has no reward:
+it is left out of its group's advantages and of the loss, and the step's metrics count it
+(``train_grader_errors``); a step with no graded completion at all stops the run with an error that says why, as
+there is nothing to train on.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunewise.errors import DataError, Unsupported
+from tunewise.errors import DataError, TunewiseError
 from tunewise.eval.graders.spec import item_fields
 from tunewise.train.methods import StepContext, labelled_logits
 from tunewise.train.render import IGNORE, Rendered, checked_examples
@@ -54,6 +62,12 @@ MAX_SAMPLING_ROWS = 64  # completions decoded together at most (rows of the engi
 # SmolLM2-135M LoRA, 1e-3 x 0.3 = 3e-4), which learning_rate_multiplier scales as for SFT.
 LEARNING_RATE_SCALE = 0.3
 VALID_SEED = 7_919  # validation draws from seeds of their own, the same at every evaluation
+# The result flags (``tunewise.eval.graders.ERROR_FLAGS``) that say the grader gave no judgement of the answer: its
+# judge or its process did not answer, or the judge's answer could not be read. Such a completion has no reward (the
+# runner's 0.0 is no score). A flag about the answer itself (``sample_parse_error``: the answer is not the JSON the
+# template reads; a python grader that raised on it) stays a reward of 0, as OpenAI scores it.
+NOT_GRADED = ("model_grader_server_error", "model_grader_refusal_error", "model_grader_parse_error",
+              "truncated_observation_error", "python_grader_server_error", "unresponsive_reward_error")
 
 
 def group_size(compute_multiplier: Any) -> int:
@@ -81,17 +95,16 @@ def resolve(config: Any, n_examples: int, batch_size: int) -> dict[str, Any]:
 
 
 def load_grader(grader: Any):
-    """The checked grader (``tunewise.eval.graders.parse_grader``); model graders are refused here: training
-    has no judge model to ask."""
+    """The checked grader (``tunewise.eval.graders.parse_grader``). A model grader needs a judge endpoint to train
+    with (``TrainConfig.grader_base_url``), which ``TrainConfig.validate`` checks."""
     from tunewise.eval.graders import parse_grader
 
-    parsed = parse_grader(grader, "grader")
-    if parsed.uses_model:
-        raise Unsupported("grader: score_model and label_model graders are not run during local reinforcement "
-                          "fine-tuning (each completion would need a judge model's answer).",
-                          hint="Use string_check, text_similarity or python graders (or a multi of them).",
-                          param="grader.type", code="unsupported_grader")
-    return parsed
+    return parse_grader(grader, "grader")
+
+
+def uses_model(grader: Any) -> bool:
+    """Whether the grader object asks a judge model (score_model, label_model, or a multi holding one)."""
+    return load_grader(grader).uses_model
 
 
 def grader_from_file(path: str | Path) -> dict[str, Any]:
@@ -146,11 +159,22 @@ def read_prompts(path: str | Path, model: str | None, param: str, grader: dict[s
 # ---------------------------------------------------------------------------------------------------- the loss
 
 
-def advantages(rewards):
-    """``[prompts, G]`` rewards -> advantages, each reward against its own group (TRL's formula)."""
-    mean = rewards.mean(dim=1, keepdim=True)
-    std = rewards.std(dim=1, keepdim=True) if rewards.shape[1] > 1 else rewards.new_zeros(rewards.shape[0], 1)
-    return (rewards - mean) / (std + ADVANTAGE_EPS)
+def advantages(rewards, graded=None):
+    """``[prompts, G]`` rewards -> advantages, each reward against its own group (TRL's formula). ``graded``
+    (``[prompts, G]`` booleans): only those rewards count, each against its group's graded ones; the others (and a
+    group with fewer than two graded) get 0."""
+    if graded is None or bool(graded.all()):
+        mean = rewards.mean(dim=1, keepdim=True)
+        std = rewards.std(dim=1, keepdim=True) if rewards.shape[1] > 1 else rewards.new_zeros(rewards.shape[0], 1)
+        return (rewards - mean) / (std + ADVANTAGE_EPS)
+    out = rewards.new_zeros(rewards.shape)
+    for i in range(rewards.shape[0]):
+        keep = graded[i]
+        if int(keep.sum()) < 2:
+            continue  # one graded answer has nothing to be compared with
+        r = rewards[i][keep]
+        out[i, keep] = (r - r.mean()) / (r.std() + ADVANTAGE_EPS)
+    return out
 
 
 def grpo_token_loss(logps, ref_logps, token_advantages, beta: float):
@@ -181,6 +205,12 @@ class Completion:
     """The prompt as the engine rendered and fed it."""
     reward: float = 0.0
     scores: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    """Why the grader gave no judgement (a ``NOT_GRADED`` flag and what went wrong); None: graded."""
+
+    @property
+    def graded(self) -> bool:
+        return self.error is None
 
     def rendered(self, prompt_ids: list[int]) -> Rendered:
         return Rendered(line=self.prompt.line, input_ids=[*prompt_ids, *self.ids],
@@ -210,13 +240,27 @@ class GRPO:
         self.grader = load_grader(config.grader)
         self.fields = item_fields(config.grader)
         self.context = GradingContext(allow_python=True)
+        self._pool = None
+        if self.grader.uses_model:
+            from concurrent.futures import ThreadPoolExecutor
+
+            from tunewise.eval.graders import ModelJudge
+
+            self.context.judge = ModelJudge(config.grader_base_url, config.grader_api_key)
+            self._pool = ThreadPoolExecutor(max_workers=int(config.grader_concurrency),
+                                            thread_name_prefix="grpo-grader")
+        # Graders that can fail to give a judgement report how many completions they did not grade.
+        self.can_fail = self.grader.uses_model or self.grader.uses_python
+        self._emit: Callable[..., None] = lambda text, level="info": None
         self.group = group_size(config.compute_multiplier)
         self.eval_samples = AUTO_EVAL_SAMPLES if config.eval_samples == "auto" else int(config.eval_samples)
         self.scores = score_names(self.grader)
         extra = [f"train_score_{_column(k)}" for k in self.scores]
         valid_extra = [f"valid_score_{_column(k)}" for k in self.scores]
+        errors = ("train_grader_errors",) if self.can_fail else ()
+        valid_errors = ("valid_grader_errors",) if self.can_fail else ()
         self.columns = ("train_reward_mean", "train_reward_std", "train_kl", "train_completion_length", *extra,
-                        "valid_reward_mean", "valid_reward_std", *valid_extra)
+                        *errors, "valid_reward_mean", "valid_reward_std", *valid_extra, *valid_errors)
         self.tokenizer = None
         self.context_length = 0
         self.fresh_lora = False
@@ -255,7 +299,8 @@ class GRPO:
 
     # -- the reference -------------------------------------------------------------------------------------
     def prepare(self, model, train_set, valid_set, out: Path, ctx: StepContext, main: bool,
-                emit: Callable[[str], None]) -> None:
+                emit: Callable[..., None]) -> None:
+        self._emit = emit
         self.fresh_lora = self.config.method == "lora" and self.config.init_adapter is None \
             and hasattr(model, "disable_adapter")
         if self.fresh_lora:
@@ -289,7 +334,7 @@ class GRPO:
         from tunewise.infer.types import EngineStats
 
         if self._runner is None or self._runner_model is not model:
-            self.close()
+            self._close_runner()
             rows = max(self.group, self.eval_samples, MAX_SAMPLING_ROWS)
             self._runner = ModelRunner("policy", model, self.tokenizer, context_length=self.context_length,
                                        max_batch_size=rows, stats=EngineStats(), stats_lock=_t.Lock())
@@ -334,12 +379,33 @@ class GRPO:
             model.train(was_training)
 
     def grade(self, completions: list[Completion]) -> None:
+        """Grade each completion (concurrently where a judge is asked); one the grader gave no judgement of keeps
+        its ``error`` and no reward."""
         from tunewise.eval.graders import grade
 
-        for c in completions:
-            result = grade(self.grader, c.text, c.prompt.item, self.context)
+        def one(c: Completion):
+            return grade(self.grader, c.text, c.prompt.item, self.context)
+
+        results = list(self._pool.map(one, completions)) if self._pool is not None else map(one, completions)
+        for c, result in zip(completions, results, strict=True):
+            failed = [k for k in NOT_GRADED if result.errors.get(k) is True]
+            if failed:
+                why = (result.errors.get("model_grader_server_error_details") or result.details.get("error")
+                       or result.details.get("refusal") or "")
+                c.error = ", ".join(failed) + (f" ({str(why).strip()[:300]})" if why else "")
+                c.reward, c.scores = math.nan, {}
+                continue
+            c.error = None
             c.reward = float(result.reward)
             c.scores = {k: float(result.sub_rewards.get(k, 0.0)) for k in self.scores}
+
+    def _ungraded(self, flat: list[Completion], what: str) -> int:
+        """Say (a warning event) how many of ``flat`` were not graded, and why the first was not; return how many."""
+        bad = [c for c in flat if not c.graded]
+        if bad:
+            self._emit(f"{what}: the grader gave no judgement of {len(bad)} of {len(flat)} completions, left out of "
+                       f"the rewards: {bad[0].error}", level="warn")
+        return len(bad)
 
     def _seeds(self, ctx: StepContext, step: int, prompts: list[Prompt]) -> list[int]:
         return [((ctx.seed * 1_000_003 + step) * 4_099 + j) % (2**31) for j in range(len(prompts))]
@@ -350,13 +416,25 @@ class GRPO:
 
         from tunewise.train.batching import _collate
 
+        step = progress["step"] + 1
         groups = self.sample(model, batch, self.group, self._seeds(ctx, progress["step"], batch))
         flat = [c for g in groups for c in g]
         self.grade(flat)
-        rewards = torch.tensor([[c.reward for c in g] for g in groups], dtype=torch.float64)
-        adv = advantages(rewards).flatten()
-        rows = [c.rendered(c.prompt_ids) for c in flat]
-        n_tokens = sum(len(c.ids) for c in flat)
+        n_errors = self._ungraded(flat, f"Step {step}")
+        trained = [c for c in flat if c.graded]
+        if not trained:
+            raise TunewiseError(f"Step {step}: the grader gave no judgement of any of the {len(flat)} completions, so "
+                                f"the step has no reward to train on: {flat[0].error}.",
+                                hint="Check the grader's judge endpoint (grader_base_url, --grader-base-url) and its "
+                                "key, or the python grader; training again into the same output resumes from the "
+                                "last saved state.", code="grader_failed", param="grader")
+        graded = torch.tensor([[c.graded for c in g] for g in groups])
+        rewards = torch.tensor([[c.reward if c.graded else 0.0 for c in g] for g in groups], dtype=torch.float64)
+        adv_all = advantages(rewards, graded).flatten()
+        keep = [i for i, c in enumerate(flat) if c.graded]
+        adv = adv_all[torch.tensor(keep)]
+        rows = [c.rendered(c.prompt_ids) for c in trained]
+        n_tokens = sum(len(c.ids) for c in trained)
         loss_sum, kl_sum = 0.0, 0.0
         for idx in row_groups(rows, ctx.max_tokens):
             mb = _collate([rows[i] for i in idx], ctx.pad_id)
@@ -371,32 +449,50 @@ class GRPO:
             progress["real_tokens"] += mb.real_tokens
             progress["padded_tokens"] += mb.padded_tokens
         progress["trained_tokens"] += n_tokens
-        flat_rewards = rewards.flatten()
+        flat_rewards = torch.tensor([c.reward for c in trained], dtype=torch.float64)
         stats = {"train_loss": loss_sum / n_tokens, "train_accuracy": None,
                  "train_reward_mean": flat_rewards.mean().item(),
                  "train_reward_std": flat_rewards.std().item() if len(flat_rewards) > 1 else 0.0,
-                 "train_kl": kl_sum / n_tokens, "train_completion_length": n_tokens / len(flat)}
+                 "train_kl": kl_sum / n_tokens, "train_completion_length": sum(len(c.ids) for c in flat) / len(flat)}
         for k in self.scores:
-            stats[f"train_score_{_column(k)}"] = sum(c.scores[k] for c in flat) / len(flat)
+            stats[f"train_score_{_column(k)}"] = sum(c.scores[k] for c in trained) / len(trained)
+        if self.can_fail:
+            stats["train_grader_errors"] = n_errors
         return stats
 
     def evaluate(self, model, prompts: list[Prompt], ctx: StepContext) -> dict[str, float]:
         seeds = [(ctx.seed * 1_000_003 + VALID_SEED * 4_099 + p.index) % (2**31) for p in prompts]
         flat = [c for g in self.sample(model, prompts, self.eval_samples, seeds) for c in g]
         self.grade(flat)
-        rewards = [c.reward for c in flat]
+        n_errors = self._ungraded(flat, "Validation")
+        graded = [c for c in flat if c.graded]
+        rewards = [c.reward for c in graded]
+        out: dict[str, Any] = {"valid_loss": None, "valid_mean_token_accuracy": None, "valid_reward_mean": None,
+                               "valid_reward_std": None}
+        if self.can_fail:
+            out["valid_grader_errors"] = n_errors
+        if not rewards:  # nothing graded: no validation reward this time (the warning says why)
+            return out
         mean = sum(rewards) / len(rewards)
         std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / (len(rewards) - 1)) if len(rewards) > 1 else 0.0
-        out = {"valid_loss": None, "valid_mean_token_accuracy": None, "valid_reward_mean": mean,
-               "valid_reward_std": std}
+        out.update(valid_reward_mean=mean, valid_reward_std=std)
         for k in self.scores:
-            out[f"valid_score_{_column(k)}"] = sum(c.scores[k] for c in flat) / len(flat)
+            out[f"valid_score_{_column(k)}"] = sum(c.scores[k] for c in graded) / len(graded)
         return out
 
-    def close(self) -> None:
-        """Stop the sampling engine's thread (the run is over, or the model it served was replaced)."""
+    def _close_runner(self) -> None:
         if self._runner is not None:
             runner, self._runner, self._runner_model = self._runner, None, None
             runner.close()
+
+    def close(self) -> None:
+        """Stop the sampling engine's thread and let go of the judge (the run is over)."""
+        self._close_runner()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self.context.judge is not None:
+            self.context.judge.close()
+            self.context.judge = None
 
 
