@@ -82,6 +82,26 @@ def test_the_loss_is_trls_policy_gradient_plus_k3_kl():
     assert logps.grad.tolist() == pytest.approx(want_grad)
 
 
+def test_log_probabilities_are_those_of_the_sampling_temperature():
+    """Completions sampled at temperature T are scored under softmax(logits / T), for policy and reference alike."""
+    from tunewise import models
+    from tunewise.train.batching import _collate
+    from tunewise.train.methods.grpo import token_logps
+    from tunewise.train.render import IGNORE, Rendered
+
+    model = models.load_model(TINY, device="cpu")
+    ids = [5, 9, 14, 3, 7, 11]
+    mb = _collate([Rendered(line=1, input_ids=ids, labels=[IGNORE, IGNORE, IGNORE, 3, 7, 11])], 0)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, 2:5].float()
+        for t in (1.0, 0.7):
+            got, rows = token_logps(model, None, None, mb, "cpu", t)
+            want = torch.log_softmax(logits / t, dim=-1)[torch.arange(3), torch.tensor([3, 7, 11])]
+            assert got.tolist() == pytest.approx(want.tolist(), abs=1e-5) and rows.tolist() == [0, 0, 0]
+    assert not torch.allclose(token_logps(model, None, None, mb, "cpu", 0.7)[0],
+                              token_logps(model, None, None, mb, "cpu", 1.0)[0])
+
+
 # ---------------------------------------------------------------------------------------------------- the data
 
 

@@ -57,6 +57,30 @@ def grade(sample, item):
         return 0.0
 '''
 
+ITEMS_SOURCE = '''
+import json
+from collections import Counter
+
+def grade(sample, item):
+    """Partial credit: F1 of the answer's (name, price) items against the reference's, as multisets."""
+    try:
+        answer = json.loads(sample["output_text"])
+        reference = json.loads(item["reference_answer"])
+    except ValueError:
+        return 0.0
+    def pairs(doc):
+        rows = doc.get("items") if isinstance(doc, dict) else None
+        if not isinstance(rows, list):
+            return Counter()
+        return Counter((str(r.get("name")), repr(r.get("price"))) for r in rows if isinstance(r, dict))
+    got, want = pairs(answer), pairs(reference)
+    hit = sum((got & want).values())
+    if not hit:
+        return 0.0
+    precision, recall = hit / sum(got.values()), hit / sum(want.values())
+    return 2 * precision * recall / (precision + recall)
+'''
+
 EXACT = {
     "json": {"type": "python", "name": "exact", "source": EXACT_SOURCE},
     "string": {"type": "string_check", "name": "exact", "operation": "eq", "input": "{{ sample.output_text }}",
@@ -64,9 +88,16 @@ EXACT = {
 }
 
 
-def grader(exact: str = "json") -> dict:
+def grader(exact: str = "json", reward: str = "exact") -> dict:
+    """The run's grader. ``reward="partial"`` adds per-item credit (``items``: F1 of the answer's name/price
+    pairs), so that a group whose answers are all inexact still ranks them: 0.5 exact + 0.3 items + 0.2 valid."""
+    graders = {"exact": EXACT[exact], "valid": {"type": "python", "name": "valid", "source": VALID_SOURCE}}
+    if reward == "partial":
+        graders["items"] = {"type": "python", "name": "items", "source": ITEMS_SOURCE}
+        return {"type": "multi", "name": "receipt", "calculate_output": "0.5 * exact + 0.3 * items + 0.2 * valid",
+                "graders": graders}
     return {"type": "multi", "name": "receipt", "calculate_output": "0.75 * exact + 0.25 * valid",
-            "graders": {"exact": EXACT[exact], "valid": {"type": "python", "name": "valid", "source": VALID_SOURCE}}}
+            "graders": graders}
 
 
 def rft_rows(lines: list[str]) -> list[dict]:
@@ -102,7 +133,8 @@ def exact_match(model_dirs: list[Path], examples: list[dict]) -> list[list[int]]
 
 def proof(out: Path, n_rft: int = 48, n_valid: int = 8, n_test: int = 50, sft_steps: int = 8, batch_size: int = 4,
           compute_multiplier: float = 1.0, learning_rate_multiplier: float = 1.0, max_completion_tokens: int = 96,
-          seed: int = 0, exact: str = "json", epochs: int = 1) -> dict:
+          seed: int = 0, exact: str = "json", epochs: int = 1, reward: str = "exact",
+          temperature: float = 1.0) -> dict:
     from tunewise import models
     from tunewise.train import TrainConfig, train
 
@@ -114,10 +146,10 @@ def proof(out: Path, n_rft: int = 48, n_valid: int = 8, n_test: int = 50, sft_st
     valid = rft_rows(lines[-n_valid:])  # the last receipts of train.jsonl: neither in SFT nor in RFT
     (out / "rft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rft))
     (out / "valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in valid))
-    rubric = grader(exact)
+    rubric = grader(exact, reward)
     (out / "grader.json").write_text(json.dumps(rubric, indent=2))
     figures: dict = {"model": models.DEFAULT_MODEL, "n_sft": SFT_EXAMPLES, "n_rft": n_rft, "n_valid": n_valid,
-                     "n_test": len(test), "exact": exact}
+                     "n_test": len(test), "exact": exact, "reward": reward}
     t0 = time.monotonic()
     sft = train(TrainConfig(training_file=out / "sft.jsonl", model=models.DEFAULT_MODEL, n_epochs=sft_steps * 4 //
                             SFT_EXAMPLES or 1, batch_size=4, seed=seed, output_dir=out / "sft", num_threads=1))
@@ -129,7 +161,8 @@ def proof(out: Path, n_rft: int = 48, n_valid: int = 8, n_test: int = 50, sft_st
                                compute_multiplier=compute_multiplier,
                                eval_interval=max(1, n_rft * epochs // batch_size // 2),
                                learning_rate_multiplier=learning_rate_multiplier,
-                               max_completion_tokens=max_completion_tokens, seed=seed, output_dir=out / "rft",
+                               max_completion_tokens=max_completion_tokens, temperature=temperature, seed=seed,
+                               output_dir=out / "rft",
                                num_threads=1))
     figures["rft_s"] = round(time.monotonic() - t0, 1)
     figures["rft_steps"] = result.steps
@@ -138,6 +171,8 @@ def proof(out: Path, n_rft: int = 48, n_valid: int = 8, n_test: int = 50, sft_st
         rows = list(csv.DictReader(f))
     figures["reward_per_step"] = [round(float(r["train_reward_mean"]), 3) for r in rows]
     figures["exact_per_step"] = [round(float(r["train_score_exact"]), 3) for r in rows]
+    if rows and "train_score_items" in rows[0]:
+        figures["items_per_step"] = [round(float(r["train_score_items"]), 3) for r in rows]
     figures["kl_per_step"] = [round(float(r["train_kl"]), 4) for r in rows]
     figures["valid_reward"] = {r["step"]: round(float(r["valid_reward_mean"]), 3) for r in rows
                                if r["valid_reward_mean"]}
@@ -162,6 +197,10 @@ def main() -> None:
     parser.add_argument("--learning-rate-multiplier", type=float, default=1.0)
     parser.add_argument("--max-completion-tokens", type=int, default=96)
     parser.add_argument("--exact", choices=sorted(EXACT), default="json")
+    parser.add_argument("--reward", choices=("exact", "partial"), default="exact",
+                        help="partial: per-item credit beside exact and valid (0.5 exact + 0.3 items + 0.2 valid)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="sampling temperature of the training completions (TRL's default, 1.0)")
     parser.add_argument("--epochs", type=int, default=1,
                         help="GRPO epochs over the prompts (2 or more: each epoch's mean reward is over the same prompts)")
     args = parser.parse_args()
@@ -169,7 +208,8 @@ def main() -> None:
     figures = proof(args.out, n_rft=args.n_rft, n_test=args.n_test, sft_steps=args.sft_steps,
                     batch_size=args.batch_size, compute_multiplier=args.compute_multiplier,
                     learning_rate_multiplier=args.learning_rate_multiplier,
-                    max_completion_tokens=args.max_completion_tokens, exact=args.exact, epochs=args.epochs)
+                    max_completion_tokens=args.max_completion_tokens, exact=args.exact, epochs=args.epochs, reward=args.reward,
+                    temperature=args.temperature)
     figures["wall_s"] = round(time.monotonic() - t0, 1)
     print(json.dumps(figures, indent=2))
 

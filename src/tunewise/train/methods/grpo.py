@@ -187,11 +187,15 @@ def grpo_token_loss(logps, ref_logps, token_advantages, beta: float):
     return policy + beta * kl, kl.detach()
 
 
-def token_logps(model, core, head, mb, device):
-    """The log-probability of every labelled token of a micro-batch (row-major order) and each one's row."""
+def token_logps(model, core, head, mb, device, temperature: float = 1.0):
+    """The log-probability of every labelled token of a micro-batch (row-major order) and each one's row, under the
+    distribution the completions were sampled from: the logits divided by the sampling ``temperature`` (as TRL's
+    ``GRPOTrainer``), for the policy and the reference alike."""
     import torch.nn.functional as F
 
     logits, wanted, keep = labelled_logits(model, core, head, mb, device)
+    if temperature != 1.0:
+        logits = logits / temperature
     return -F.cross_entropy(logits, wanted, reduction="none"), keep.nonzero()[:, 0]
 
 
@@ -253,6 +257,7 @@ class GRPO:
         self.can_fail = self.grader.uses_model or self.grader.uses_python
         self._emit: Callable[..., None] = lambda text, level="info": None
         self.group = group_size(config.compute_multiplier)
+        self.temperature = float(config.temperature)
         self.eval_samples = AUTO_EVAL_SAMPLES if config.eval_samples == "auto" else int(config.eval_samples)
         self.scores = score_names(self.grader)
         extra = [f"train_score_{_column(k)}" for k in self.scores]
@@ -322,9 +327,9 @@ class GRPO:
         with torch.no_grad():
             if self.reference is not None:
                 core, head = _core_and_head(self.reference)
-                return token_logps(self.reference, core, head, mb, ctx.device)[0]
+                return token_logps(self.reference, core, head, mb, ctx.device, self.temperature)[0]
             with (model.disable_adapter() if self.fresh_lora else contextlib.nullcontext()):
-                return token_logps(model, ctx.core, ctx.head, mb, ctx.device)[0]
+                return token_logps(model, ctx.core, ctx.head, mb, ctx.device, self.temperature)[0]
 
     # -- sampling ------------------------------------------------------------------------------------------
     def _runner_for(self, model):
@@ -440,7 +445,7 @@ class GRPO:
             mb = _collate([rows[i] for i in idx], ctx.pad_id)
             ref = self._ref_logps(model, mb, ctx)
             with ctx.autocast():
-                logps, row_of = token_logps(model, ctx.core, ctx.head, mb, ctx.device)
+                logps, row_of = token_logps(model, ctx.core, ctx.head, mb, ctx.device, self.temperature)
             token_adv = adv[torch.tensor(idx)][row_of.cpu()].to(logps.device, logps.dtype)
             per_token, kl = grpo_token_loss(logps, ref.to(logps.dtype), token_adv, float(self.config.kl_beta))
             (per_token.sum() / n_tokens).backward()  # each micro-batch's share of the batch's token mean
