@@ -169,6 +169,22 @@ def test_stream_concatenates_to_the_generated_text(engine):
                             "total_tokens": whole.total_tokens}
 
 
+@pytest.mark.parametrize("stop", [None, "ing"])
+def test_a_coalesced_stream_sends_each_choice_once_with_the_streamed_text(engine, stop):
+    """What ``generate`` (and a non-streamed chat completion) asks for: one delta per choice, when it ends."""
+    req = dict(temperature=1.0, seed=22, max_tokens=30, n=3, stop=stop)
+    streamed: dict[int, list[str]] = {i: [] for i in range(3)}
+    reasons = {}
+    for delta in engine.stream(ask(**req)):
+        streamed[delta.index].append(delta.text)
+        reasons[delta.index] = delta.finish_reason
+    deltas = list(engine.stream(ask(**req), coalesce=True))
+    assert sorted(d.index for d in deltas) == [0, 1, 2]  # exactly one each
+    assert {d.index: d.text for d in deltas} == {i: "".join(streamed[i]) for i in range(3)}
+    assert {d.index: d.finish_reason for d in deltas} == reasons
+    assert max(len(p) for p in streamed.values()) > 1  # the plain stream did send token by token
+
+
 def test_closing_a_stream_stops_its_generation(engine):
     stream = engine.stream(ask(temperature=0, max_tokens=1500))
     next(stream)

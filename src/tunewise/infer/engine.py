@@ -157,7 +157,7 @@ class Engine:
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         """Run a request to completion (blocking); concurrent calls share forward passes."""
-        stream = self.stream(request)
+        stream = self.stream(request, coalesce=True)
         texts: dict[int, list[str]] = {i: [] for i in range(request.n)}
         reasons: dict[int, str] = {}
         with stream:
@@ -168,13 +168,15 @@ class Engine:
         choices = [Choice(i, "".join(texts[i]), reasons.get(i, "stop")) for i in range(request.n)]
         return GenerationResult(choices, stream.prompt_tokens, stream.completion_tokens, model=request.model)
 
-    def stream(self, request: GenerationRequest) -> Stream:
-        """Queue a request and return its ``Stream``. Bad requests raise here, before anything is generated."""
+    def stream(self, request: GenerationRequest, *, coalesce: bool = False) -> Stream:
+        """Queue a request and return its ``Stream``. Bad requests raise here, before anything is generated.
+        ``coalesce``: each choice's text comes as one delta when it finishes, not token by token (for a caller
+        that waits for the whole answer: its thread is then not woken at every decode step)."""
         if self._closed:
             raise UsageError("This engine is closed.", hint="Create a new Engine.")
         request.check(self.max_batch_size)
         runner, adapter = self._runner_for(request.model)
-        return Stream(runner.submit(request, adapter), request.model)
+        return Stream(runner.submit(request, adapter, coalesce=coalesce), request.model)
 
     def stats(self) -> EngineStats:
         """A snapshot of the batching counters."""

@@ -71,6 +71,9 @@ class Job:
         self.remaining = request.n
         self.cancelled = False
         self.finish_reasons: dict[int, str] = {}
+        self.coalesce = False
+        """True: each choice's text is sent once, when it finishes (a caller that waits for the whole answer), so
+        the caller's thread is not woken for every token while the model's threads compute the next one."""
         self.seqs = [Seq(self, i, max_tokens, compiled_grammar, stop_ids) for i in range(request.n)]
 
     @property
@@ -100,6 +103,7 @@ class Seq:
         self.generated = 0  # tokens sampled, end-of-turn included (what usage counts)
         self.text = ""
         self.emitted = 0  # characters of text already sent to the caller
+        self.stale = False  # ``text`` lags ``tokens`` (a coalesced job without stop strings decodes at the end)
         self.last = -1  # the sampled token the next decode step feeds
         self.pos = 0  # its position id (the number of real tokens before it)
 
@@ -174,14 +178,15 @@ class Runner:
         with self._cond:
             self._release_locked(adapter)
 
-    def submit(self, request: GenerationRequest, adapter: str | None = None) -> Job:
+    def submit(self, request: GenerationRequest, adapter: str | None = None, *, coalesce: bool = False) -> Job:
         """Queue a request reserved with ``reserve``; raises (and releases the reservation) when it cannot run
-        (too long, bad response_format)."""
+        (too long, bad response_format). ``coalesce``: each choice's text comes as one delta when it finishes."""
         try:
             job = self._make_job(request, adapter)
         except BaseException:
             self.release(adapter)
             raise
+        job.coalesce = coalesce
         with self._cond:
             if self._closed:
                 self._release_locked(adapter)
@@ -375,15 +380,22 @@ class Runner:
                 s.tokens.append(token)
                 if s.matcher is not None:
                     s.matcher.accept_token(token)
-                with self._tok_lock:
-                    s.text = self.tokenizer.decode(s.tokens, skip_special_tokens=True)
-                if s.stops:
-                    cut = min((p for p in (s.text.find(stop) for stop in s.stops) if p >= 0), default=-1)
-                    if cut >= 0:
-                        s.text = s.text[:cut]
-                        reason = "stop"
+                if s.stops or not job.coalesce:
+                    with self._tok_lock:
+                        s.text = self.tokenizer.decode(s.tokens, skip_special_tokens=True)
+                    if s.stops:
+                        cut = min((p for p in (s.text.find(stop) for stop in s.stops) if p >= 0), default=-1)
+                        if cut >= 0:
+                            s.text = s.text[:cut]
+                            reason = "stop"
+                else:
+                    s.stale = True
                 if reason is None and s.generated >= s.max_tokens:
                     reason = "length"
+            if reason is not None and s.stale:
+                with self._tok_lock:
+                    s.text = self.tokenizer.decode(s.tokens, skip_special_tokens=True)
+                s.stale = False
             s.last = token
             self._emit(s, reason)
             alive.append(reason is None)
@@ -402,6 +414,8 @@ class Runner:
 
     @staticmethod
     def _emit(s: Seq, reason: str | None) -> None:
+        if reason is None and s.job.coalesce:
+            return
         text = s.text
         end = len(text)
         if reason is None:

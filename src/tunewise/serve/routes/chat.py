@@ -104,7 +104,7 @@ def _message(req: Any, text: str, finish_reason: str) -> tuple[dict[str, Any], s
 async def _generate_while_connected(request: Request, engine: Any, req: Any) -> Any:
     """``engine.generate``, but the rows stop decoding as soon as the client goes away (a client that timed
     out must not keep the engine busy for minutes)."""
-    stream = await run_in_threadpool(engine.stream, req)
+    stream = await run_in_threadpool(engine.stream, req, coalesce=True)
     done = asyncio.ensure_future(run_in_threadpool(_collect, stream, req.n))
     try:
         while not done.done():
