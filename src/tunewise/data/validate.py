@@ -298,8 +298,9 @@ class _Validator:
         messages = example.get("messages")
         if type(messages) is not list or not messages:
             return False
-        roles, cache, raw_count = self.role_tokens, self.cache, self.raw_count
-        total = REPLY_PRIMER
+        cache, raw_count = self.cache, self.raw_count
+        roles = self.role_tokens
+        total = REPLY_PRIMER + TOKENS_PER_MESSAGE * len(messages)
         assistant = 0
         answers = []
         system_prompt = None
@@ -307,14 +308,24 @@ class _Validator:
         for msg in messages:
             if type(msg) is not dict or len(msg) != 2:
                 return False
-            role = msg.get("role")
             content = msg.get("content")
-            if type(role) is not str or type(content) is not str or not content or content.isspace():
+            if type(content) is not str or not content or content.isspace():
                 return False
-            role_tokens = roles.get(role)
-            if role_tokens is None:
-                return False
-            if role == "system":
+            role = msg.get("role")  # a role of another type equals none of the three
+            if role == "assistant":
+                try:
+                    n = raw_count(content)
+                except TypeError:  # a lone surrogate: the wrapper replaces it, as tiktoken does
+                    n = self.enc.count(content)
+                assistant += n
+                answers.append(content)
+            elif role == "user":
+                try:
+                    n = raw_count(content)
+                except TypeError:
+                    n = self.enc.count(content)
+                has_user = True
+            elif role == "system":
                 if system_prompt is None:
                     system_prompt = content
                 n = cache.get(content)  # a system prompt is usually shared: counted once
@@ -323,16 +334,8 @@ class _Validator:
                         cache.clear()
                     n = cache[content] = self.enc.count(content)
             else:
-                try:
-                    n = raw_count(content)
-                except TypeError:  # a lone surrogate: the wrapper replaces it, as tiktoken does
-                    n = self.enc.count(content)
-                if role == "assistant":
-                    assistant += n
-                    answers.append(content)
-                else:
-                    has_user = True
-            total += TOKENS_PER_MESSAGE + role_tokens + n
+                return False
+            total += roles[role] + n
         if not answers or total > self.model.context_limit:
             return False  # no answer, or too long: the full checks say so, and where the answer starts
         digest = _digest(raw)
