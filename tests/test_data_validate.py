@@ -669,3 +669,101 @@ def test_summary_percentiles_match_numpy(values):
     assert s.mean == pytest.approx(arr.mean())
     for got, q in ((s.p10, 10), (s.median, 50), (s.p90, 90)):
         assert got == pytest.approx(np.percentile(arr, q))
+
+
+# -- the fast paths give the findings and figures of the full rules -----------------------------------------
+PLAIN_EDGES = [
+    example(1), example(1), example(2, system=None), example(3, answer="plain text"), example(4, answer=" [1, 2] "),
+    {"messages": [{"content": "hi", "role": "user"}, {"content": "{}", "role": "assistant"}]},  # keys swapped
+    {"messages": [SYSTEM, {"role": "assistant", "content": "no user"}]},
+    {"messages": [SYSTEM, {"role": "user", "content": "no answer"}]},
+    {"messages": [SYSTEM, {"role": "user", "content": "   "}, {"role": "assistant", "content": "x"}]},
+    {"messages": [SYSTEM, {"role": "user", "content": ""}, {"role": "assistant", "content": "x"}]},
+    {"messages": [{"role": "system", "content": "Another prompt."}, {"role": "user", "content": "a"},
+                  {"role": "assistant", "content": "[" * 201 + "]" * 201}]},
+    {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "[" + "9" * 4300 + "]"}]},
+    {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "[NaN]"}]},
+    {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "x", "weight": 0}]},
+    {"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "x"}]},
+    {"messages": [{"role": ["user"], "content": "a"}, {"role": "assistant", "content": "x"}]},
+    {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "x"}], "tools": []},
+    {"messages": []},
+    {"messages": [{"role": "user", "content": "a" * 3000}, {"role": "assistant", "content": "b"}]},
+    {"messages": [{"role": "user", "content": "word " * 17000}, {"role": "assistant", "content": "{}"}]},
+    {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "word " * 17000}]},
+    '{"messages": [{"role": "user", "content": "\\ud800 lone"}, {"role": "assistant", "content": "\\udfff"}]}',
+    '{"messages": [{"role": "user", "content": "a", "role": "system"}, {"role": "assistant", "content": "b"}]}',
+    '{"messages": [], "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}',
+    '{"messages": ' + "[" * 199 + "]" * 199 + "}",
+    '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]} ',
+]
+
+
+def test_plain_chat_pass_matches_every_rule(tmp_path, monkeypatch):
+    """The fused pass for plain chat examples reports exactly what the full rules report, on edge cases."""
+    import importlib
+
+    module = importlib.import_module("tunewise.data.validate")  # the package's `validate` is the function
+    path = write(tmp_path / "d.jsonl", PLAIN_EDGES * 3)
+    small = validate(path, model="gpt-3.5-turbo")  # a 16,385-token limit: two lines are over it
+    fast = [validate(path).to_dict(), small.to_dict()]
+    monkeypatch.setattr(module._Validator, "plain_chat", lambda self, number, raw, example: False)
+    assert [validate(path).to_dict(), validate(path, model="gpt-3.5-turbo").to_dict()] == fast
+    assert {f.code for f in small.findings} >= {"duplicate_example", "empty_content", "no_assistant_message",
+                                                 "missing_system_message", "missing_user_message", "truncated",
+                                                 "too_long", "unknown_role", "inconsistent_system_prompt"}
+
+
+def test_raw_lines_across_block_boundaries(tmp_path, monkeypatch):
+    """Lines read a block at a time are the lines a line-by-line read gives: CRLF and lone CR ends, a BOM, lines
+    longer than a block, a byte limit that ends inside a line."""
+    from tunewise.data import reading
+
+    data = (b"\xef\xbb\xbf" + b"first\r\n" + b"x" * 50 + b"\n\n\r\n" + b"mid\rdle\r\r\n" + b"y" * 37 + b"\n"
+            + b"last\r")
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(data)
+
+    def reference(start, limit):
+        lines, consumed = [], 0
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            for raw in fh:
+                if limit is not None and consumed >= limit:
+                    break
+                consumed += len(raw)
+                raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith((b"\n", b"\r")) else raw
+                lines.append(raw)
+        if start == 0 and lines and lines[0].startswith(reading.BOM):
+            lines[0] = lines[0][3:]
+        return lines
+
+    for block in (1, 2, 3, 7, 16, 1 << 20):
+        monkeypatch.setattr(reading, "BLOCK", block)
+        for start, limit in ((0, None), (0, 5), (0, 30), (12, None), (12, 40), (0, len(data))):
+            with open(path, "rb") as fh:
+                fh.seek(start)
+                got = list(reading.raw_lines(fh, 1 if start == 0 else 2, limit))
+            want = reference(start, limit)
+            assert [raw for _, raw in got] == want, (block, start, limit)
+            assert [n for n, _ in got] == list(range(got[0][0], got[0][0] + len(want))) if got else not want
+
+
+@pytest.mark.parametrize("text", ['{"a": 1}', "[1e400]", "[NaN]", '["\\ud800"]', "[" * 201 + "]" * 201,
+                                  "[" * 200 + "]" * 200, '{"a":' * 201 + "1" + "}" * 201, "[" + "9" * 4300 + "]",
+                                  "[" + "9" * 4301 + "]", "[-" + "9" * 4300 + "]", '{"a": 1,}', '["\x01"]', "[01]",
+                                  '{"a": "' + "b" * 5000 + '"}', "[1] x", '{"a": 1, "a": [2]}', "[1.5e-400, -0]"])
+def test_msgspec_reads_as_jiter_and_the_stdlib_do(text):
+    """msgspec's parse and check give what jiter and the stdlib give (or leave the text to them)."""
+    from tunewise.data.reading import fallback_loads, fast_loads, is_json
+
+    try:
+        want = repr(fallback_loads(text))
+    except ValueError as exc:
+        want = type(exc).__name__
+    try:
+        got = repr(fast_loads(text))
+    except ValueError as exc:
+        got = type(exc).__name__
+    assert got == want
+    assert is_json(text) == (not want.endswith("Error"))

@@ -34,6 +34,19 @@ try:  # jiter (Rust; installed with the openai SDK) parses a line about twice as
 except ImportError:  # pragma: no cover - the stdlib alone gives the same results, slower
     _fast_loads = None
 
+try:  # msgspec (C) parses a line faster still, and checks that a text is JSON without building it
+    import msgspec as _msgspec
+
+    unchecked_loads = _msgspec.json.Decoder().decode
+    """msgspec's parse. It reads JSON nested deeper than ``MAX_JSON_DEPTH`` (up to Python's recursion limit),
+    so its value stands only for a text that is ``shallow``, or a value seen to be shallow; any other
+    text, and any it refuses (``ValueError``, ``RecursionError``), is ``fallback_loads``' to decide."""
+    _ms_check = _msgspec.json.Decoder(_msgspec.Raw).decode
+except ImportError:  # pragma: no cover - jiter and the stdlib give the same results, slower
+    unchecked_loads = _ms_check = None
+
+BLOCK = 1 << 20  # bytes read at a time by ``raw_lines``
+
 
 @dataclass
 class Line:
@@ -81,16 +94,46 @@ def text_lines(path: str | os.PathLike, what: str, hint: str) -> Iterator[tuple[
 def raw_lines(fh, first_line: int = 1, limit: int | None = None) -> Iterator[tuple[int, bytes]]:
     """``(number, bytes)`` per line of a binary file handle, with the line end (and a BOM on line 1)
     removed; numbered from ``first_line``, stopping once ``limit`` bytes are read (a chunk of the file
-    ends at a line end)."""
-    consumed = 0
-    for number, raw in enumerate(fh, first_line):
-        if limit is not None:
-            if consumed >= limit:
-                return
-            consumed += len(raw)
-        if raw.endswith(b"\n"):
-            raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-        elif raw.endswith(b"\r"):
+    ends at a line end; a line that crosses the limit is still read whole).
+
+    The file is read a block at a time and split at line ends (much faster than a readline per line);
+    a line longer than a block is gathered from its pieces."""
+    number = first_line
+    left = limit
+    pending: list[bytes] = []  # the pieces of a line whose end has not been read yet
+    read = fh.read
+    while left is None or left > 0:
+        block = read(BLOCK if left is None else min(BLOCK, left))
+        if not block:
+            break
+        if left is not None:
+            left -= len(block)
+            if left <= 0 and not block.endswith(b"\n"):
+                block += fh.readline()  # finish the line that crosses the limit, as a line-by-line read does
+        end = block.find(b"\n")
+        if end < 0:
+            pending.append(block)
+            continue
+        if pending:
+            pending.append(block[:end])
+            lines = [b"".join(pending)]
+            pending = []
+            lines += block[end + 1:].split(b"\n")
+        else:
+            lines = block.split(b"\n")
+        last = lines.pop()  # after the block's last line end: the start of the next line, or nothing
+        if last:
+            pending.append(last)
+        if number == 1 and lines[0].startswith(BOM):
+            lines[0] = lines[0][3:]
+        for raw in lines:
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            yield number, raw
+            number += 1
+    if pending:
+        raw = b"".join(pending)
+        if raw.endswith(b"\r"):
             raw = raw[:-1]
         if number == 1 and raw.startswith(BOM):
             raw = raw[3:]
@@ -169,12 +212,45 @@ def fast_loads(raw: bytes | str):
     """``json.loads`` with the same results, faster; raises ``ValueError`` (without a useful position:
     parse again with ``strict_loads`` for the error to show), ``JSONLimitError`` among them for JSON nested
     deeper than ``MAX_JSON_DEPTH`` or with an integer over ``MAX_INT_DIGITS`` digits."""
+    if unchecked_loads is not None and shallow(raw):
+        try:  # what msgspec accepts, it reads as jiter and the stdlib do; the rest is theirs to decide
+            return unchecked_loads(raw)
+        except (ValueError, RecursionError):
+            pass
+    return fallback_loads(raw)
+
+
+def fallback_loads(raw: bytes | str):
+    """``fast_loads`` without msgspec: jiter, then the stdlib."""
     if _fast_loads is not None:
         try:
             return _fast_loads(raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass"))
         except ValueError:
             pass  # the stdlib decides: it also accepts lone surrogate escapes, which jiter refuses
     return strict_loads(raw)
+
+
+def shallow(raw: bytes | str) -> bool:
+    """Whether the text has at most ``MAX_JSON_DEPTH`` brackets, so it cannot nest deeper than the limit
+    (msgspec itself reads as deep as Python's recursion limit)."""
+    if isinstance(raw, bytes):
+        return raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH
+    return raw.count("[") + raw.count("{") <= MAX_JSON_DEPTH
+
+
+def is_json(text: str) -> bool:
+    """Whether ``fast_loads(text)`` succeeds; a short text is only checked, not built into Python objects."""
+    if _ms_check is not None and len(text) <= MAX_INT_DIGITS and shallow(text):
+        try:  # too short for an integer over the limit, too few brackets to nest too deep
+            _ms_check(text)
+            return True
+        except (ValueError, RecursionError):
+            pass  # maybe JSON all the same (NaN, a lone surrogate escape): the full parse decides
+    try:
+        fast_loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def utf16_bom(first: bytes) -> str | None:

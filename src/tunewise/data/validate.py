@@ -1,8 +1,9 @@
 """``validate``: every finding in a chat fine-tuning JSONL file, and its token statistics, in one streamed pass.
 
-Each line is parsed once (jiter; the stdlib only explains the lines that fail), checked against the rules,
-and its strings counted exactly by quicktok; a string seen before (a shared system prompt, the role names)
-is counted once. Local models count each example through their own chat template instead. The data-set
+Each line is parsed once (msgspec, else jiter; the stdlib only explains the lines that fail), checked
+against the rules, and its strings counted exactly by quicktok; a system prompt seen before is counted once.
+The common example (plain system, user and assistant messages with text content) takes one fused pass
+that checks, counts and records it; anything else goes through every rule in ``rules.py``. Local models count each example through their own chat template instead. The data-set
 checks (duplicates, system prompts, answer formats, sizes) run at the end on what the pass collected.
 Big files can be split at line ends across worker processes; their results merge into the same report.
 """
@@ -19,6 +20,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
 from tunewise.catalog import (
+    CHAT,
     DATA_FORMATS,
     PREFERENCE,
     PROMPT_COMPLETION,
@@ -34,13 +36,16 @@ from tunewise.data.reading import (
     JSONLimitError,
     decode_line,
     escape_nested_json,
-    fast_loads,
+    fallback_loads,
+    is_json,
     iter_examples,
     open_checked,
     plain_reason,
     raw_lines,
+    shallow,
     strict_loads,
     type_name,
+    unchecked_loads,
     utf16_bom,
 )
 from tunewise.data.report import CODES, Finding, Report, Stats, Summary
@@ -57,10 +62,17 @@ from tunewise.tokens import (
     REPLY_PRIMER,
     TOKENS_PER_MESSAGE,
     HFEncoding,
+    QuicktokEncoding,
     get_encoding,
     message_texts,
     tools_text,
 )
+
+try:  # a line's identity for the duplicate check: 128-bit XXH3, about 15x faster than blake2b on a line
+    from xxhash import xxh3_128_digest as _digest
+except ImportError:  # pragma: no cover - the same findings, slower
+    def _digest(raw: bytes) -> bytes:
+        return hashlib.blake2b(raw, digest_size=16).digest()
 
 DEFAULT_MODEL = "gpt-4o-mini"
 MIN_EXAMPLES = 10  # OpenAI refuses a training file with fewer examples
@@ -116,6 +128,12 @@ class _Validator:
         self.wrong_preference: list[int] = []  # those of them in the preference format
         self.enc = get_encoding(info.encoding)
         self.hf = isinstance(self.enc, HFEncoding)
+        # The fused pass for plain chat examples (supervised chat, quicktok): the role names' tokens, and
+        # quicktok's own count (one call less per string than the wrapper, which also handles lone surrogates).
+        self.plain = self.format == CHAT and isinstance(self.enc, QuicktokEncoding)
+        self.role_tokens = {role: self.enc.count(role) for role in ("system", "user", "assistant")} \
+            if self.plain else {}
+        self.raw_count = self.enc._enc.count if self.plain else None
         self.findings: list[Finding] = []
         self.blank_lines: list[int] = []
         self.seen: dict[bytes, int] = {}  # digest of the line -> first line with it
@@ -154,12 +172,27 @@ class _Validator:
                     return self
             fh.seek(start)
             first = start == 0  # only the file's first line can reveal a pretty-printed JSON document
+            plain, plain_chat = self.plain, self.plain_chat
             for number, raw in raw_lines(fh, first_line, end - start if end is not None else None):
                 if not raw or raw.isspace():
                     self.blank_lines.append(number)
                     continue
+                example = _UNREAD
+                if unchecked_loads is not None:
+                    try:
+                        example = unchecked_loads(raw)
+                    except (ValueError, RecursionError):
+                        pass
+                    else:
+                        # A plain chat example is three levels deep: msgspec's value is the one to take.
+                        if plain and type(example) is dict and plain_chat(number, raw, example):
+                            first = False
+                            continue
+                        if not shallow(raw):
+                            example = _UNREAD  # maybe nested past the limit: jiter and the stdlib decide
                 try:
-                    example = fast_loads(raw)
+                    if example is _UNREAD:
+                        example = fallback_loads(raw)
                 except ValueError:  # the slow path names the problem: bad UTF-8, bad JSON (and where)
                     line = decode_line(number, raw)
                     text = line.text
@@ -194,6 +227,8 @@ class _Validator:
                 if not isinstance(example, dict):
                     self.add("not_object", number, f"the line is {type_name(example)}, not a JSON object.",
                              'Each line must be one example: {"messages": [...]}.')
+                    continue
+                if plain and plain_chat(number, raw, example):
                     continue
                 self.example(number, raw, example)
         self.flush()
@@ -252,6 +287,79 @@ class _Validator:
         return None
 
     # -- one example -------------------------------------------------------------------------------------
+    def plain_chat(self, number: int, raw: bytes, example: dict) -> bool:
+        """Check, count and record a plain chat example in one pass: ``{"messages": [...]}`` alone, each
+        message ``{"role": "system"|"user"|"assistant", "content": "non-blank text"}``, one assistant message
+        at least, within the context limit. Such an example has no finding of its own (``check_example``
+        would emit nothing), so only the data-set checks and the statistics need it. Returns False, having
+        changed nothing, for any other example: ``example`` then applies every rule."""
+        if len(example) != 1:
+            return False
+        messages = example.get("messages")
+        if type(messages) is not list or not messages:
+            return False
+        cache, raw_count = self.cache, self.raw_count
+        roles = self.role_tokens
+        total = REPLY_PRIMER + TOKENS_PER_MESSAGE * len(messages)
+        assistant = 0
+        answers = []
+        system_prompt = None
+        has_user = False
+        for msg in messages:
+            if type(msg) is not dict or len(msg) != 2:
+                return False
+            content = msg.get("content")
+            if type(content) is not str or not content or content.isspace():
+                return False
+            role = msg.get("role")  # a role of another type equals none of the three
+            if role == "assistant":
+                try:
+                    n = raw_count(content)
+                except TypeError:  # a lone surrogate: the wrapper replaces it, as tiktoken does
+                    n = self.enc.count(content)
+                assistant += n
+                answers.append(content)
+            elif role == "user":
+                try:
+                    n = raw_count(content)
+                except TypeError:
+                    n = self.enc.count(content)
+                has_user = True
+            elif role == "system":
+                if system_prompt is None:
+                    system_prompt = content
+                n = cache.get(content)  # a system prompt is usually shared: counted once
+                if n is None:
+                    if len(cache) > CACHE_LIMIT:
+                        cache.clear()
+                    n = cache[content] = self.enc.count(content)
+            else:
+                return False
+            total += roles[role] + n
+        if not answers or total > self.model.context_limit:
+            return False  # no answer, or too long: the full checks say so, and where the answer starts
+        digest = _digest(raw)
+        first = self.seen.setdefault(digest, number)
+        if first != number:
+            self.duplicates.setdefault(digest, [first]).append(number)
+        if system_prompt is None:
+            self.no_system.append(number)
+        else:
+            self.n_with_prompt += 1
+            lines = self.prompts.get(system_prompt)
+            if lines is not None:
+                lines.append(number)
+            elif len(self.prompts) < MAX_SYSTEM_PROMPTS:
+                self.prompts[system_prompt] = [number]
+        if not has_user:
+            self.no_user.append(number)
+        self.answer_format["json" if all(map(_is_json, answers)) else "text"].append(number)
+        self.example_lines.append(number)
+        self.n_messages.append(len(messages))
+        self.totals.append(total)
+        self.assistant.append(assistant)
+        return True
+
     def example(self, number: int, raw: bytes, example: dict) -> None:
         def emit(code: str, message: str, hint: str) -> None:
             self.add(code, number, message, hint)
@@ -309,7 +417,7 @@ class _Validator:
 
     def dataset_checks(self, number: int, raw: bytes, info: ExampleInfo) -> None:
         """What the data-set checks need from one example: duplicates, system prompts, answer formats."""
-        digest = hashlib.blake2b(raw, digest_size=16).digest()
+        digest = _digest(raw)
         first = self.seen.setdefault(digest, number)
         if first != number:
             self.duplicates.setdefault(digest, [first]).append(number)
@@ -510,17 +618,14 @@ class _Validator:
 
 
 _STOP = object()
+_UNREAD = object()
 
 
 def _is_json(text: str) -> bool:
     stripped = text.strip()
     if not stripped or stripped[0] not in "[{":
         return False
-    try:
-        fast_loads(stripped)
-    except ValueError:
-        return False
-    return True
+    return is_json(stripped)
 
 
 def _chunks(path: str, n: int) -> list[tuple[int, int, int]]:
@@ -550,7 +655,7 @@ def _read_chunk(path: str, info: ModelInfo, data_format: str, start: int, end: i
                 first_line: int, item_fields: tuple[str, ...] = ()) -> _Validator:
     validator = _Validator(path, info, data_format, item_fields)
     validator.read(start, end, first_line)
-    validator.enc = None  # the encoding and the count cache stay in the worker process
+    validator.enc = validator.raw_count = None  # the encoding and the count cache stay in the worker process
     validator.cache = {}
     return validator
 
