@@ -72,13 +72,17 @@ def authenticate(store: Store, authorization: str | None) -> Principal:
     return Principal(key_id=row["id"], project=row["project"])
 
 
-def save_credentials(base_url: str, api_key: str) -> Path:
-    """Write ``{"base_url", "api_key"}`` for the local CLI, readable by the owner only (0600)."""
-    path = paths.credentials_file()
-    tmp = path.with_suffix(".tmp")
+def write_secret_json(path: Path, value: Any) -> Path:
+    """Write ``value`` as JSON to ``path`` atomically, readable by the owner only (0600): a key on disk."""
+    tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"base_url": base_url, "api_key": api_key}, f)
-    os.chmod(tmp, 0o600)
+        json.dump(value, f)
+    os.chmod(tmp, 0o600)  # a leftover temporary file keeps the mode it was created with
     tmp.replace(path)
     return path
+
+
+def save_credentials(base_url: str, api_key: str) -> Path:
+    """Write ``{"base_url", "api_key"}`` for the local CLI, readable by the owner only (0600)."""
+    return write_secret_json(paths.credentials_file(), {"base_url": base_url, "api_key": api_key})

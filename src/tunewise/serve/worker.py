@@ -390,11 +390,7 @@ class Worker:
             pass
         key_id, secret = auth.create_key(self.store, job["project"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"id": key_id, "secret": secret}, f)
-        os.replace(tmp, path)
+        auth.write_secret_json(path, {"id": key_id, "secret": secret})
         return secret
 
     def _record(self, job_id: str, ft_name: str, event: Any) -> None:
