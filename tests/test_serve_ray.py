@@ -233,13 +233,18 @@ def test_a_reinforcement_job_trains_on_the_ray_cluster(client, server, tmp_path)
         "reference_answer": json.dumps({"items": [{"name": name, "price": price}]})}) + "\n"
         for name, price in ITEMS[:10]))
     file = client.files.create(file=path.open("rb"), purpose="fine-tune")
-    started = time.monotonic()
-    job = client.fine_tuning.jobs.create(
-        training_file=file.id, model="gpt-4o-mini-2024-07-18", seed=5,
-        method={"type": "reinforcement", "reinforcement": {"grader": STRING_CHECK, "hyperparameters": {
-            "n_epochs": 1, "batch_size": 10, "compute_multiplier": 0.5}}})
-    job = wait_for(client, job.id, timeout=400)
-    print(f"reinforcement job on the Ray cluster: {time.monotonic() - started:.1f} s")
+
+    def run_rft(grader: dict, what: str):
+        started = time.monotonic()
+        job = client.fine_tuning.jobs.create(
+            training_file=file.id, model="gpt-4o-mini-2024-07-18", seed=5,
+            method={"type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": {
+                "n_epochs": 1, "batch_size": 10, "compute_multiplier": 0.5}}})
+        job = wait_for(client, job.id, timeout=400)
+        print(f"{what} job on the Ray cluster: {time.monotonic() - started:.1f} s")
+        return job
+
+    job = run_rft(STRING_CHECK, "reinforcement")
     assert job.status == "succeeded", job.error
     events = all_events(client, job.id)
     messages = [e.message for e in events]
@@ -261,13 +266,7 @@ def test_a_reinforcement_job_trains_on_the_ray_cluster(client, server, tmp_path)
     # A score_model grader: the Ray worker asks this server (grader_base_url empty) with the key made for the job.
     judge = {"type": "score_model", "name": "judge", "model": "gpt-4o-mini",
              "input": [{"role": "user", "content": "Score this receipt reading: {{ sample.output_text }}"}]}
-    started = time.monotonic()
-    job = client.fine_tuning.jobs.create(
-        training_file=file.id, model="gpt-4o-mini-2024-07-18", seed=5,
-        method={"type": "reinforcement", "reinforcement": {"grader": judge, "hyperparameters": {
-            "n_epochs": 1, "batch_size": 10, "compute_multiplier": 0.5}}})
-    job = wait_for(client, job.id, timeout=400)
-    print(f"score_model job on the Ray cluster: {time.monotonic() - started:.1f} s")
+    job = run_rft(judge, "score_model")
     assert job.status == "succeeded", job.error
     (metrics,) = [e for e in all_events(client, job.id) if e.type == "metrics"]
     assert 0 <= metrics.data["train_grader_errors"] < 20 and 0.0 <= metrics.data["train_reward_mean"] <= 1.0
