@@ -12,10 +12,11 @@ tokens) and the *short* one (the short system prompt and the receipt, ~80 tokens
 1. **llama.cpp**: llama-cpp-python's own ``Llama`` on the same GGUF file tunewise's llama.cpp backend serves
    (``TUNEWISE_ENGINE_GGUF_QUANT``, default f16), one call at a time, as a user would run it (its ``generate``
    reuses the previous call's prompt prefix from its KV cache), in a thread that ends before tunewise runs (see
-   ``bench_chat``);
+   ``bench_chat``), run by run in turn with tunewise, so drift in the machine's speed moves both alike;
 2. **HF generate**: ``model.generate`` on the float32 HF model, one call at a time;
-3. **tunewise**: ``tunewise.infer.Engine`` with the automatic backend, at concurrency 1 (one call at a time) and 8
-   (all requests sent at once from 8 threads), a fresh engine for each prompt kind.
+3. **tunewise**: ``tunewise.infer.Engine`` with the automatic backend and its defaults (prompt lookup included), at
+   concurrency 1 (one call at a time) and 8 (all requests sent at once from 8 threads), a fresh engine for each
+   run.
 
 A one-at-a-time server at concurrency 8 answers the requests in turn: request k's latency is the time until the
 k-th answer. For each: output tokens/s (tokens generated, end-of-turn included, over wall time) and p50/p95
@@ -199,38 +200,60 @@ def bench_chat(args: argparse.Namespace) -> None:
             print(f"run {run + 1} {label:<10} {kind:<5} c={conc}  {r.tokens:4d} tokens {r.wall:7.2f} s "
                   f"{r.rate:6.1f} tok/s  p50 {percentile(r.latencies, 50):5.2f} s", flush=True)
 
+    # The baseline and tunewise take turns, run by run, so a machine whose speed drifts over minutes (a shared one
+    # does) moves both sides of each ratio alike. Each side decodes on a thread that ends before the other side
+    # runs: llama.cpp's CPU backend runs on OpenMP (libgomp), which keeps a team of worker threads for each thread
+    # that decoded, while that thread lives. Measured here: with the baseline's idle team still alive (it decoded
+    # on the main thread), tunewise's decode steps, on its scheduler thread, took twice as long (20.5 against 9.9
+    # ms a token). So the baseline's calls run in a fresh thread each run, and tunewise gets a fresh engine (its
+    # scheduler thread ends when the engine closes), warmed up by one call. One engine per prompt kind, too: an
+    # engine that keeps the long prompts' KV for reuse makes every other row's attention span those cells (the
+    # cost of a mixed workload: docs/engine.md), while the baseline's cache holds only the prompt it answers.
     gguf = None
+    llama: dict = {}
     if available():
         gguf = gguf_for(model_dir, quant, threads=threads)
-
-        def baseline() -> None:
-            call, llm = llama_caller(gguf, tokenizer, stop_ids, args.max_tokens, threads)
-            for kind in ("long", "short"):
-                measure("llama.cpp", kind, 1, lambda ps: one_at_a_time(call, ps))
-                results[("llama.cpp", kind, 8)] = [r.queued() for r in results[("llama.cpp", kind, 1)]]
-            llm.close()
-
-        # In a thread of its own that ends before tunewise runs: llama.cpp's CPU backend runs on OpenMP (libgomp),
-        # which keeps a team of worker threads for each thread that decoded, while that thread lives. Measured
-        # here: with the baseline's idle team still alive (it decoded on the main thread), tunewise's decode
-        # steps, on its scheduler thread, took twice as long (20.5 against 9.9 ms a token). A user runs one
-        # engine or the other, not both in one process.
-        worker = threading.Thread(target=baseline, name="llama.cpp-baseline")
-        worker.start()
-        worker.join()
     else:
         print("(llama-cpp-python is not installed: the llama.cpp baseline is skipped)")
-    # One engine per prompt kind, as the baseline's cache holds only the kind it is answering: an engine that
-    # keeps the long prompts' KV for reuse makes every other row's attention span those cells too (the cost of
-    # a mixed workload: docs/engine.md).
-    stats = []
-    for kind in ("long", "short"):
+
+    def in_thread(fn) -> None:
+        worker = threading.Thread(target=fn, name="bench-decoder")
+        worker.start()
+        worker.join()
+
+    def record(label: str, kind: str, conc: int, run: int, r: Run) -> None:
+        results.setdefault((label, kind, conc), []).append(r)
+        print(f"run {run + 1} {label:<10} {kind:<5} c={conc}  {r.tokens:4d} tokens {r.wall:7.2f} s "
+              f"{r.rate:6.1f} tok/s  p50 {percentile(r.latencies, 50):5.2f} s", flush=True)
+
+    def baseline(kind: str, run: int) -> None:
+        if "call" not in llama:
+            llama["call"], llama["llm"] = llama_caller(gguf, tokenizer, stop_ids, args.max_tokens, threads)
+        call = llama["call"]
+        call(prompts[kind][0])  # warm-up: the prompt prefix in its KV cache, as a user's second call has it
+        r = one_at_a_time(call, prompts[kind])
+        record("llama.cpp", kind, 1, run, r)
+        results.setdefault(("llama.cpp", kind, 8), []).append(r.queued())
+
+    def ours(kind: str, run: int) -> None:
         with Engine(max_batch_size=8, num_threads=threads) as engine:
-            backend = engine.backend_for(args.model)
+            backends.add(engine.backend_for(args.model))
+            engine_run(engine, args.model, tokenizer, prompts[kind][:1], args.max_tokens, 1)  # warm-up
             for conc in (1, 8):
-                measure("tunewise", kind, conc, lambda ps, conc=conc: engine_run(
-                    engine, args.model, tokenizer, ps, args.max_tokens, conc if len(ps) > 1 else 1))
+                record("tunewise", kind, conc, run, engine_run(engine, args.model, tokenizer, prompts[kind],
+                                                               args.max_tokens, conc))
             stats.append(engine.stats())
+
+    stats = []
+    backends: set[str] = set()
+    for kind in ("long", "short"):
+        for run in range(args.runs):
+            if gguf is not None:
+                in_thread(lambda kind=kind, run=run: baseline(kind, run))
+            ours(kind, run)
+    if "llm" in llama:
+        in_thread(llama["llm"].close)
+    backend = ", ".join(sorted(backends))
     # HF generate last: once PyTorch's own OpenMP threads have run big matrix products in a process, llama.cpp's
     # threads in that process ran at half speed here (two OpenMP runtimes on the same cores).
     if not args.no_hf:
@@ -265,7 +288,8 @@ def bench_chat(args: argparse.Namespace) -> None:
                 print(f"greedy identity, {kind} prompt: tunewise = {label} on {same}/{len(ref)} receipts")
     print(f"engine: {sum(s.forward_passes for s in stats)} forward passes, largest batch "
           f"{max(s.max_batch_size_seen for s in stats)}, {sum(s.cached_prompt_tokens for s in stats)} prompt tokens "
-          "from the prefix cache")
+          f"from the prefix cache, prompt lookup: {sum(s.accepted_draft_tokens for s in stats)} of "
+          f"{sum(s.draft_tokens for s in stats)} draft tokens kept")
     if not args.no_http:
         http = bench_http(args.model, args.max_tokens, args.runs, threads, prompts["long"])
         if http is None:

@@ -133,6 +133,56 @@ def test_response_format_is_the_same_constrained_decoding(engines):
         assert b.choices[0].text.startswith("{")
 
 
+def test_prompt_lookup_drafts_lookup_tokens_and_keeps_the_answers():
+    from tunewise.infer.llamacpp import _Lookup
+
+    look = _Lookup([5, 6, 7, 8, 5, 6])  # the last two tokens (5, 6) came before, followed by 7, 8
+    assert look.draft(3) == [7, 8, 5]
+    look.push(9)  # now ... 5, 6, 9: the bigram (6, 9) is new
+    assert look.draft(3) == []
+    look.push(5)
+    look.push(6)  # (5, 6) again: its most recent continuation is now 9
+    assert look.draft(2) == [9, 5]
+    assert look.draft(0) == []
+
+
+def test_prompt_lookup_gives_the_answers_of_decoding_token_by_token(engines):
+    """Drafts change how many tokens a step makes, never which: greedy answers, finish reasons, usage and streams
+    are those of the engine without prompt lookup, one request at a time and several at once."""
+    _, ll = engines
+    prompts = held_out(6)
+    with Engine(max_batch_size=8, backend="llamacpp", num_threads=1, prompt_lookup=0) as plain, \
+            Engine(max_batch_size=8, backend="llamacpp", num_threads=1, prompt_lookup=6) as looked:
+        for kw in (dict(max_tokens=40), dict(max_tokens=7), dict(max_tokens=40, stop=["e", "in"])):
+            a = [plain.generate(ask(p, **kw)) for p in prompts]
+            b = [looked.generate(ask(p, **kw)) for p in prompts]
+            assert [[(c.text, c.finish_reason) for c in r.choices] for r in b] == \
+                [[(c.text, c.finish_reason) for c in r.choices] for r in a]
+            assert [r.completion_tokens for r in b] == [r.completion_tokens for r in a]
+        stats = looked.stats()
+        assert stats.draft_tokens > 0 and 0 < stats.accepted_draft_tokens <= stats.draft_tokens
+        assert stats.decode_steps < plain.stats().decode_steps  # kept drafts saved steps
+        # Several at once (drafts shrink as rows join), and a stream of the same request.
+        got: list = [None] * len(prompts)
+        barrier = threading.Barrier(len(prompts))
+
+        def call(i: int) -> None:
+            barrier.wait()
+            got[i] = looked.generate(ask(prompts[i], max_tokens=40))
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [r.choices[0].text for r in got] == \
+            [plain.generate(ask(p, max_tokens=40)).choices[0].text for p in prompts]
+        stream = looked.stream(ask(prompts[0], max_tokens=40))
+        assert "".join(d.text for d in stream) == got[0].choices[0].text
+    with pytest.raises(UsageError, match="prompt_lookup"):
+        Engine(prompt_lookup=-1)
+
+
 def _tiny_lora(out_dir: Path, seed: int, **lora) -> Path:
     """A LoRA adapter for the tiny model with random non-zero weights, saved as the trainer saves one."""
     from peft import LoraConfig, get_peft_model

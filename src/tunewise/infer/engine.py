@@ -92,7 +92,7 @@ class Engine:
 
     def __init__(self, max_batch_size: int = 8, device: str | None = None, dtype=None,
                  max_loaded_models: int = 4, num_threads: int | None = None, backend: str | None = None,
-                 gguf_quant: str | None = None) -> None:
+                 gguf_quant: str | None = None, prompt_lookup: int | None = None) -> None:
         """
         max_batch_size: most sequences (choices) one forward pass serves; more requests wait for a free row.
         device: torch device for the models (default: CUDA when available, else CPU).
@@ -107,6 +107,9 @@ class Engine:
             else torch), ``torch`` or ``llamacpp``; None reads ``TUNEWISE_ENGINE_BACKEND`` (default ``auto``).
         gguf_quant: the GGUF the llama.cpp backend serves (``f16``, ``f32``, ``q8_0``, ``q4_k_m``); None reads
             ``TUNEWISE_ENGINE_GGUF_QUANT`` (default ``f16``).
+        prompt_lookup: the most draft tokens a greedy request proposes per decode step by prompt lookup (n-gram
+            speculation, llama.cpp backend; the answer is unchanged); 0 turns it off; None reads
+            ``TUNEWISE_ENGINE_PROMPT_LOOKUP`` (default 3).
         """
         import os
 
@@ -124,8 +127,14 @@ class Engine:
         if gguf_quant not in llamacpp.GGUF_QUANTS:
             raise UsageError(f"gguf_quant must be one of {', '.join(llamacpp.GGUF_QUANTS)}, not {gguf_quant!r}.",
                              param="gguf_quant")
+        if prompt_lookup is None:
+            prompt_lookup = llamacpp.lookup_tokens()
+        elif not isinstance(prompt_lookup, int) or isinstance(prompt_lookup, bool) or prompt_lookup < 0:
+            raise UsageError(f"prompt_lookup must be a whole number of tokens (0: off), not {prompt_lookup!r}.",
+                             param="prompt_lookup")
         self.backend = backend
         self.gguf_quant = gguf_quant
+        self.prompt_lookup = prompt_lookup
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise UsageError(f"max_batch_size must be a positive integer, not {max_batch_size!r}.",
                              param="max_batch_size")
@@ -281,7 +290,8 @@ class Engine:
             return LlamaCppRunner(name, Path(key), tokenizer, context_length=context,
                                   max_batch_size=self.max_batch_size, stats=self._stats,
                                   stats_lock=self._stats_lock, num_threads=self.num_threads or
-                                  torch.get_num_threads(), quant=self.gguf_quant)
+                                  torch.get_num_threads(), quant=self.gguf_quant,
+                                  prompt_lookup=self.prompt_lookup)
         model = models.load_model(base, dtype=self.dtype, device=self.device)
         context = min(spec.context_length, int(getattr(model.config, "max_position_embeddings", None)
                                                 or spec.context_length))

@@ -56,6 +56,62 @@ MIN_PREFIX = 16
 """Shortest shared prefix worth copying instead of recomputing."""
 N_BATCH = 2048
 """Most tokens one ``llama_decode`` call takes; longer prefills are split."""
+PROMPT_LOOKUP = 3
+"""Most draft tokens a greedy row proposes in one step by prompt lookup (``TUNEWISE_ENGINE_PROMPT_LOOKUP``; 0: off).
+Measured on 2 cores, 8 held-out receipts one at a time, 64 tokens, wall time (medians of 2) against no drafts: 3
+tokens 0.70x (long prompt) and 0.93x (short), 5 tokens 0.85x and 1.02x, 8 tokens 0.91x and 0.93x: the longer a
+draft, the more of its step is spent on tokens the model rejects."""
+STEP_TOKENS = 12
+"""Most tokens (rows and their drafts) one decode step feeds: each row's draft is at most ``STEP_TOKENS // rows - 1``
+tokens. On 2 cores one row's step took 9.7 ms and 4 tokens of one row 17.6 ms, but 8 rows 42.6 ms and 8 rows of 2
+tokens 60.9 ms (8 receipts at once: drafts no faster), so drafts are nearly free beside a few rows and not beside
+eight (none from 7 rows on)."""
+
+
+def lookup_tokens() -> int:
+    """The prompt-lookup draft length from ``TUNEWISE_ENGINE_PROMPT_LOOKUP`` (default ``PROMPT_LOOKUP``)."""
+    from tunewise.errors import UsageError
+
+    raw = os.environ.get("TUNEWISE_ENGINE_PROMPT_LOOKUP", "").strip()
+    if not raw:
+        return PROMPT_LOOKUP
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UsageError(f"TUNEWISE_ENGINE_PROMPT_LOOKUP must be a whole number of tokens (0: off), not {raw!r}.",
+                         param="TUNEWISE_ENGINE_PROMPT_LOOKUP")
+    return value
+
+
+class _Lookup:
+    """Prompt lookup (n-gram speculation, as llama.cpp's ``lookup`` and HF's ``prompt_lookup_num_tokens``) for one
+    greedy row: the draft is what followed the most recent earlier occurrence of the row's last two tokens, in the
+    prompt or in the answer so far. An extraction answer copies names and prices from its prompt and repeats its
+    own JSON keys, so most drafts hold. The model checks every draft token in the same step (greedy: a draft
+    token is kept only where it is the argmax), so the answer is the one decoding token by token gives."""
+
+    __slots__ = ("index", "tokens")
+
+    def __init__(self, prompt: list[int]) -> None:
+        self.tokens = list(prompt)
+        t = self.tokens
+        # bigram -> where its most recent continuation starts (the final bigram has none yet)
+        self.index = {(t[i], t[i + 1]): i + 2 for i in range(len(t) - 2)}
+
+    def push(self, token: int) -> None:
+        t = self.tokens
+        if len(t) >= 2:
+            self.index[(t[-2], t[-1])] = len(t)
+        t.append(token)
+
+    def draft(self, k: int) -> list[int]:
+        t = self.tokens
+        if k <= 0 or len(t) < 2:
+            return []
+        start = self.index.get((t[-2], t[-1]))
+        return [] if start is None else t[start:start + k]
 
 
 def available() -> bool:
@@ -365,8 +421,10 @@ class LlamaCppRunner(Runner):
 
     def __init__(self, name: str, model_dir: Path, tokenizer, *, context_length: int, max_batch_size: int,
                  stats: EngineStats, stats_lock: threading.Lock, num_threads: int,
-                 quant: str = DEFAULT_GGUF_QUANT, gguf_path: Path | None = None) -> None:
+                 quant: str = DEFAULT_GGUF_QUANT, gguf_path: Path | None = None,
+                 prompt_lookup: int | None = None) -> None:
         self.model_dir = Path(model_dir)
+        self.prompt_lookup = lookup_tokens() if prompt_lookup is None else max(0, int(prompt_lookup))
         self.quant = quant
         self.num_threads = max(1, int(num_threads))
         config = json.loads((self.model_dir / "config.json").read_text())
@@ -511,9 +569,14 @@ class LlamaCppRunner(Runner):
                     logits_rows.append(row)
         import numpy as np
 
-        alive = self._advance(seqs, self._sample(seqs, np.stack(logits_rows)))
-        for s, a in zip(seqs, alive, strict=True):
+        tokens = self._sample(seqs, np.stack(logits_rows))
+        alive = self._advance(seqs, tokens)
+        for s, token, a in zip(seqs, tokens, alive, strict=True):
+            s.lookup = None
             if a:
+                if self.prompt_lookup and s.temperature == 0 and s.matcher is None:
+                    s.lookup = _Lookup(s.job.prompt_ids)
+                    s.lookup.push(token)
                 self._rows.append(s)
             else:
                 self._finish(s)
@@ -558,30 +621,78 @@ class LlamaCppRunner(Runner):
             self._reserved.pop(id(s.job), None)
 
     def _decode(self) -> None:
+        """One step: every running row's last token, and for greedy rows a prompt-lookup draft after it; each row
+        keeps the draft tokens the model agrees with, plus the model's own next token (1 or more a step)."""
+        import llama_cpp
         import numpy as np
 
         rows = self._rows
+        k = min(self.prompt_lookup, STEP_TOKENS // len(rows) - 1)
+        drafts = [s.lookup.draft(min(k, s.max_tokens - s.generated - 1)) if k > 0 and s.lookup is not None
+                  else [] for s in rows]
         by_model: dict[str | None, list[int]] = {}
         for i, s in enumerate(rows):
             by_model.setdefault(s.job.adapter, []).append(i)
         logits = [None] * len(rows)
         for adapter, idx in by_model.items():
             m = self._models[adapter]
-            out = m.decode([(rows[i].last, rows[i].pos, rows[i].seq_id, True) for i in idx])
-            for i, row in zip(idx, out, strict=True):
-                logits[i] = row
+            entries = []
+            for i in idx:
+                s = rows[i]
+                entries.append((s.last, s.pos, s.seq_id, True))
+                entries.extend((d, s.pos + 1 + j, s.seq_id, True) for j, d in enumerate(drafts[i]))
+            out = m.decode(entries)
+            at = 0
+            for i in idx:
+                n = 1 + len(drafts[i])
+                logits[i] = out[at:at + n]
+                at += n
             with self._stats_lock:
                 self._stats.forward_passes += 1
                 self._stats.decode_steps += 1
                 self._stats.batch_sizes[len(idx)] = self._stats.batch_sizes.get(len(idx), 0) + 1
                 self._stats.max_batch_size_seen = max(self._stats.max_batch_size_seen, len(idx))
-        for s in rows:
-            s.pos += 1
-        alive = self._advance(rows, self._sample(rows, np.stack(logits)))
+        # Each row's tokens for this step: the sampled one, or (greedy with a draft) the argmax after each fed
+        # token for as long as the draft agreed with it.
+        plain = [i for i, s in enumerate(rows) if s.lookup is None]
+        accepted: list[list[int]] = [[] for _ in rows]
+        if plain:
+            for i, token in zip(plain, self._sample([rows[i] for i in plain],
+                                                    np.stack([logits[i][0] for i in plain])), strict=True):
+                accepted[i] = [token]
+        proposed = kept = 0
+        for i, s in enumerate(rows):
+            if s.lookup is None:
+                continue
+            preds = logits[i].argmax(axis=-1)
+            got = [int(preds[0])]
+            for j, d in enumerate(drafts[i]):
+                if got[-1] != d:
+                    break
+                got.append(int(preds[j + 1]))
+            accepted[i] = got
+            proposed += len(drafts[i])
+            kept += len(got) - 1
+            if len(got) - 1 < len(drafts[i]):  # the cells of the draft tokens the model did not agree with
+                llama_cpp.llama_memory_seq_rm(self._models[s.job.adapter].mem, s.seq_id, s.pos + len(got), -1)
+        if proposed:
+            with self._stats_lock:
+                self._stats.draft_tokens += proposed
+                self._stats.accepted_draft_tokens += kept
+        alive = [True] * len(rows)
+        for r in range(max(len(a) for a in accepted)):
+            idx = [i for i in range(len(rows)) if alive[i] and len(accepted[i]) > r]
+            for i in idx:
+                rows[i].pos += 1
+            flags = self._advance([rows[i] for i in idx], [accepted[i][r] for i in idx])
+            for i, ok in zip(idx, flags, strict=True):
+                if not ok:
+                    alive[i] = False
+                elif rows[i].lookup is not None:
+                    rows[i].lookup.push(accepted[i][r])
         if all(alive):
             return
         self._rows = [s for s, a in zip(rows, alive, strict=True) if a]
         for s, a in zip(rows, alive, strict=True):
             if not a:
                 self._finish(s)
-

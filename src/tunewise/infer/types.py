@@ -167,6 +167,10 @@ class EngineStats:
     """Tokens sampled over all sequences."""
     cached_prompt_tokens: int = 0
     """Prompt tokens whose keys and values came from the prefix cache instead of a forward pass (llama.cpp)."""
+    draft_tokens: int = 0
+    """Prompt-lookup draft tokens fed after greedy rows' last tokens (llama.cpp)."""
+    accepted_draft_tokens: int = 0
+    """Draft tokens the model agreed with: each is a token generated without a step of its own."""
     max_batch_size_seen: int = 0
     """The most sequences one forward pass served."""
     batch_sizes: dict[int, int] = field(default_factory=dict)
