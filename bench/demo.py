@@ -1,6 +1,6 @@
 """Times each stage of `make demo` (examples/demo.py) on the default model, against the 10-minute goal.
 
-    .venv/bin/python bench/demo.py [--runs 1] [--epochs 1] [--limit N]
+    .venv/bin/python bench/demo.py [--runs 1] [--epochs N] [--limit N]
 
 Each run starts from nothing (a fresh output directory, a fresh server, an empty evaluation cache) except the
 converted-model cache. Prints each stage's median over the runs and the total as a ratio of the goal
