@@ -134,7 +134,7 @@ def test_response_format_is_the_same_constrained_decoding(engines):
 
 
 def test_prompt_lookup_drafts_lookup_tokens_and_keeps_the_answers():
-    from tunewise.infer.llamacpp import _Lookup
+    from tunewise.infer.llamacpp import _Answers, _Lookup
 
     look = _Lookup([5, 6, 7, 8, 5, 6])  # the last two tokens (5, 6) came before, followed by 7, 8
     assert look.draft(3) == [7, 8, 5]
@@ -144,6 +144,18 @@ def test_prompt_lookup_drafts_lookup_tokens_and_keeps_the_answers():
     look.push(6)  # (5, 6) again: its most recent continuation is now 9
     assert look.draft(2) == [9, 5]
     assert look.draft(0) == []
+    # A bigram the row's own context lacks is looked up in the model's recent answers (each kept with the last
+    # two tokens of its prompt, so a new answer's start finds the start of earlier ones).
+    answers = _Answers()
+    first = _Lookup([1, 2, 3, 4], answers)
+    for token in (40, 41, 42):
+        first.push(token)
+    answers.add(first.answer())
+    assert first.answer() == [3, 4, 40, 41, 42]
+    second = _Lookup([7, 3, 4], answers)  # another prompt ending the same way
+    assert second.draft(2) == [40, 41]
+    second.push(40)
+    assert second.draft(5) == [41, 42]
 
 
 def test_prompt_lookup_gives_the_answers_of_decoding_token_by_token(engines):

@@ -88,14 +88,17 @@ def lookup_tokens() -> int:
 class _Lookup:
     """Prompt lookup (n-gram speculation, as llama.cpp's ``lookup`` and HF's ``prompt_lookup_num_tokens``) for one
     greedy row: the draft is what followed the most recent earlier occurrence of the row's last two tokens, in the
-    prompt or in the answer so far. An extraction answer copies names and prices from its prompt and repeats its
-    own JSON keys, so most drafts hold. The model checks every draft token in the same step (greedy: a draft
-    token is kept only where it is the argmax), so the answer is the one decoding token by token gives."""
+    prompt or in the answer so far, else in a recent answer of the same model (``_Answers``: the answers to one
+    kind of prompt start alike). An extraction answer copies names and prices from its prompt and repeats its own
+    JSON keys, so most drafts hold. The model checks every draft token in the same step (greedy: a draft token is
+    kept only where it is the argmax), so the answer is the one decoding token by token gives."""
 
-    __slots__ = ("index", "tokens")
+    __slots__ = ("answers", "index", "start", "tokens")
 
-    def __init__(self, prompt: list[int]) -> None:
+    def __init__(self, prompt: list[int], answers: _Answers | None = None) -> None:
         self.tokens = list(prompt)
+        self.start = len(prompt)
+        self.answers = answers
         t = self.tokens
         # bigram -> where its most recent continuation starts (the final bigram has none yet)
         self.index = {(t[i], t[i + 1]): i + 2 for i in range(len(t) - 2)}
@@ -110,8 +113,36 @@ class _Lookup:
         t = self.tokens
         if k <= 0 or len(t) < 2:
             return []
-        start = self.index.get((t[-2], t[-1]))
-        return [] if start is None else t[start:start + k]
+        key = (t[-2], t[-1])
+        start = self.index.get(key)
+        if start is not None:
+            return t[start:start + k]
+        return self.answers.draft(key, k) if self.answers is not None else []
+
+    def answer(self) -> list[int]:
+        """The tokens from the end of the prompt's last two: what ``_Answers`` keeps."""
+        return self.tokens[max(0, self.start - 2):]
+
+
+class _Answers:
+    """The bigram index of a model's recent greedy answers (each with the last two tokens of its prompt before
+    it), for drafts a row's own context has none for: the start of an answer, most often."""
+
+    LIMIT = 65536
+    """Bigrams kept before the index starts again."""
+
+    def __init__(self) -> None:
+        self.index: dict[tuple[int, int], tuple[list[int], int]] = {}
+
+    def add(self, tokens: list[int]) -> None:
+        if len(self.index) > self.LIMIT:
+            self.index.clear()
+        for i in range(len(tokens) - 2):
+            self.index[(tokens[i], tokens[i + 1])] = (tokens, i + 2)
+
+    def draft(self, key: tuple[int, int], k: int) -> list[int]:
+        hit = self.index.get(key)
+        return [] if hit is None else hit[0][hit[1]:hit[1] + k]
 
 
 def available() -> bool:
@@ -425,6 +456,7 @@ class LlamaCppRunner(Runner):
                  prompt_lookup: int | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.prompt_lookup = lookup_tokens() if prompt_lookup is None else max(0, int(prompt_lookup))
+        self._answers: dict[str | None, _Answers] = {}  # per adapter: a fine-tune answers unlike its base
         self.quant = quant
         self.num_threads = max(1, int(num_threads))
         config = json.loads((self.model_dir / "config.json").read_text())
@@ -472,6 +504,7 @@ class LlamaCppRunner(Runner):
             if name not in self.adapters:
                 return
             del self.adapters[name]
+            self._answers.pop(name, None)
             m = self._models.pop(name, None)
             if m is not None and m.base is not None:
                 m.free()  # unregisters the adapter from the base model: under the lock, as its loading
@@ -575,7 +608,7 @@ class LlamaCppRunner(Runner):
             s.lookup = None
             if a:
                 if self.prompt_lookup and s.temperature == 0 and s.matcher is None:
-                    s.lookup = _Lookup(s.job.prompt_ids)
+                    s.lookup = _Lookup(s.job.prompt_ids, self._answers.setdefault(s.job.adapter, _Answers()))
                     s.lookup.push(token)
                 self._rows.append(s)
             else:
@@ -613,6 +646,9 @@ class LlamaCppRunner(Runner):
             m.drop(seq)
 
     def _finish(self, s: Seq) -> None:
+        lookup = getattr(s, "lookup", None)
+        if lookup is not None and lookup.answers is not None and not s.job.cancelled:
+            lookup.answers.add(lookup.answer())
         m = self._models.get(s.job.adapter)
         if m is not None and s.seq_id is not None:
             m.drop(s.seq_id)
