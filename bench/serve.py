@@ -340,6 +340,14 @@ def _run_http(model_name: str, max_tokens: int, runs: int, threads: int | None,
             return None
         threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, timeout=600)
+        while True:  # the key is printed before the server listens
+            try:
+                client.models.list()
+                break
+            except openai.APIConnectionError:
+                if time.time() > deadline or proc.poll() is not None:
+                    return None
+                time.sleep(0.2)
         rates = []
         for _ in range(runs + 1):  # the first run loads the model
             counts = [0] * len(prompts)
