@@ -38,6 +38,23 @@ def ask(messages, model=TINY, **kw) -> GenerationRequest:
     return GenerationRequest(model=model, messages=messages, **kw)
 
 
+def all_at_once(engine: Engine, requests: list[GenerationRequest]) -> list:
+    """``engine.generate`` of every request, sent together from a thread each; the results in order."""
+    got: list = [None] * len(requests)
+    barrier = threading.Barrier(len(requests))
+
+    def call(i: int) -> None:
+        barrier.wait()
+        got[i] = engine.generate(requests[i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return got
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread():
     before = torch.get_num_threads()
@@ -64,18 +81,7 @@ def test_greedy_answers_match_torch_on_held_out_receipts_batched(engines):
     torch_engine, ll = engines
     prompts = held_out(6)
     expected = [torch_engine.generate(ask(p, max_tokens=20)) for p in prompts]
-    got: list = [None] * len(prompts)
-    barrier = threading.Barrier(len(prompts))
-
-    def call(i: int) -> None:
-        barrier.wait()
-        got[i] = ll.generate(ask(prompts[i], max_tokens=20))
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    got = all_at_once(ll, [ask(p, max_tokens=20) for p in prompts])
     assert [r.choices[0].text for r in got] == [r.choices[0].text for r in expected]
     assert [(r.prompt_tokens, r.completion_tokens) for r in got] == \
         [(r.prompt_tokens, r.completion_tokens) for r in expected]
@@ -175,18 +181,7 @@ def test_prompt_lookup_gives_the_answers_of_decoding_token_by_token(engines):
         assert stats.draft_tokens > 0 and 0 < stats.accepted_draft_tokens <= stats.draft_tokens
         assert stats.decode_steps < plain.stats().decode_steps  # kept drafts saved steps
         # Several at once (drafts shrink as rows join), and a stream of the same request.
-        got: list = [None] * len(prompts)
-        barrier = threading.Barrier(len(prompts))
-
-        def call(i: int) -> None:
-            barrier.wait()
-            got[i] = looked.generate(ask(prompts[i], max_tokens=40))
-
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prompts))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        got = all_at_once(looked, [ask(p, max_tokens=40) for p in prompts])
         assert [r.choices[0].text for r in got] == \
             [plain.generate(ask(p, max_tokens=40)).choices[0].text for p in prompts]
         stream = looked.stream(ask(prompts[0], max_tokens=40))
