@@ -158,9 +158,11 @@ def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = Non
         print(f"   {est.billed_tokens_per_epoch:,} tokens x {est.n_epochs} epochs = {est.billed_tokens:,} "
               f"billed tokens, ${est.cost_usd:.4f} on OpenAI; free on the local service")
 
-    # Nothing else runs while the job trains, so training gets every core (the server's default is half of them,
-    # to leave the rest to serving).
-    threads = {"TUNEWISE_TRAIN_NUM_THREADS": str(os.cpu_count() or 1)}
+    # Nothing of the demo's own runs while the job trains, so training gets every core other processes leave
+    # free (the server's default is half of them, to leave the rest to serving).
+    train_threads = _free_cores()
+    print(f"   training with {train_threads} thread(s), the cores other processes leave free")
+    threads = {"TUNEWISE_TRAIN_NUM_THREADS": str(train_threads)}
     with running_server(data_dir=out / "server", env=threads, local_model=local_model,
                         startup_timeout=180) as server:
         print(f"\n   tunewise serve on {server.base_url} (data in {server.data_dir})")
@@ -245,6 +247,17 @@ def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = Non
                "task": task, "claims": decision.claims, "shift": decision.shift, "report": str(paths["html"])}
     (out / "demo.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _free_cores() -> int:
+    """The cores other processes leave free, measured over a second (at least 1). A thread per core beside busy
+    processes is far slower than fewer: measured here, the demo's 60 steps took 213 s with 2 threads on an idle
+    machine, 359 s with 1, and 1,091 s with 2 beside a `make test` run."""
+    from tunewise.infer.threads import ThreadGovernor
+
+    governor = ThreadGovernor(os.cpu_count() or 1, interval=1.0, enabled=True)
+    time.sleep(1.0)
+    return governor.threads()
 
 
 def _eval_dir(split: str) -> str:
