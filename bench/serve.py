@@ -192,13 +192,15 @@ def bench_chat(args: argparse.Namespace) -> None:
     prompts = receipts(args.requests)
     results: dict[tuple[str, str, int], list[Run]] = {}
 
+    def record(label: str, kind: str, conc: int, run: int, r: Run) -> None:
+        results.setdefault((label, kind, conc), []).append(r)
+        print(f"run {run + 1} {label:<10} {kind:<5} c={conc}  {r.tokens:4d} tokens {r.wall:7.2f} s "
+              f"{r.rate:6.1f} tok/s  p50 {percentile(r.latencies, 50):5.2f} s", flush=True)
+
     def measure(label: str, kind: str, conc: int, fn, runs: int | None = None) -> None:
         fn(prompts[kind][:1])  # warm-up, one call: loading, and the prompt prefix in each one's KV cache
         for run in range(runs or args.runs):
-            r = fn(prompts[kind])
-            results.setdefault((label, kind, conc), []).append(r)
-            print(f"run {run + 1} {label:<10} {kind:<5} c={conc}  {r.tokens:4d} tokens {r.wall:7.2f} s "
-                  f"{r.rate:6.1f} tok/s  p50 {percentile(r.latencies, 50):5.2f} s", flush=True)
+            record(label, kind, conc, run, fn(prompts[kind]))
 
     # The baseline and tunewise take turns, run by run, so a machine whose speed drifts over minutes (a shared one
     # does) moves both sides of each ratio alike. Each side decodes on a thread that ends before the other side
@@ -220,11 +222,6 @@ def bench_chat(args: argparse.Namespace) -> None:
         worker = threading.Thread(target=fn, name="bench-decoder")
         worker.start()
         worker.join()
-
-    def record(label: str, kind: str, conc: int, run: int, r: Run) -> None:
-        results.setdefault((label, kind, conc), []).append(r)
-        print(f"run {run + 1} {label:<10} {kind:<5} c={conc}  {r.tokens:4d} tokens {r.wall:7.2f} s "
-              f"{r.rate:6.1f} tok/s  p50 {percentile(r.latencies, 50):5.2f} s", flush=True)
 
     def baseline(kind: str, run: int) -> None:
         if "call" not in llama:

@@ -51,7 +51,7 @@ GUIDE_HYPERPARAMETERS = {"n_epochs": 3, "batch_size": 4, "learning_rate_multipli
 DEMO_EPOCHS = GUIDE_HYPERPARAMETERS["n_epochs"]
 # The first 80 of the 200 training examples: the guide sees "clear improvements from fine-tuning on 50 to 100
 # training examples", and 3 epochs of 80 (60 steps of 4) keep the demo under 10 minutes on 2 CPU cores, where 3
-# epochs of all 200 would be about 8 minutes of training alone. `--train-examples 0` trains on all of them.
+# epochs of all 200 would be about 9 minutes of training alone. `--train-examples 0` trains on all of them.
 DEMO_TRAIN_EXAMPLES = 80
 # Every held-out example (`--limit N` evaluates the first N).
 DEMO_LIMIT = None
@@ -106,10 +106,11 @@ def _pct(summary: dict | None) -> str:
 
 def run(out: Path, limit: int | None = DEMO_LIMIT, local_model: str | None = None, epochs: int | None = None,
         task: str = "receipts", train_examples: int | None = None) -> dict:
-    """``epochs``: None for the task's (the guide's 3 for receipts; 1 for the other tasks, to keep each near 10
+    """Run every stage of ``task`` into ``out``; returns the stage times, the job, and the decision.
+
+    ``epochs``: None for the task's (the guide's 3 for receipts; 1 for the other tasks, to keep each near 10
     minutes). ``train_examples``: train on the first N examples of the task's training split (None: the task's,
     ``DEMO_TRAIN_EXAMPLES`` for receipts and all of them for the others; 0: all)."""
-    """Run every stage of ``task`` into ``out``; returns the stage times, the job, and the decision."""
     from openai import OpenAI
 
     from tunewise import cost, models
