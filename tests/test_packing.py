@@ -103,3 +103,27 @@ def test_training_with_packing_matches_training_without(setup, tmp_path):
         assert float(rp["train_loss"]) == pytest.approx(float(ru["train_loss"]), rel=1e-4)
         assert rp["train_accuracy"] == ru["train_accuracy"]
     assert results[True].padding_waste == 0 and results[False].padding_waste > 0
+
+
+def test_cpu_micro_batches_hold_rows_of_like_length_with_the_same_loss_and_gradient(setup):
+    """On a CPU a row joins a micro-batch only if its padding is within the slack: less padded compute, and the
+    summed loss and gradients are those of the batch padded into one micro-batch."""
+    from tunewise.train.batching import CPU_PAD_SLACK, pad_slack
+
+    model, examples, pad_id, _ = setup
+    assert pad_slack("cpu") == CPU_PAD_SLACK and pad_slack("cuda:0") is None
+    batch = examples[:8]
+    one = micro_batches(batch, 10_000, pad_id)
+    tight = micro_batches(batch, 10_000, pad_id, CPU_PAD_SLACK)
+    assert len(one) == 1 and len(tight) > 1
+    assert sum(mb.real_tokens for mb in tight) == sum(mb.real_tokens for mb in one)
+    assert sum(mb.padded_tokens for mb in tight) < sum(mb.padded_tokens for mb in one)
+    for mb in tight:
+        longest = mb.input_ids.shape[1]
+        rows = mb.padded_tokens // longest
+        assert mb.real_tokens >= rows * longest * (1 - CPU_PAD_SLACK)
+    a, b = _loss_and_grads(model, one), _loss_and_grads(model, tight)
+    assert a[1:3] == b[1:3]
+    assert a[0] == pytest.approx(b[0], rel=1e-5)
+    for name, grad in a[3].items():
+        torch.testing.assert_close(b[3][name], grad, rtol=1e-4, atol=1e-6)

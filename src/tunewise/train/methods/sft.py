@@ -78,9 +78,12 @@ class SFT:
 
     def step(self, model: Any, batch: list[Rendered], ctx: StepContext, progress: dict[str, Any]) -> dict[str, float]:
         n_labels = sum(e.n_labels for e in batch)
-        batcher = packed_micro_batches if ctx.packing else micro_batches
+        if ctx.packing:
+            mbs = packed_micro_batches(batch, ctx.max_tokens, ctx.pad_id)
+        else:
+            mbs = micro_batches(batch, ctx.max_tokens, ctx.pad_id, ctx.slack)
         loss_sum, correct = 0.0, 0
-        for mb in batcher(batch, ctx.max_tokens, ctx.pad_id):
+        for mb in mbs:
             with ctx.autocast():
                 loss, c, _ = token_sums(model, ctx.core, ctx.head, mb, ctx.device)
             # Each micro-batch's share of the batch's mean token loss: the gradients sum to the batch's.
