@@ -93,6 +93,15 @@ def _collate(group: list[Rendered], pad_id: int) -> MicroBatch:
     return MicroBatch(ids, labels, real, length * len(group))
 
 
+def split_batch(examples: list[Rendered], max_tokens: int, pad_id: int, *, packing: bool,
+                device: str) -> list[MicroBatch]:
+    """A training batch's micro-batches as the trainer makes them: packed rows with ``packing``, else padded rows
+    grouped within ``device``'s padding slack."""
+    if packing:
+        return packed_micro_batches(examples, max_tokens, pad_id)
+    return micro_batches(examples, max_tokens, pad_id, pad_slack(device))
+
+
 def packed_micro_batches(examples: list[Rendered], max_tokens: int, pad_id: int) -> list[MicroBatch]:
     """Padding-free micro-batches: each is one row of concatenated examples, at most ``max_tokens`` tokens
     (first-fit, longest first); an example longer than the budget is a row of its own. ``pad_id`` is unused (there

@@ -37,7 +37,7 @@ from tunewise.errors import (
     UsageError,
 )
 from tunewise.train import distributed, methods
-from tunewise.train.batching import micro_batches, packed_micro_batches, pad_slack, plan
+from tunewise.train.batching import micro_batches, pad_slack, plan, split_batch
 from tunewise.train.config import (
     TrainConfig,
     TrainEvent,
@@ -537,8 +537,7 @@ def _train(config: TrainConfig, spec, device: str, dtype: str, emit: EventCallba
     pad_id = tokenizer.pad_token_id
     progress, state = _load_state(out)
     ctx = StepContext(device=device, pad_id=pad_id, max_tokens=config.max_tokens_per_microbatch,
-                      autocast_dtype=autocast_dtype, packing=config.packing, core=core, head=head, seed=seed,
-                      slack=pad_slack(device))
+                      autocast_dtype=autocast_dtype, packing=config.packing, core=core, head=head, seed=seed)
     # What the method computes once from the starting model (DPO's reference), before any saved weights go in.
     method.prepare(model, train_set, valid_set, out, ctx, main,
                    lambda text, level="info": emit(TrainEvent("message", text, level=level)))
@@ -710,10 +709,7 @@ def _distributed_step(model, core, head, ddp, group, indices, lengths, train_set
     weight = group.world / n_labels
     if not mine:
         mine, weight = [train_set[indices[0]]], 0.0
-    if config.packing:
-        mbs = packed_micro_batches(mine, config.max_tokens_per_microbatch, pad_id)
-    else:
-        mbs = micro_batches(mine, config.max_tokens_per_microbatch, pad_id, pad_slack(device))
+    mbs = split_batch(mine, config.max_tokens_per_microbatch, pad_id, packing=config.packing, device=device)
     loss_sum, correct, real, padded = 0.0, 0, 0, 0
     for mb, sync in zip(mbs, distributed.sync_points(len(mbs), ddp), strict=True):
         with sync:

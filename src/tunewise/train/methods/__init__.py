@@ -45,8 +45,6 @@ class StepContext:
     (see ``trainer.PLAIN_HEAD_MODEL_TYPES``), else None (the full-logits path)."""
     seed: int = 0
     """The run's resolved seed (GRPO seeds each step's sampling from it)."""
-    slack: float | None = None
-    """The padding a row may add to a micro-batch (``batching.pad_slack``): little on a CPU."""
 
     def autocast(self):
         if self.autocast_dtype is None:

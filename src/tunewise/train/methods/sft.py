@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunewise.train.batching import micro_batches, packed_micro_batches
+from tunewise.train.batching import split_batch
 from tunewise.train.methods import StepContext
 from tunewise.train.render import IGNORE, Rendered
 
@@ -78,12 +78,8 @@ class SFT:
 
     def step(self, model: Any, batch: list[Rendered], ctx: StepContext, progress: dict[str, Any]) -> dict[str, float]:
         n_labels = sum(e.n_labels for e in batch)
-        if ctx.packing:
-            mbs = packed_micro_batches(batch, ctx.max_tokens, ctx.pad_id)
-        else:
-            mbs = micro_batches(batch, ctx.max_tokens, ctx.pad_id, ctx.slack)
         loss_sum, correct = 0.0, 0
-        for mb in mbs:
+        for mb in split_batch(batch, ctx.max_tokens, ctx.pad_id, packing=ctx.packing, device=ctx.device):
             with ctx.autocast():
                 loss, c, _ = token_sums(model, ctx.core, ctx.head, mb, ctx.device)
             # Each micro-batch's share of the batch's mean token loss: the gradients sum to the batch's.
