@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -218,15 +220,25 @@ def test_cancel_running_job(client, data):
     assert "Fine-tuning job cancelled" in [e.message for e in all_events(client, job.id)]
 
 
-def test_failed_job_reports_error(client, data):
-    file = client.files.create(file=data.open("rb"), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4o-mini")
-    client.files.delete(file.id)  # gone before the worker could read it
-    failed = wait_for(client, job.id)
+def test_failed_job_reports_error(data, tmp_path):
+    # No worker runs until the file is deleted, so it is gone before any worker could read it (a job whose
+    # worker had read it would keep it).
+    with running_server(tmp_path / "server", env={"TUNEWISE_WORKER_POLL_S": "0.05"}, worker=False) as server:
+        client = server.client()
+        file = client.files.create(file=data.open("rb"), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4o-mini")
+        client.files.delete(file.id)
+        worker = subprocess.Popen([sys.executable, "-m", "tunewise", "serve", "--worker-only", "--data-dir",
+                                   str(server.data_dir)], env={**os.environ, **server._env})
+        try:
+            failed = wait_for(client, job.id)
+            last = client.fine_tuning.jobs.list_events(job.id, limit=1).data[0]
+        finally:
+            worker.terminate()
+            worker.wait(timeout=60)
     assert failed.status == "failed" and failed.fine_tuned_model is None and failed.finished_at
     assert failed.error.code == "invalid_file" and failed.error.param == "training_file"
     assert file.id in failed.error.message
-    last = client.fine_tuning.jobs.list_events(job.id, limit=1).data[0]
     assert last.level == "error" and last.message == failed.error.message
 
 

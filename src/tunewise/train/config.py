@@ -275,7 +275,8 @@ def auto_batch_size(n_examples: int) -> int:
 
 # Whether ``dtype="auto"`` may pick bfloat16 for supervised LoRA on a CPU with bf16 instructions. The rule: only while
 # bench/train.py's held-out loss with bfloat16 stays within 1% of float32's on the same run. Measured: +11.3% (0.2251
-# vs 0.2023, 16 receipts examples, batch 4, one epoch), so float32 stays the CPU default; bfloat16 is asked for.
+# vs 0.2023, 16 receipts examples, batch 4, one epoch; +11.2% again on another bf16 CPU, and +1.56% on a 36-step run
+# there, where bfloat16 was no faster), so float32 stays the CPU default; bfloat16 is asked for.
 CPU_AUTO_BF16 = False
 
 
