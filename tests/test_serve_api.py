@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -228,14 +226,9 @@ def test_failed_job_reports_error(data, tmp_path):
         file = client.files.create(file=data.open("rb"), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4o-mini")
         client.files.delete(file.id)
-        worker = subprocess.Popen([sys.executable, "-m", "tunewise", "serve", "--worker-only", "--data-dir",
-                                   str(server.data_dir)], env={**os.environ, **server._env})
-        try:
+        with server.worker():
             failed = wait_for(client, job.id)
             last = client.fine_tuning.jobs.list_events(job.id, limit=1).data[0]
-        finally:
-            worker.terminate()
-            worker.wait(timeout=60)
     assert failed.status == "failed" and failed.fine_tuned_model is None and failed.finished_at
     assert failed.error.code == "invalid_file" and failed.error.param == "training_file"
     assert file.id in failed.error.message

@@ -139,13 +139,8 @@ def test_first_start_limits_and_separate_worker(tmp_path):
         assert client.fine_tuning.jobs.retrieve(job.id).status == "validating_files"  # no worker yet
 
         # A worker started on its own (`--worker-only`) picks the job up.
-        worker = subprocess.Popen([sys.executable, "-m", "tunewise", "serve", "--worker-only", "--data-dir",
-                                   str(server.data_dir)], env={**os.environ, **server._env})
-        try:
+        with server.worker():
             done = wait_for(client, job.id)
-        finally:
-            worker.terminate()
-            worker.wait(timeout=60)
         assert done.status == "succeeded", done.error
         assert any("'tunewise-tiny'" in e.message and "'my-model'" in e.message for e in all_events(client, job.id))
 

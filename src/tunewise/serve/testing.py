@@ -122,6 +122,18 @@ class Server:
         except ProcessLookupError:
             pass
 
+    @contextmanager
+    def worker(self) -> Iterator[subprocess.Popen]:
+        """A job worker on its own (``tunewise serve --worker-only``) over this server's data directory, for a
+        server started with ``worker=False``; SIGTERMed and waited for at the end of the ``with`` block."""
+        proc = subprocess.Popen([sys.executable, "-m", "tunewise", "serve", "--worker-only", "--data-dir",
+                                 str(self.data_dir)], env=self._env)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+
     def create_key(self, project: str = "default") -> str:
         """A new API key for ``project`` (written straight into the server's database)."""
         from tunewise.serve import auth
