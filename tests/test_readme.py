@@ -4,8 +4,8 @@ is a failing test here, not a new user's first impression.
 Each `sh` block of README.md (and of the docs pages a new user follows first) runs in bash, from a copy of the
 repository's examples, with the service on a free port of 127.0.0.1. Where the default model would be too slow for
 the default test run, the tiny model stands in (the same code path, random weights), training runs one epoch and
-evaluations use a small `--limit`: those substitutions are listed in ``SUBSTITUTIONS`` and nothing else is changed. Commands that cannot
-run here say why in ``NOT_RUN``.
+evaluations use a small `--limit`: those substitutions are listed in ``SUBSTITUTIONS`` and nothing else is
+changed. Commands that cannot run here say why in ``NOT_RUN``.
 """
 
 from __future__ import annotations
