@@ -165,6 +165,10 @@ def _load(config: TrainConfig, seed: int, device: str, dtype: str):
     else:
         for p in model.parameters():
             p.requires_grad_(True)
+    if config.method == "lora":
+        from tunewise.train import fused_lora
+
+        fused_lora.install(model)  # the same sums, the update added in one product (see fused_lora)
     if config.gradient_checkpointing:
         enable_checkpointing(model)
     return model
