@@ -81,6 +81,20 @@ def grade(sample, item):
     return 2 * precision * recall / (precision + recall)
 '''
 
+COUNT_SOURCE = '''
+import json
+
+def grade(sample, item):
+    """1 when the answer lists as many items as the reference: no line missed, no total or tax line added."""
+    try:
+        answer = json.loads(sample["output_text"])
+        reference = json.loads(item["reference_answer"])
+    except ValueError:
+        return 0.0
+    rows = answer.get("items") if isinstance(answer, dict) else None
+    return 1.0 if isinstance(rows, list) and len(rows) == len(reference["items"]) else 0.0
+'''
+
 EXACT = {
     "json": {"type": "python", "name": "exact", "source": EXACT_SOURCE},
     "string": {"type": "string_check", "name": "exact", "operation": "eq", "input": "{{ sample.output_text }}",
@@ -90,8 +104,16 @@ EXACT = {
 
 def grader(exact: str = "json", reward: str = "exact") -> dict:
     """The run's grader. ``reward="partial"`` adds per-item credit (``items``: F1 of the answer's name/price
-    pairs), so that a group whose answers are all inexact still ranks them: 0.5 exact + 0.3 items + 0.2 valid."""
+    pairs), so that a group whose answers are all inexact still ranks them: 0.5 exact + 0.3 items + 0.2 valid.
+    ``reward="count"`` also credits listing as many items as the reference (``count``: neither a line missed nor
+    a total or tax line added), as per-item F1 alone pays for listing more: 0.5 exact + 0.2 items + 0.2 count +
+    0.1 valid."""
     graders = {"exact": EXACT[exact], "valid": {"type": "python", "name": "valid", "source": VALID_SOURCE}}
+    if reward == "count":
+        graders["items"] = {"type": "python", "name": "items", "source": ITEMS_SOURCE}
+        graders["count"] = {"type": "python", "name": "count", "source": COUNT_SOURCE}
+        return {"type": "multi", "name": "receipt",
+                "calculate_output": "0.5 * exact + 0.2 * items + 0.2 * count + 0.1 * valid", "graders": graders}
     if reward == "partial":
         graders["items"] = {"type": "python", "name": "items", "source": ITEMS_SOURCE}
         return {"type": "multi", "name": "receipt", "calculate_output": "0.5 * exact + 0.3 * items + 0.2 * valid",
@@ -109,13 +131,13 @@ def rft_rows(lines: list[str]) -> list[dict]:
     return rows
 
 
-def exact_match(model_dirs: list[Path], examples: list[dict]) -> list[list[int]]:
+def exact_match(model_dirs: list[Path], examples: list[dict], threads: int = 1) -> list[list[int]]:
     """Per model, greedy answers from the tunewise engine, scored as ``tunewise eval`` scores them."""
     from tunewise.eval.metrics import score_answer
     from tunewise.infer.engine import Engine
     from tunewise.infer.types import GenerationRequest
 
-    engine = Engine(max_batch_size=16, num_threads=1, backend="torch")
+    engine = Engine(max_batch_size=16, num_threads=threads, backend="torch")
     try:
         def one(job: tuple[Path, dict]) -> int:
             model_dir, ex = job
@@ -134,7 +156,7 @@ def exact_match(model_dirs: list[Path], examples: list[dict]) -> list[list[int]]
 def proof(out: Path, n_rft: int = 48, n_valid: int = 8, n_test: int = 50, sft_steps: int = 8, batch_size: int = 4,
           compute_multiplier: float = 1.0, learning_rate_multiplier: float = 1.0, max_completion_tokens: int = 96,
           seed: int = 0, exact: str = "json", epochs: int = 1, reward: str = "exact",
-          temperature: float = 1.0) -> dict:
+          temperature: float = 1.0, threads: int = 1) -> dict:
     from tunewise import models
     from tunewise.train import TrainConfig, train
 
@@ -152,7 +174,7 @@ def proof(out: Path, n_rft: int = 48, n_valid: int = 8, n_test: int = 50, sft_st
                      "n_test": len(test), "exact": exact, "reward": reward}
     t0 = time.monotonic()
     sft = train(TrainConfig(training_file=out / "sft.jsonl", model=models.DEFAULT_MODEL, n_epochs=sft_steps * 4 //
-                            SFT_EXAMPLES or 1, batch_size=4, seed=seed, output_dir=out / "sft", num_threads=1))
+                            SFT_EXAMPLES or 1, batch_size=4, seed=seed, output_dir=out / "sft", num_threads=threads))
     figures["sft_s"] = round(time.monotonic() - t0, 1)
     t0 = time.monotonic()
     result = train(TrainConfig(training_file=out / "rft.jsonl", validation_file=out / "valid.jsonl",
@@ -163,7 +185,7 @@ def proof(out: Path, n_rft: int = 48, n_valid: int = 8, n_test: int = 50, sft_st
                                learning_rate_multiplier=learning_rate_multiplier,
                                max_completion_tokens=max_completion_tokens, temperature=temperature, seed=seed,
                                output_dir=out / "rft",
-                               num_threads=1))
+                               num_threads=threads))
     figures["rft_s"] = round(time.monotonic() - t0, 1)
     figures["rft_steps"] = result.steps
     figures["hyperparameters"] = result.hyperparameters
@@ -173,11 +195,13 @@ def proof(out: Path, n_rft: int = 48, n_valid: int = 8, n_test: int = 50, sft_st
     figures["exact_per_step"] = [round(float(r["train_score_exact"]), 3) for r in rows]
     if rows and "train_score_items" in rows[0]:
         figures["items_per_step"] = [round(float(r["train_score_items"]), 3) for r in rows]
+    if rows and "train_score_count" in rows[0]:
+        figures["count_per_step"] = [round(float(r["train_score_count"]), 3) for r in rows]
     figures["kl_per_step"] = [round(float(r["train_kl"]), 4) for r in rows]
     figures["valid_reward"] = {r["step"]: round(float(r["valid_reward_mean"]), 3) for r in rows
                                if r["valid_reward_mean"]}
     t0 = time.monotonic()
-    before, after = exact_match([sft.model_dir, result.model_dir], test)
+    before, after = exact_match([sft.model_dir, result.model_dir], test, threads)
     figures["eval_s"] = round(time.monotonic() - t0, 1)
     figures["exact_match_before"] = f"{sum(before)}/{len(test)}"
     figures["exact_match_after"] = f"{sum(after)}/{len(test)}"
@@ -197,19 +221,22 @@ def main() -> None:
     parser.add_argument("--learning-rate-multiplier", type=float, default=1.0)
     parser.add_argument("--max-completion-tokens", type=int, default=96)
     parser.add_argument("--exact", choices=sorted(EXACT), default="json")
-    parser.add_argument("--reward", choices=("exact", "partial"), default="exact",
-                        help="partial: per-item credit beside exact and valid (0.5 exact + 0.3 items + 0.2 valid)")
+    parser.add_argument("--reward", choices=("exact", "partial", "count"), default="exact",
+                        help="partial: per-item credit beside exact and valid (0.5 exact + 0.3 items + 0.2 valid); "
+                        "count: also the item count's (0.5 exact + 0.2 items + 0.2 count + 0.1 valid)")
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="sampling temperature of the training completions (TRL's default, 1.0)")
     parser.add_argument("--epochs", type=int, default=1,
                         help="GRPO epochs over the prompts (2 or more: each epoch's mean reward is over the same prompts)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for training, sampling and scoring (1: leaves a core to the rest)")
     args = parser.parse_args()
     t0 = time.monotonic()
     figures = proof(args.out, n_rft=args.n_rft, n_test=args.n_test, sft_steps=args.sft_steps,
                     batch_size=args.batch_size, compute_multiplier=args.compute_multiplier,
                     learning_rate_multiplier=args.learning_rate_multiplier,
                     max_completion_tokens=args.max_completion_tokens, exact=args.exact, epochs=args.epochs, reward=args.reward,
-                    temperature=args.temperature)
+                    temperature=args.temperature, threads=args.threads)
     figures["wall_s"] = round(time.monotonic() - t0, 1)
     print(json.dumps(figures, indent=2))
 
