@@ -57,23 +57,31 @@ def grade(sample, item):
         return 0.0
 '''
 
-ITEMS_SOURCE = '''
+LOAD_SOURCE = '''
 import json
+
+def load(sample, item):
+    """The answer's and the reference's JSON, or None where the answer is not JSON."""
+    try:
+        return json.loads(sample["output_text"]), json.loads(item["reference_answer"])
+    except ValueError:
+        return None
+'''
+
+ITEMS_SOURCE = LOAD_SOURCE + '''
 from collections import Counter
 
 def grade(sample, item):
     """Partial credit: F1 of the answer's (name, price) items against the reference's, as multisets."""
-    try:
-        answer = json.loads(sample["output_text"])
-        reference = json.loads(item["reference_answer"])
-    except ValueError:
+    docs = load(sample, item)
+    if docs is None:
         return 0.0
     def pairs(doc):
         rows = doc.get("items") if isinstance(doc, dict) else None
         if not isinstance(rows, list):
             return Counter()
         return Counter((str(r.get("name")), repr(r.get("price"))) for r in rows if isinstance(r, dict))
-    got, want = pairs(answer), pairs(reference)
+    got, want = pairs(docs[0]), pairs(docs[1])
     hit = sum((got & want).values())
     if not hit:
         return 0.0
@@ -81,18 +89,13 @@ def grade(sample, item):
     return 2 * precision * recall / (precision + recall)
 '''
 
-COUNT_SOURCE = '''
-import json
+COUNT_SOURCE = LOAD_SOURCE + '''
 
 def grade(sample, item):
     """1 when the answer lists as many items as the reference: no line missed, no total or tax line added."""
-    try:
-        answer = json.loads(sample["output_text"])
-        reference = json.loads(item["reference_answer"])
-    except ValueError:
-        return 0.0
-    rows = answer.get("items") if isinstance(answer, dict) else None
-    return 1.0 if isinstance(rows, list) and len(rows) == len(reference["items"]) else 0.0
+    docs = load(sample, item)
+    rows = docs[0].get("items") if docs is not None and isinstance(docs[0], dict) else None
+    return 1.0 if isinstance(rows, list) and len(rows) == len(docs[1]["items"]) else 0.0
 '''
 
 EXACT = {
