@@ -105,24 +105,24 @@ EXACT = {
 }
 
 
+# Each reward: its formula over the graders' scores, and the graders it needs beside ``exact`` and ``valid``.
+REWARDS = {
+    "exact": ("0.75 * exact + 0.25 * valid", {}),
+    "partial": ("0.5 * exact + 0.3 * items + 0.2 * valid", {"items": ITEMS_SOURCE}),
+    "count": ("0.5 * exact + 0.2 * items + 0.2 * count + 0.1 * valid", {"items": ITEMS_SOURCE, "count": COUNT_SOURCE}),
+}
+
+
 def grader(exact: str = "json", reward: str = "exact") -> dict:
     """The run's grader. ``reward="partial"`` adds per-item credit (``items``: F1 of the answer's name/price
     pairs), so that a group whose answers are all inexact still ranks them: 0.5 exact + 0.3 items + 0.2 valid.
     ``reward="count"`` also credits listing as many items as the reference (``count``: neither a line missed nor
     a total or tax line added), as per-item F1 alone pays for listing more: 0.5 exact + 0.2 items + 0.2 count +
     0.1 valid."""
+    formula, extra = REWARDS[reward]
     graders = {"exact": EXACT[exact], "valid": {"type": "python", "name": "valid", "source": VALID_SOURCE}}
-    if reward == "count":
-        graders["items"] = {"type": "python", "name": "items", "source": ITEMS_SOURCE}
-        graders["count"] = {"type": "python", "name": "count", "source": COUNT_SOURCE}
-        return {"type": "multi", "name": "receipt",
-                "calculate_output": "0.5 * exact + 0.2 * items + 0.2 * count + 0.1 * valid", "graders": graders}
-    if reward == "partial":
-        graders["items"] = {"type": "python", "name": "items", "source": ITEMS_SOURCE}
-        return {"type": "multi", "name": "receipt", "calculate_output": "0.5 * exact + 0.3 * items + 0.2 * valid",
-                "graders": graders}
-    return {"type": "multi", "name": "receipt", "calculate_output": "0.75 * exact + 0.25 * valid",
-            "graders": graders}
+    graders.update({name: {"type": "python", "name": name, "source": source} for name, source in extra.items()})
+    return {"type": "multi", "name": "receipt", "calculate_output": formula, "graders": graders}
 
 
 def rft_rows(lines: list[str]) -> list[dict]:
@@ -224,7 +224,7 @@ def main() -> None:
     parser.add_argument("--learning-rate-multiplier", type=float, default=1.0)
     parser.add_argument("--max-completion-tokens", type=int, default=96)
     parser.add_argument("--exact", choices=sorted(EXACT), default="json")
-    parser.add_argument("--reward", choices=("exact", "partial", "count"), default="exact",
+    parser.add_argument("--reward", choices=tuple(REWARDS), default="exact",
                         help="partial: per-item credit beside exact and valid (0.5 exact + 0.3 items + 0.2 valid); "
                         "count: also the item count's (0.5 exact + 0.2 items + 0.2 count + 0.1 valid)")
     parser.add_argument("--temperature", type=float, default=1.0,
