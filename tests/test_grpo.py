@@ -102,6 +102,53 @@ def test_log_probabilities_are_those_of_the_sampling_temperature():
                               token_logps(model, None, None, mb, "cpu", 1.0)[0])
 
 
+def test_a_shared_prompt_run_once_gives_the_rows_log_probabilities_and_gradients():
+    """A group's prompt run once, its keys and values repeated for each completion, gives what whole padded rows
+    give: the same log-probabilities (rounding aside) and the same LoRA gradients, for completions of unequal
+    lengths; and the step's micro-batches put each prompt's completions together."""
+    from peft import LoraConfig, get_peft_model
+
+    from tunewise import models
+    from tunewise.train.batching import _collate
+    from tunewise.train.methods import StepContext
+    from tunewise.train.methods.grpo import GRPO, Completion, Prompt, shared_prompt_logps, token_logps
+    from tunewise.train.render import IGNORE, Rendered
+    from tunewise.train.trainer import _core_and_head
+
+    torch.manual_seed(0)
+    model = get_peft_model(models.load_model(TINY, device="cpu"),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    core, head = _core_and_head(model)
+    assert core is not None  # the tiny model has a plain head: the path GRPO's steps take
+    prompt, completions = [5, 9, 14, 3, 21, 8], [[7, 11, 2], [4, 6, 30, 12, 2], [9]]
+    weights = torch.tensor([0.5, -1.0, 2.0])
+
+    def grads(logps, rows):
+        model.zero_grad()
+        (logps * weights[rows]).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    rows = [Rendered(line=1, input_ids=prompt + c, labels=[IGNORE] * len(prompt) + c) for c in completions]
+    want, want_rows = token_logps(model, core, head, _collate(rows, 0), "cpu", 0.7)
+    want_grads = grads(want, want_rows)
+    got, got_rows = shared_prompt_logps(model, core, head, prompt, completions, "cpu", 0.7)
+    assert got_rows.tolist() == want_rows.tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 2]
+    assert got.tolist() == pytest.approx(want.tolist(), abs=1e-5)
+    got_grads = grads(got, got_rows)
+    assert want_grads and all(torch.allclose(got_grads[n], g, atol=1e-6, rtol=1e-4) for n, g in want_grads.items())
+
+    a, b = (Prompt(line=i, messages=[], tools=None, item={}, prompt_ids=[1, 2, 3 + i], index=i, param="training_file")
+            for i in (0, 1))
+    trained = [Completion(prompt=p, ids=[4] * n, text="", prompt_ids=p.prompt_ids)
+               for p, n in ((a, 3), (b, 2), (a, 5), (b, 4))]
+    method = GRPO.__new__(GRPO)
+    shared = method._micro_batches(trained, StepContext(device="cpu", pad_id=0, max_tokens=10, core=core, head=head))
+    assert [(mb.index, mb.prompt_ids) for mb in shared] == [([2, 0], [1, 2, 3]), ([3, 1], [1, 2, 4])]
+    assert (shared[0].real_tokens, shared[0].padded_tokens) == (2 + 8, 2 + 10)
+    plain = method._micro_batches(trained, StepContext(device="cpu", pad_id=0, max_tokens=10))
+    assert [mb.index for mb in plain] == [[2], [3], [0], [1]] and all(mb.prompt_ids is None for mb in plain)
+
+
 # ---------------------------------------------------------------------------------------------------- the data
 
 

@@ -199,6 +199,62 @@ def token_logps(model, core, head, mb, device, temperature: float = 1.0):
     return -F.cross_entropy(logits, wanted, reduction="none"), keep.nonzero()[:, 0]
 
 
+def shared_prompt_logps(model, core, head, prompt_ids: list[int], completions: list[list[int]], device: str,
+                        temperature: float = 1.0):
+    """What ``token_logps`` gives for rows ``prompt_ids + completion``, with the shared prompt run once: its keys
+    and values are computed by one pass over ``prompt_ids[:-1]`` (gradients flow back through them) and repeated
+    for every completion, then one pass over ``[prompt_ids[-1], *completion[:-1]]`` per completion (right-padded,
+    so no real token sees a pad) gives each completion token's logits. A group of ``G`` completions of a
+    ``P``-token prompt costs ``P + G * C`` token positions instead of ``G * (P + C)``."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import DynamicCache
+
+    body = core if core is not None else model
+    cache = DynamicCache()
+    body(input_ids=torch.tensor([prompt_ids[:-1]], device=device), cache=cache, use_cache=True)
+    cache.batch_repeat_interleave(len(completions))
+    length = max(len(c) for c in completions)
+    ids = torch.zeros((len(completions), length), dtype=torch.long)
+    targets = torch.full((len(completions), length), IGNORE, dtype=torch.long)
+    for row, c in enumerate(completions):
+        ids[row, 0] = prompt_ids[-1]
+        ids[row, 1:len(c)] = torch.tensor(c[:-1], dtype=torch.long)
+        targets[row, :len(c)] = torch.tensor(c, dtype=torch.long)
+    start = len(prompt_ids) - 1
+    positions = torch.arange(start, start + length).expand(len(completions), -1)
+    ids, targets, positions = ids.to(device), targets.to(device), positions.to(device)
+    keep = targets != IGNORE
+    out = body(input_ids=ids, cache=cache, position_ids=positions, use_cache=True)
+    logits = (head(out.last_hidden_state[keep]) if core is not None else out.logits[keep]).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return -F.cross_entropy(logits, targets[keep], reduction="none"), keep.nonzero()[:, 0]
+
+
+@dataclass
+class GroupBatch:
+    """One micro-batch of a step's completions: ``index`` (their places in the step's list) and either padded
+    ``rows`` (a ``MicroBatch`` of prompt + completion rows) or one shared ``prompt_ids`` and its ``completions``."""
+
+    index: list[int]
+    rows: Any = None
+    prompt_ids: list[int] | None = None
+    completions: list[list[int]] | None = None
+
+    @property
+    def real_tokens(self) -> int:
+        if self.rows is not None:
+            return self.rows.real_tokens
+        return len(self.prompt_ids) - 1 + sum(len(c) for c in self.completions)
+
+    @property
+    def padded_tokens(self) -> int:
+        if self.rows is not None:
+            return self.rows.padded_tokens
+        return len(self.prompt_ids) - 1 + len(self.completions) * max(len(c) for c in self.completions)
+
+
 @dataclass
 class Completion:
     prompt: Prompt
@@ -221,12 +277,13 @@ class Completion:
                         labels=[IGNORE] * len(prompt_ids) + list(self.ids))
 
 
-def row_groups(rows: list[Rendered], max_tokens: int) -> list[list[int]]:
-    """Indices of ``rows`` in micro-batches of at most ``max_tokens`` (rows x padded length), longest first."""
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids), reverse=True)
+def row_groups(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Indices of rows of ``lengths`` tokens in micro-batches of at most ``max_tokens`` (rows x the longest),
+    longest first; a row longer than that is a micro-batch of its own."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     groups: list[list[int]] = []
     for i in order:
-        if groups and len(rows[groups[-1][0]].input_ids) * (len(groups[-1]) + 1) <= max_tokens:
+        if groups and lengths[groups[-1][0]] * (len(groups[-1]) + 1) <= max_tokens:
             groups[-1].append(i)
         else:
             groups.append([i])
@@ -317,7 +374,33 @@ class GRPO:
             p.requires_grad_(False)
         emit(f"GRPO: {self.group} completions per prompt; the KL reference is a frozen copy of the starting model")
 
-    def _ref_logps(self, model, mb, ctx: StepContext):
+    def _micro_batches(self, trained: list[Completion], ctx: StepContext) -> list[GroupBatch]:
+        """The step's completions as micro-batches of at most ``ctx.max_tokens`` completion positions: those of one
+        prompt together, its prompt run once (``shared_prompt_logps``) where the model has a plain LM head (the
+        causal LMs whose cache this is known to work with), else whole padded rows (``token_logps``)."""
+        from tunewise.train.batching import _collate
+
+        if ctx.core is None:
+            rows = [c.rendered(c.prompt_ids) for c in trained]
+            return [GroupBatch(index=idx, rows=_collate([rows[i] for i in idx], ctx.pad_id))
+                    for idx in row_groups([len(r.input_ids) for r in rows], ctx.max_tokens)]
+        by_prompt: dict[tuple[int, ...], list[int]] = {}
+        for i, c in enumerate(trained):
+            by_prompt.setdefault(tuple(c.prompt_ids), []).append(i)
+        out = []
+        for prompt, members in by_prompt.items():
+            lengths = [len(trained[i].ids) for i in members]
+            for chunk in row_groups(lengths, ctx.max_tokens):
+                out.append(GroupBatch(index=[members[k] for k in chunk], prompt_ids=list(prompt),
+                                      completions=[trained[members[k]].ids for k in chunk]))
+        return out
+
+    def _logps(self, model, core, head, mb: GroupBatch, ctx: StepContext):
+        if mb.rows is not None:
+            return token_logps(model, core, head, mb.rows, ctx.device, self.temperature)
+        return shared_prompt_logps(model, core, head, mb.prompt_ids, mb.completions, ctx.device, self.temperature)
+
+    def _ref_logps(self, model, mb: GroupBatch, ctx: StepContext):
         import contextlib
 
         import torch
@@ -327,9 +410,9 @@ class GRPO:
         with torch.no_grad():
             if self.reference is not None:
                 core, head = _core_and_head(self.reference)
-                return token_logps(self.reference, core, head, mb, ctx.device, self.temperature)[0]
+                return self._logps(self.reference, core, head, mb, ctx)[0]
             with (model.disable_adapter() if self.fresh_lora else contextlib.nullcontext()):
-                return token_logps(model, ctx.core, ctx.head, mb, ctx.device, self.temperature)[0]
+                return self._logps(model, ctx.core, ctx.head, mb, ctx)[0]
 
     # -- sampling ------------------------------------------------------------------------------------------
     def _runner_for(self, model):
@@ -419,7 +502,6 @@ class GRPO:
     def step(self, model, batch: list[Prompt], ctx: StepContext, progress: dict[str, Any]) -> dict[str, float]:
         import torch
 
-        from tunewise.train.batching import _collate
 
         step = progress["step"] + 1
         groups = self.sample(model, batch, self.group, self._seeds(ctx, progress["step"], batch))
@@ -438,15 +520,13 @@ class GRPO:
         adv_all = advantages(rewards, graded).flatten()
         keep = [i for i, c in enumerate(flat) if c.graded]
         adv = adv_all[torch.tensor(keep)]
-        rows = [c.rendered(c.prompt_ids) for c in trained]
         n_tokens = sum(len(c.ids) for c in trained)
         loss_sum, kl_sum = 0.0, 0.0
-        for idx in row_groups(rows, ctx.max_tokens):
-            mb = _collate([rows[i] for i in idx], ctx.pad_id)
+        for mb in self._micro_batches(trained, ctx):
             ref = self._ref_logps(model, mb, ctx)
             with ctx.autocast():
-                logps, row_of = token_logps(model, ctx.core, ctx.head, mb, ctx.device, self.temperature)
-            token_adv = adv[torch.tensor(idx)][row_of.cpu()].to(logps.device, logps.dtype)
+                logps, row_of = self._logps(model, ctx.core, ctx.head, mb, ctx)
+            token_adv = adv[torch.tensor(mb.index)][row_of.cpu()].to(logps.device, logps.dtype)
             per_token, kl = grpo_token_loss(logps, ref.to(logps.dtype), token_adv, float(self.config.kl_beta))
             (per_token.sum() / n_tokens).backward()  # each micro-batch's share of the batch's token mean
             loss_sum += per_token.detach().sum().item()
