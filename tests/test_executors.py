@@ -74,3 +74,29 @@ def test_serve_refuses_an_unknown_executor(capsys):
 
     code, out, err = run_cli(capsys, "serve", "--executor", "slurm", "--port", "1")
     assert code != 0 and "slurm" in out + err
+
+
+def test_a_judge_key_reaches_the_ray_workers_by_file_not_in_the_actors_arguments(tmp_path):
+    """The runner actor's arguments (kept and shown by Ray) hold no secret: the judge's key is written beside the
+    job (0600) and read back by each worker as it starts; a job without one leaves no such file."""
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'tunewise[ray]')")
+    import json
+
+    from tunewise.serve.executors import ray as ray_executor
+    from tunewise.train import TrainConfig
+
+    secret = "sk-tw-" + "x" * 40
+    config = TrainConfig(training_file=tmp_path / "t.jsonl", output_dir=tmp_path / "job", grader_api_key=secret,
+                         grader_base_url="http://127.0.0.1:1/v1")
+    (tmp_path / "job").mkdir()
+    spec = ray_executor.job_spec({"id": "ftjob-1"}, config, request={}, threads=1, storage="s", max_failures=0)
+    assert secret not in json.dumps(spec) and "grader_api_key" not in spec["config"]
+    key_file = tmp_path / "job" / ray_executor.GRADER_KEY_FILE
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    assert ray_executor.grader_key(tmp_path / "job") == {"grader_api_key": secret}
+    rebuilt = TrainConfig(**{**spec["config"], **ray_executor.grader_key(tmp_path / "job")})
+    assert rebuilt.grader_api_key == secret and rebuilt.grader_base_url == config.grader_base_url
+
+    config.grader_api_key = None
+    ray_executor.job_spec({"id": "ftjob-1"}, config, request={}, threads=1, storage="s", max_failures=0)
+    assert not key_file.exists() and ray_executor.grader_key(tmp_path / "job") == {}

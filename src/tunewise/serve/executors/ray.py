@@ -42,6 +42,9 @@ STOP_FILE = "ray-stop"
 ERROR_FILE = "ray-error.json"
 FOLLOWED_FILE = "ray-followed.json"
 PIDS_DIR = "ray-workers"
+# The judge's key of a job whose grader asks a model: on storage beside the job (0600), read by each worker as it
+# starts, never in the actor's arguments or Ray Train's ``train_loop_config`` (which Ray keeps and shows).
+GRADER_KEY_FILE = "ray-grader-key.json"
 STOP_POLL_S = 0.2
 STATUS_POLL_S = 1.0
 STOP_GRACE_S = 120.0  # a stopped job's workers save their state; past this the actor is killed anyway
@@ -74,7 +77,7 @@ def train_loop(spec: dict[str, Any]) -> None:
     out = Path(spec["config"]["output_dir"])
     (out / PIDS_DIR).mkdir(parents=True, exist_ok=True)
     (out / PIDS_DIR / f"rank-{rank}.pid").write_text(str(os.getpid()))
-    config = TrainConfig(**{**spec["config"], "num_threads": threads})
+    config = TrainConfig(**{**spec["config"], **grader_key(out), "num_threads": threads})
     events = out / EVENTS_FILE
     last = [0.0, False]
 
@@ -100,6 +103,33 @@ def train_loop(spec: dict[str, Any]) -> None:
         if rank == 0:
             (out / ERROR_FILE).write_text(json.dumps({"code": exc.code, "message": str(exc), "param": exc.param}))
         return
+
+
+def grader_key(out: Path) -> dict[str, Any]:
+    """``{"grader_api_key": secret}`` from the job's ``GRADER_KEY_FILE``, or nothing where it has none."""
+    try:
+        return {"grader_api_key": json.loads((out / GRADER_KEY_FILE).read_text())["secret"]}
+    except FileNotFoundError:
+        return {}
+
+
+def job_spec(job: dict[str, Any], config: Any, *, request: dict[str, Any], threads: int, storage: str,
+             max_failures: int) -> dict[str, Any]:
+    """The runner actor's arguments for ``job``: ``config`` as plain values, its judge's key (a secret) left out
+    and written to ``GRADER_KEY_FILE`` instead (or that file removed where the job has no key)."""
+    from dataclasses import asdict
+
+    from tunewise.serve import auth
+
+    out = Path(config.output_dir)
+    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    secret = values.pop("grader_api_key", None)
+    if secret:
+        auth.write_secret_json(out / GRADER_KEY_FILE, {"secret": secret})
+    else:
+        (out / GRADER_KEY_FILE).unlink(missing_ok=True)
+    return {"job_id": job["id"], "request": request, "threads": threads, "storage": storage,
+            "max_failures": max_failures, "collective_timeout_s": config.collective_timeout_s, "config": values}
 
 
 class JobRunner:
@@ -236,6 +266,14 @@ class RayExecutor:
     # -- running ----------------------------------------------------------------------------------------------
     def run(self, job: dict[str, Any], config: Any, on_event: Callable[[Any], None],
             stop: Callable[[], bool]) -> Any:
+        try:
+            return self._follow(job, config, on_event, stop)
+        finally:
+            if not self.shutdown.is_set():  # the job is over (a stopping server leaves it training on the cluster)
+                (Path(config.output_dir) / GRADER_KEY_FILE).unlink(missing_ok=True)
+
+    def _follow(self, job: dict[str, Any], config: Any, on_event: Callable[[Any], None],
+                stop: Callable[[], bool]) -> Any:
         from tunewise.train import TrainResult
 
         self.connect()
@@ -302,17 +340,12 @@ class RayExecutor:
 
     def _launch(self, job: dict[str, Any], config: Any):
         """A new runner actor for the job: its run starts from the job's saved state, if any."""
-        from dataclasses import asdict
-
         out = Path(config.output_dir)
         (out / STOP_FILE).unlink(missing_ok=True)
         (out / ERROR_FILE).unlink(missing_ok=True)
         req = self._request(job)
-        threads = max(1, int(resources.bundle(req).get("CPU", 1)))
-        spec = {"job_id": job["id"], "request": req, "threads": threads, "storage": self._storage(),
-                "max_failures": self.settings.ray_max_failures,
-                "collective_timeout_s": config.collective_timeout_s,
-                "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}}
+        spec = job_spec(job, config, request=req, threads=max(1, int(resources.bundle(req).get("CPU", 1))),
+                        storage=self._storage(), max_failures=self.settings.ray_max_failures)
         actor = ray.remote(JobRunner).options(
             name=actor_name(job["id"]), namespace=NAMESPACE, lifetime="detached", num_cpus=0,
             max_concurrency=4, max_restarts=0).remote(spec)
