@@ -16,8 +16,9 @@ One policy step per batch (TRL's ``num_iterations=1``): the completions were sam
 updated, so the PPO ratio is exactly 1 (its clipping never acts) and the gradient is that of ``-A * logp``.
 ``beta`` is ``TrainConfig.kl_beta`` (0.04: the paper's and TRL's original default; TRL now defaults to 0). The
 reference is the model training starts from: the base with the adapter disabled for a new LoRA adapter, else a
-frozen copy of the starting weights taken before the first step. The completions of a prompt all begin with it, so
-loss's passes run the prompt once and repeat its keys and values for each completion (``shared_prompt_logps``).
+frozen copy of the starting weights taken before the first step. The completions of a prompt all begin with it,
+so the loss's passes run the prompt once and repeat its keys and values for each completion
+(``shared_prompt_logps``).
 
 Sampling runs on the serving engine's own scheduler (``tunewise.infer.runner.ModelRunner``, continuous batching,
 the prompt rendered as chat inference renders it) over the live policy in eval mode without gradients: the same
