@@ -271,6 +271,8 @@ def test_a_reinforcement_job_trains_on_the_ray_cluster(client, server, tmp_path)
     (metrics,) = [e for e in all_events(client, job.id) if e.type == "metrics"]
     assert 0 <= metrics.data["train_grader_errors"] < 20 and 0.0 <= metrics.data["train_reward_mean"] <= 1.0
     assert not (_job_dir(server, job.id) / "judge-key.json").exists()  # revoked once the job ended
+    # The key reached the worker by a file beside the job (not in the actor's arguments), removed at the end.
+    assert not (_job_dir(server, job.id) / "ray-grader-key.json").exists()
 
 
 def test_gpu_job_waits_queued_then_cancels(client, data):
